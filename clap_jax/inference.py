@@ -124,6 +124,15 @@ class CLAP:
         ids, mask = self.tokenizer([texts] if isinstance(texts, str) else list(texts))
         return self._run_batched(self._text_fn, [ids, mask], batch_size or max(self.batch_size, 64))
 
+    def get_audio_embeddings_per_batch(self, audio, batch_size: int, sample_rate: int | None = None):
+        """Generator of (<= batch_size, d_proj) arrays, as msclap's (every batch is yielded, the last one too)."""
+        for s in range(0, len(audio), batch_size):
+            yield self.get_audio_embeddings(audio[s:s + batch_size], sample_rate, batch_size)
+
+    def get_text_embeddings_per_batch(self, texts: Sequence[str], batch_size: int):
+        for s in range(0, len(texts), batch_size):
+            yield self.get_text_embeddings(texts[s:s + batch_size], batch_size)
+
     # -- scoring ------------------------------------------------------------------------------------------------
     def compute_similarity(self, audio_embeddings, text_embeddings) -> np.ndarray:
         """(N_audio, N_text) = logit_scale * cosine similarity (as msclap)."""

@@ -132,3 +132,10 @@ def test_cli_convert_and_classify(pth, tmp_path):
     assert abs(sum(t["prob"] for t in res[0]["top"]) - 1) < 1e-4
     r = _run("clap_jax.classify", "--weights", str(tmp_path / "nope.pth"), "--labels", "a", wav)
     assert r.returncode == 2 and "nope.pth: no such file" in r.stderr
+
+
+def test_per_batch_generators_yield_every_batch(clap):
+    texts = [f"text {i}" for i in range(5)]
+    parts = list(clap.get_text_embeddings_per_batch(texts, 2))
+    assert [p.shape[0] for p in parts] == [2, 2, 1]
+    np.testing.assert_allclose(np.concatenate(parts), clap.get_text_embeddings(texts), rtol=1e-5, atol=1e-6)
