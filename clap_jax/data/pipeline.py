@@ -1,0 +1,309 @@
+"""Grain input pipeline: preprocessed TFRecord shards -> per-host batches -> one global batch on the mesh.
+
+Data flow (every step is a lazy, index-addressed ``grain.MapDataset`` until batching, so the whole pipeline is a
+pure function of (seed, position) and its state is one small JSON):
+
+    TFRecordDataSource(shards of one dataset dir)      random access through the offset indexes, CRC-checked
+      -> shuffle(seed_i)                               global shuffle, reshuffled every epoch
+      -> repeat(num_epochs)                            None = forever
+      -> random_map(DecodeCrop)                        decode audio, msclap crop / repeat-pad, pick + tokenize a
+                                                       caption; rng seeded by (seed, position): resumes see the
+                                                       same crops
+      [-> MapDataset.mix(datasets, weights)]           several dataset dirs mixed by weight
+      -> slice(process_index::process_count)           per-host sharding: hosts see disjoint positions
+      -> to_iter_dataset (threads) -> batch(per_host_batch) -> mp_prefetch(worker processes)
+      -> make_global_batch                             jax.make_array_from_process_local_data, NamedSharding over
+                                                       the mesh's data axes
+
+One element / host batch (B = per-host batch, L = round(duration * sample_rate))::
+
+    {'audio': float32 (B, L), 'input_ids': int32 (B, 77), 'attention_mask': int32 (B, 77),
+     'id': int32 (B,) (stable hash of the record id), 'dataset': int32 (B,) (index into ``data_dirs``)}
+
+A corrupt record (CRC/framing/parse/audio error) is skipped with a warning naming shard and record, and counted
+(``TFRecordDataSource.num_corrupt`` / ``DecodeCrop.num_bad`` in the process that read it).
+
+Worker processes (``worker_count > 0``) are spawned: call from under ``if __name__ == "__main__":``; outside an
+absl app, ``from absl import flags; flags.FLAGS.mark_as_parsed()`` first.
+"""
+from __future__ import annotations
+
+import bisect
+import functools
+import json
+import logging
+import os
+import threading
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from clap_jax.data import audio as audio_lib
+from clap_jax.data import tfrecord
+
+log = logging.getLogger(__name__)
+MAX_TEXT_LENGTH = 77
+
+
+def shard_paths(data_dir: str, split: str = "train") -> list[str]:
+    """The shard files of ``split`` in a preprocessed directory (from dataset.json, else by file name)."""
+    meta_path = os.path.join(data_dir, "dataset.json")
+    if os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if split not in meta["splits"]:
+            raise ValueError(f"{data_dir}: no split {split!r} (has {sorted(meta['splits'])})")
+        names = meta["splits"][split]["shards"]
+    else:
+        names = sorted(n for n in os.listdir(data_dir) if n.startswith(f"{split}-") and n.endswith(".tfrecord"))
+    if not names:
+        raise ValueError(f"{data_dir}: no shards for split {split!r}")
+    return [os.path.join(data_dir, n) for n in names]
+
+
+class TFRecordDataSource:
+    """Random-access Grain data source over TFRecord shards with offset indexes.
+
+    ``source[i]`` -> the serialized record ``i`` (bytes) in shard order, or ``None`` if it is corrupt (truncated,
+    bad length, CRC mismatch): that is logged with shard and record number and counted in ``num_corrupt``.
+    A shard without an index file is scanned once (with a warning). Picklable (files are reopened per process).
+    """
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+        self._indexes = []
+        for p in self.paths:
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"{p}: shard not found")
+            if os.path.isfile(p + tfrecord.INDEX_SUFFIX):
+                self._indexes.append(tfrecord.read_index(p))
+            else:
+                log.warning("%s: no offset index, scanning the shard", p)
+                self._indexes.append(tfrecord.build_index(p))
+        self._starts = np.cumsum([0] + [len(i) for i in self._indexes]).tolist()
+        self.num_corrupt = 0
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __repr__(self) -> str:
+        return f"TFRecordDataSource({len(self.paths)} shards, {len(self)} records, first={self.paths[:1]})"
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_fds"] = {}
+        return d
+
+    def _fd(self, shard: int) -> int:
+        if self._pid != os.getpid():
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(shard)
+        if fd is None:
+            fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
+        return fd
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Global record index -> (shard number, record number within the shard)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} out of range [0, {len(self)})")
+        s = bisect.bisect_right(self._starts, index) - 1
+        return s, index - self._starts[s]
+
+    def __getitem__(self, index: int) -> bytes | None:
+        s, r = self.locate(int(index))
+        off, n = self._indexes[s][r]
+        try:
+            return tfrecord.read_record(self._fd(s), int(off), int(n), f"{self.paths[s]} record {r}")
+        except tfrecord.CorruptRecordError as e:
+            self.num_corrupt += 1
+            log.warning("skipping corrupt record (%d so far in this process): %s", self.num_corrupt, e)
+            return None
+
+    def __del__(self):
+        try:
+            if self._pid == os.getpid():
+                for fd in self._fds.values():
+                    os.close(fd)
+        except Exception:  # noqa: BLE001 - interpreter shutdown or already closed
+            pass
+
+
+_TOKENIZER_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(source: str | None):
+    with _TOKENIZER_LOCK:  # transformers' lazy imports are not thread-safe; Grain reads in threads
+        from clap_jax.text.tokenizer import ClapTokenizer
+
+        return ClapTokenizer(source)
+
+
+@functools.lru_cache(maxsize=65536)
+def _tokenize(caption: str, source: str | None) -> tuple[np.ndarray, np.ndarray]:
+    ids, mask = _tokenizer(source)([caption])
+    return ids[0], mask[0]
+
+
+class DecodeCrop(grain.transforms.RandomMap):
+    """Serialized record -> model example, deterministic in the rng Grain derives from (seed, position).
+
+    Output: {'audio': float32 (num_samples,), 'input_ids': int32 (77,), 'attention_mask': int32 (77,),
+    'id': int32 (), 'dataset': int32 ()}. Long clips: uniformly random ``num_samples`` window; clips of n <=
+    num_samples samples: tiled ceil(num_samples/n) times and cut (msclap). One caption drawn uniformly.
+    Returns None (skipped, counted in ``num_bad``) for a record that does not parse or decode.
+    """
+
+    def __init__(self, sample_rate: int, num_samples: int, dataset_index: int = 0, tokenizer: str | None = None,
+                 where: str = ""):
+        self.sample_rate = sample_rate
+        self.num_samples = num_samples
+        self.dataset_index = dataset_index
+        self.tokenizer = tokenizer
+        self.where = where
+        self.num_bad = 0
+
+    def random_map(self, element: bytes | None, rng: np.random.Generator) -> dict | None:
+        if element is None:
+            return None
+        try:
+            ex = tfrecord.decode_example(element)
+            sr = int(ex["sample_rate"][0])
+            if sr != self.sample_rate:
+                raise ValueError(f"record sample rate {sr} != pipeline sample rate {self.sample_rate}; "
+                                 "preprocess with --sample-rate to match the model")
+            n = int(ex["num_samples"][0])
+            start = audio_lib.crop_start(n, self.num_samples, rng)
+            wave = audio_lib.decode_audio(ex["audio"][0], ex["audio_format"][0].decode(), start, self.num_samples)
+            wave = audio_lib.repeat_pad(wave, self.num_samples)
+            caps = ex["captions"]
+            caption = caps[int(rng.integers(len(caps)))].decode() if len(caps) > 1 else caps[0].decode()
+            uid = int(ex["uid"][0])
+        except Exception as e:  # noqa: BLE001 - a bad record is skipped and counted, never fatal
+            self.num_bad += 1
+            log.warning("skipping undecodable record in %s (%d so far in this process): %s: %s", self.where,
+                        self.num_bad, type(e).__name__, e)
+            return None
+        ids, mask = _tokenize(caption, self.tokenizer)
+        return {"audio": wave, "input_ids": ids, "attention_mask": mask, "id": np.int32(uid),
+                "dataset": np.int32(self.dataset_index)}
+
+
+def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, split: str = "train",
+                  weights: Sequence[float] | None = None, seed: int = 0, num_epochs: int | None = None,
+                  sample_rate: int = 44100, duration: float = 7.0, process_index: int | None = None,
+                  process_count: int | None = None, worker_count: int = 0, worker_buffer_size: int = 2,
+                  read_threads: int = 4, drop_remainder: bool = True, tokenizer: str | None = None
+                  ) -> grain.IterDataset:
+    """The Grain dataset of host batches (see module docstring for the flow and the element layout).
+
+    ``data_dirs``: one preprocessed directory, or several mixed by ``weights`` (then the stream is infinite and
+    each source is reshuffled at each of its own epochs; ``num_epochs`` must be None). ``process_index/count``
+    default to ``jax.process_index()/process_count()``.
+    """
+    if isinstance(data_dirs, str):
+        data_dirs = [data_dirs]
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if len(data_dirs) > 1 and num_epochs is not None:
+        raise ValueError("mixing several datasets gives an infinite stream: use num_epochs=None")
+    if weights is not None and len(weights) != len(data_dirs):
+        raise ValueError(f"{len(weights)} weights for {len(data_dirs)} data_dirs")
+    num_samples = int(round(duration * sample_rate))
+    _tokenizer(tokenizer)  # load once here (fails early with a clear error; workers load their own)
+    parts = []
+    for i, d in enumerate(data_dirs):
+        src = TFRecordDataSource(shard_paths(d, split))
+        ds = grain.MapDataset.source(src).shuffle(seed=_derive(seed, i, 0))
+        ds = ds.repeat(num_epochs if len(data_dirs) == 1 else None)
+        ds = ds.random_map(DecodeCrop(sample_rate, num_samples, i, tokenizer, where=d), seed=_derive(seed, i, 1))
+        parts.append(ds)
+    ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+    ds = ds[process_index::process_count]
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                              prefetch_buffer_size=max(2 * per_host_batch_size, 8)))
+    it = it.batch(per_host_batch_size, drop_remainder=drop_remainder)
+    if worker_count > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
+                                                         per_worker_buffer_size=worker_buffer_size))
+    return it
+
+
+def _derive(seed: int, *parts: int) -> int:
+    """A 32-bit seed from (seed, parts): independent streams per dataset and per use."""
+    return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0])
+
+
+def make_global_batch(batch: dict, mesh, data_axes: str | Sequence[str] = ("data",)) -> dict:
+    """Host batch (leading dim B) -> global jax arrays (leading dim B * process_count) sharded over ``data_axes``.
+
+    Uses ``jax.make_array_from_process_local_data`` with ``NamedSharding(mesh, P(data_axes))``; the remaining dims
+    are replicated. Non-numeric leaves stay host-local numpy.
+    """
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    axes = (data_axes,) if isinstance(data_axes, str) else tuple(data_axes)
+    sharding = NamedSharding(mesh, PartitionSpec(axes))
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        if v.dtype.kind in "biuf":
+            out[k] = jax.make_array_from_process_local_data(sharding, v)
+        else:
+            out[k] = v
+    return out
+
+
+class ClapDataIterator:
+    """Iterator of batches (global jax arrays when a mesh is given, else host numpy) with checkpointable state.
+
+    ``grain_iterator`` is the underlying ``grain.DatasetIterator``; save/restore it next to the train state with
+    ``checkpoint_args(it)`` / ``checkpoint_args(it, restore=True)`` in an ``orbax`` ``Composite``.
+    """
+
+    def __init__(self, dataset: grain.IterDataset, mesh=None, data_axes: str | Sequence[str] = ("data",)):
+        self.grain_iterator = iter(dataset)
+        self.mesh, self.data_axes = mesh, data_axes
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self.grain_iterator)
+        return batch if self.mesh is None else make_global_batch(batch, self.mesh, self.data_axes)
+
+    def get_state(self) -> dict:
+        return self.grain_iterator.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.grain_iterator.set_state(state)
+
+    def close(self) -> None:
+        close = getattr(self.grain_iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def make_iterator(data_dirs, *, per_host_batch_size: int, mesh=None, data_axes=("data",), **kwargs
+                  ) -> ClapDataIterator:
+    """``build_dataset(...)`` wrapped in a ClapDataIterator (global batches over ``mesh`` when given)."""
+    return ClapDataIterator(build_dataset(data_dirs, per_host_batch_size=per_host_batch_size, **kwargs), mesh,
+                            data_axes)
+
+
+def checkpoint_args(iterator: ClapDataIterator | Any, restore: bool = False):
+    """Orbax args for the data iterator state, to put in ``ocp.args.Composite(..., data=checkpoint_args(it))``.
+
+    Uses Grain's ``grain.checkpoint.CheckpointSave/CheckpointRestore`` (one JSON per process). On restore the
+    iterator is updated in place and its next batch is the one an uninterrupted run would have produced next.
+    """
+    import grain.checkpoint as gc
+
+    it = getattr(iterator, "grain_iterator", iterator)
+    return gc.CheckpointRestore(item=it) if restore else gc.CheckpointSave(item=it)
