@@ -6,12 +6,12 @@ pure function of (seed, position) and its state is one small JSON):
     TFRecordDataSource(shards of one dataset dir)      random access through the offset indexes, CRC-checked
       -> shuffle(seed_i)                               global shuffle, reshuffled every epoch
       -> repeat(num_epochs)                            None = forever
-      -> random_map(DecodeCrop)                        decode audio, msclap crop / repeat-pad, pick + tokenize a
-                                                       caption; rng seeded by (seed, position): resumes see the
-                                                       same crops
+      -> random_map(DecodeCrop)                        decode audio, msclap crop / repeat-pad, pick a caption;
+                                                       rng seeded by (seed, position): resumes see the same crops
       [-> MapDataset.mix(datasets, weights)]           several dataset dirs mixed by weight
       -> slice(process_index::process_count)           per-host sharding: hosts see disjoint positions
       -> to_iter_dataset (threads) -> batch(per_host_batch) -> mp_prefetch(worker processes)
+      -> map(Tokenize)                                 GPT-2 BPE of the batch's captions, in the main process
       -> make_global_batch                             jax.make_array_from_process_local_data, NamedSharding over
                                                        the mesh's data axes
 
@@ -151,18 +151,16 @@ def _tokenize(caption: str, source: str | None) -> tuple[np.ndarray, np.ndarray]
 class DecodeCrop(grain.transforms.RandomMap):
     """Serialized record -> model example, deterministic in the rng Grain derives from (seed, position).
 
-    Output: {'audio': float32 (num_samples,), 'input_ids': int32 (77,), 'attention_mask': int32 (77,),
-    'id': int32 (), 'dataset': int32 ()}. Long clips: uniformly random ``num_samples`` window; clips of n <=
+    Output: {'audio': float32 (num_samples,), 'caption': bytes (UTF-8), 'id': int32 (), 'dataset': int32 ()}
+    (captions are tokenized per batch by ``Tokenize``). Long clips: uniformly random ``num_samples`` window; clips of n <=
     num_samples samples: tiled ceil(num_samples/n) times and cut (msclap). One caption drawn uniformly.
     Returns None (skipped, counted in ``num_bad``) for a record that does not parse or decode.
     """
 
-    def __init__(self, sample_rate: int, num_samples: int, dataset_index: int = 0, tokenizer: str | None = None,
-                 where: str = ""):
+    def __init__(self, sample_rate: int, num_samples: int, dataset_index: int = 0, where: str = ""):
         self.sample_rate = sample_rate
         self.num_samples = num_samples
         self.dataset_index = dataset_index
-        self.tokenizer = tokenizer
         self.where = where
         self.num_bad = 0
 
@@ -187,9 +185,27 @@ class DecodeCrop(grain.transforms.RandomMap):
             log.warning("skipping undecodable record in %s (%d so far in this process): %s: %s", self.where,
                         self.num_bad, type(e).__name__, e)
             return None
-        ids, mask = _tokenize(caption, self.tokenizer)
-        return {"audio": wave, "input_ids": ids, "attention_mask": mask, "id": np.int32(uid),
+        return {"audio": wave, "caption": np.bytes_(caption.encode()), "id": np.int32(uid),
                 "dataset": np.int32(self.dataset_index)}
+
+
+class Tokenize(grain.transforms.Map):
+    """Host batch with 'caption' (bytes (B,)) -> with 'input_ids', 'attention_mask' int32 (B, 77), no 'caption'.
+
+    Runs in the main process after ``mp_prefetch`` (GPT-2 BPE is ~0.05 ms a caption, cached), so worker
+    processes never import transformers.
+    """
+
+    def __init__(self, tokenizer: str | None = None):
+        self.tokenizer = tokenizer
+
+    def map(self, batch: dict) -> dict:
+        batch = dict(batch)
+        caps = batch.pop("caption")
+        rows = [_tokenize(c.decode(), self.tokenizer) for c in np.asarray(caps).reshape(-1)]
+        batch["input_ids"] = np.stack([r[0] for r in rows])
+        batch["attention_mask"] = np.stack([r[1] for r in rows])
+        return batch
 
 
 def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, split: str = "train",
@@ -215,13 +231,13 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
     if weights is not None and len(weights) != len(data_dirs):
         raise ValueError(f"{len(weights)} weights for {len(data_dirs)} data_dirs")
     num_samples = int(round(duration * sample_rate))
-    _tokenizer(tokenizer)  # load once here (fails early with a clear error; workers load their own)
+    _tokenizer(tokenizer)  # load now: a missing vocabulary fails here, not at the first batch
     parts = []
     for i, d in enumerate(data_dirs):
         src = TFRecordDataSource(shard_paths(d, split))
         ds = grain.MapDataset.source(src).shuffle(seed=_derive(seed, i, 0))
         ds = ds.repeat(num_epochs if len(data_dirs) == 1 else None)
-        ds = ds.random_map(DecodeCrop(sample_rate, num_samples, i, tokenizer, where=d), seed=_derive(seed, i, 1))
+        ds = ds.random_map(DecodeCrop(sample_rate, num_samples, i, where=d), seed=_derive(seed, i, 1))
         parts.append(ds)
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
     ds = ds[process_index::process_count]
@@ -231,7 +247,7 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
     if worker_count > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
                                                          per_worker_buffer_size=worker_buffer_size))
-    return it
+    return it.map(Tokenize(tokenizer))
 
 
 def _derive(seed: int, *parts: int) -> int:
