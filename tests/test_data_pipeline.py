@@ -216,3 +216,18 @@ def test_worker_processes_deterministic_and_resumable(data_dir):
         _same(_take(it2, 3), rest)
     finally:
         it2.close()
+
+
+def test_finite_epochs_give_every_host_the_same_number_of_batches(data_dir):
+    # 24 examples, 2 epochs, 5 hosts x batch 2: 48 // 10 = 4 full batches on every host (8 positions dropped)
+    counts = [len(list(_build(data_dir, num_epochs=2, process_index=h, process_count=5, per_host_batch_size=2)))
+              for h in range(5)]
+    assert counts == [4] * 5
+
+
+def test_source_keeps_few_files_open(data_dir, monkeypatch):
+    monkeypatch.setattr(pipeline.TFRecordDataSource, "MAX_OPEN_FILES", 2)
+    src = pipeline.TFRecordDataSource(pipeline.shard_paths(data_dir))
+    assert len(src.paths) == 4
+    got = [src[i] for i in range(len(src))] + [src[0]]
+    assert all(g is not None for g in got) and len(src._fds) == 2 and got[0] == got[-1]

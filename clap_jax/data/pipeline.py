@@ -97,12 +97,17 @@ class TFRecordDataSource:
         d["_fds"] = {}
         return d
 
+    MAX_OPEN_FILES = 128
+
     def _fd(self, shard: int) -> int:
-        if self._pid != os.getpid():
+        if self._pid != os.getpid():  # after fork/spawn: never share descriptors with the parent
             self._fds, self._pid = {}, os.getpid()
-        fd = self._fds.get(shard)
+        fd = self._fds.pop(shard, None)
         if fd is None:
-            fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
+            if len(self._fds) >= self.MAX_OPEN_FILES:  # close the least recently used shard
+                os.close(self._fds.pop(next(iter(self._fds))))
+            fd = os.open(self.paths[shard], os.O_RDONLY)
+        self._fds[shard] = fd  # (re)insert as most recently used
         return fd
 
     def locate(self, index: int) -> tuple[int, int]:
@@ -240,6 +245,8 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
         ds = ds.random_map(DecodeCrop(sample_rate, num_samples, i, where=d), seed=_derive(seed, i, 1))
         parts.append(ds)
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+    if num_epochs is not None and drop_remainder:  # every host gets the same number of full batches
+        ds = ds[: len(ds) // (per_host_batch_size * process_count) * (per_host_batch_size * process_count)]
     ds = ds[process_index::process_count]
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                               prefetch_buffer_size=max(2 * per_host_batch_size, 8)))

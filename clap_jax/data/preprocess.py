@@ -68,7 +68,7 @@ class Row:
 class Options:
     """Processing settings (all recorded in dataset.json)."""
     sample_rate: int = 44100
-    audio_format: str = "flac"
+    audio_format: str = "pcm16"
     min_seconds: float = 0.1
     max_seconds: float | None = None
     trim_db: float | None = None
@@ -402,7 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", "-o", required=True, help="output directory")
     p.add_argument("--workers", "-j", type=int, default=os.cpu_count() or 1)
     p.add_argument("--sample-rate", type=int, default=44100)
-    p.add_argument("--format", dest="audio_format", choices=audio_lib.FORMATS, default="flac")
+    p.add_argument("--format", dest="audio_format", choices=audio_lib.FORMATS, default="pcm16",
+                   help="pcm16: ~10x faster to decode (default); flac: ~20-40%% smaller, lossless for 16-bit")
     p.add_argument("--min-seconds", type=float, default=0.1, help="skip clips shorter than this")
     p.add_argument("--max-seconds", type=float, default=None, help="keep only the first N seconds")
     p.add_argument("--trim-db", type=float, default=None, help="trim leading/trailing audio this many dB below peak")
