@@ -60,7 +60,7 @@ def _cpu_seconds(pids) -> float:
     return total
 
 
-def bench_pipeline(d: str, workers: int, batch: int, batches: int, sr: int, threads: int) -> tuple[float, float]:
+def bench_pipeline(d: str, workers: int, batch: int, batches: int, sr: int, threads: int | None) -> tuple[float, float]:
     """Returns (clips per wall second, clips per CPU second of the main process and its workers)."""
     import multiprocessing
 
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     p.add_argument("--sample-rate", type=int, default=44100)
     p.add_argument("--formats", default="pcm16,flac")
     p.add_argument("--workers", default="0,1,2", help="comma-separated worker process counts to time")
-    p.add_argument("--read-threads", type=int, default=2)
+    p.add_argument("--read-threads", type=int, default=None, help="default: the pipeline's (2 in-process, 1/worker)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=20)
     a = p.parse_args(argv)

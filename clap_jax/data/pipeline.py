@@ -217,11 +217,13 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
                   weights: Sequence[float] | None = None, seed: int = 0, num_epochs: int | None = None,
                   sample_rate: int = 44100, duration: float = 7.0, process_index: int | None = None,
                   process_count: int | None = None, worker_count: int = 0, worker_buffer_size: int = 2,
-                  read_threads: int = 4, drop_remainder: bool = True, tokenizer: str | None = None
+                  read_threads: int | None = None, drop_remainder: bool = True, tokenizer: str | None = None
                   ) -> grain.IterDataset:
     """The Grain dataset of host batches (see module docstring for the flow and the element layout).
 
-    ``data_dirs``: one preprocessed directory, or several mixed by ``weights`` (then the stream is infinite and
+    ``read_threads``: threads reading + decoding per process (default 2 in-process, 1 per worker process: more
+    threads in a worker only add GIL contention). ``data_dirs``: one preprocessed directory, or several mixed by
+    ``weights`` (then the stream is infinite and
     each source is reshuffled at each of its own epochs; ``num_epochs`` must be None). ``process_index/count``
     default to ``jax.process_index()/process_count()``.
     """
@@ -248,6 +250,8 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
     if num_epochs is not None and drop_remainder:  # every host gets the same number of full batches
         ds = ds[: len(ds) // (per_host_batch_size * process_count) * (per_host_batch_size * process_count)]
     ds = ds[process_index::process_count]
+    if read_threads is None:
+        read_threads = 1 if worker_count > 0 else 2
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                               prefetch_buffer_size=max(2 * per_host_batch_size, 8)))
     it = it.batch(per_host_batch_size, drop_remainder=drop_remainder)

@@ -39,6 +39,7 @@ import logging
 import multiprocessing as mp
 import os
 import sys
+import threading
 import time
 from typing import Iterable, Sequence
 
@@ -261,14 +262,19 @@ def make_example(row: Row | dict, wave, opts: Options) -> bytes:
     })
 
 
-def process_shard(task: dict, out_dir: str, opts: Options) -> dict:
-    """Write one shard (atomically) and its stats sidecar; returns the stats dict. Never raises on bad audio."""
+def process_shard(task: dict, out_dir: str, opts: Options, progress=None) -> dict:
+    """Write one shard (atomically) and its stats sidecar; returns the stats dict. Never raises on bad audio.
+
+    ``progress(n)`` is called after each row (for the progress bar).
+    """
     path = os.path.join(out_dir, task["name"])
     stats = {"name": task["name"], "split": task["split"], "plan_hash": task["plan_hash"], "num_examples": 0,
              "seconds": 0.0, "sources": {}, "skipped": [], "num_rows": len(task["rows"])}
     min_samples = int(round(opts.min_seconds * opts.sample_rate))
     with tfrecord.ShardWriter(path) as w:
         for r in task["rows"]:
+            if progress is not None:
+                progress(1)
             try:
                 wave = audio_lib.load_audio(r["path"], opts.sample_rate, max_seconds=opts.max_seconds,
                                             trim_db=opts.trim_db)
@@ -303,9 +309,17 @@ def _done_stats(out_dir: str, task: dict) -> dict | None:
     return st if st.get("plan_hash") == task["plan_hash"] else None
 
 
+_PROGRESS_QUEUE = None
+
+
+def _init_worker(queue) -> None:
+    global _PROGRESS_QUEUE
+    _PROGRESS_QUEUE = queue
+
+
 def _worker(args):
     task, out_dir, opts = args
-    return process_shard(task, out_dir, opts)
+    return process_shard(task, out_dir, opts, progress=_PROGRESS_QUEUE.put if _PROGRESS_QUEUE is not None else None)
 
 
 def run(manifests: Sequence[str], out_dir: str, root: str = "", opts: Options | None = None, workers: int = 1,
@@ -339,21 +353,31 @@ def run(manifests: Sequence[str], out_dir: str, root: str = "", opts: Options | 
 
     bar = tqdm(total=total_rows, unit="clip", desc="preprocess", disable=not progress, file=sys.stderr)
     t0 = time.time()
-    if todo:
-        if workers <= 1 or len(todo) == 1:
-            it = (process_shard(t, out_dir, opts) for t in todo)
-            pool = None
-        else:
-            pool = mp.get_context("spawn").Pool(min(workers, len(todo)))
-            it = pool.imap_unordered(_worker, [(t, out_dir, opts) for t in todo])
-        try:
-            for st in it:
-                results[st["name"]] = st
-                bar.update(st["num_rows"])
-        finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
+    if todo and (workers <= 1 or len(todo) == 1):
+        for t in todo:
+            st = process_shard(t, out_dir, opts, progress=bar.update)
+            results[st["name"]] = st
+    elif todo:
+        ctx = mp.get_context("spawn")  # no fork: safe whatever threads the caller runs
+        queue = ctx.Queue()
+        stop = threading.Event()
+
+        def drain():  # per-clip progress from the workers
+            while not stop.is_set() or not queue.empty():
+                try:
+                    bar.update(queue.get(timeout=0.2))
+                except Exception:  # noqa: BLE001 - queue.Empty or closed at exit
+                    pass
+
+        th = threading.Thread(target=drain, daemon=True)
+        th.start()
+        with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(queue,)) as pool:
+            try:
+                for st in pool.imap_unordered(_worker, [(t, out_dir, opts) for t in todo]):
+                    results[st["name"]] = st
+            finally:
+                stop.set()
+                th.join()
     bar.close()
     meta = _metadata([results[t["name"]] for t in tasks], problems, manifests, opts)
     meta["elapsed_seconds_this_run"] = round(time.time() - t0, 3)
