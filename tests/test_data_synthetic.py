@@ -111,3 +111,45 @@ def test_cli_writes_wavs_manifests_tasks_and_tfrecords(tmp_path):
     synthetic.main(["--out", out2, "--num-train", "16", "--num-eval", "8", "--seconds", "0.3",
                     "--sample-rate", str(SR), "--seed", "2", "-j", "1", "--quiet"])
     assert open(os.path.join(out2, "tfrecords", meta["splits"]["train"]["shards"][0]), "rb").read() == first
+
+
+def _fake_espeak(tmp_path, monkeypatch):
+    """An 'espeak-ng' on PATH that writes a 0.3 s 22.05 kHz tone whose pitch follows -p (real espeak may be absent)."""
+    import sys
+
+    exe = tmp_path / "bin" / "espeak-ng"
+    exe.parent.mkdir()
+    exe.write_text(f"#!{sys.executable}\n"
+                   "import sys, numpy as np, soundfile as sf\n"
+                   "a = sys.argv[1:]; out = a[a.index('-w') + 1]; p = int(a[a.index('-p') + 1])\n"
+                   "t = np.arange(6615) / 22050\n"
+                   "sf.write(out, 0.5 * np.sin(2 * np.pi * (100 + 10 * p) * t), 22050)\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{exe.parent}{os.pathsep}{os.environ['PATH']}")
+    synthetic.speak.cache_clear()
+
+
+def test_speech_class_uses_espeak_and_names_the_word(tmp_path, monkeypatch):
+    _fake_espeak(tmp_path, monkeypatch)
+    attrs, wave, caps = synthetic.make_clip(0, "eval", 8, 1.0, SR, speech=True)  # eval cycles over 9 classes
+    assert attrs["sound"] == synthetic.SPEECH and attrs["word"] in synthetic.WORDS
+    assert all(f"'{attrs['word']}'" in c for c in caps)
+    word = synthetic.speak(attrs["word"], attrs["pitch"], SR)
+    assert abs(word.size - int(0.3 * SR)) <= 2 and abs(np.abs(word).max() - 1) < 1e-6  # trimmed, peak 1
+    assert np.abs(wave).max() > 0.05 and wave.shape == (SR,)
+    out = str(tmp_path / "syn")
+    synthetic.main(["--out", out, "--num-train", "4", "--num-eval", "9", "--seconds", "0.5", "--sample-rate",
+                    str(SR), "-j", "1", "--quiet", "--speech"])
+    tasks = json.load(open(os.path.join(out, "eval_tasks.json")))
+    assert tasks["tasks"][0]["class_names"] == list(synthetic.SOUNDS) + [synthetic.SPEECH]
+    assert tasks["clips"][8]["labels"]["sound"] == synthetic.SPEECH
+
+
+def test_speech_without_espeak_is_a_clear_error(monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    synthetic.speak.cache_clear()
+    with pytest.raises(RuntimeError, match="espeak-ng"):
+        synthetic.make_clip(0, "eval", 8, 0.5, SR, speech=True)
+    synthetic.speak.cache_clear()

@@ -23,6 +23,15 @@ One element / host batch (B = per-host batch, L = round(duration * sample_rate))
 A corrupt record (CRC/framing/parse/audio error) is skipped with a warning naming shard and record, and counted
 (``TFRecordDataSource.num_corrupt`` / ``DecodeCrop.num_bad`` in the process that read it).
 
+Typical use in a training loop (``mesh`` with a 'data' axis; orbax CheckpointManager ``mngr``)::
+
+    it = make_iterator(["/data/audiocaps", "/data/clotho"], weights=[2, 1], per_host_batch_size=32, seed=0,
+                       worker_count=4, mesh=mesh, data_axes="data")
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=checkpoint_args(it)))
+    mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                               data=checkpoint_args(it, restore=True)))
+    batch = next(it)   # global jax arrays sharded over 'data'
+
 Worker processes (``worker_count > 0``) are spawned: call from under ``if __name__ == "__main__":``; outside an
 absl app, ``from absl import flags; flags.FLAGS.mark_as_parsed()`` first.
 """

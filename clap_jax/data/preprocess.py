@@ -38,6 +38,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import sys
 import threading
 import time
@@ -51,6 +52,7 @@ METADATA = "dataset.json"
 FORMAT_VERSION = 1
 _PATH_COLS = ("path", "audio", "file", "filename", "audio_path")
 _LABEL_COLS = ("labels", "keywords", "label", "tags")
+_SHARD_RE = re.compile(r"(.+-\d{5}-of-\d{5}\.tfrecord)(\.index|\.json|\.tmp-\d+|\.index\.tmp-\d+|\.json\.tmp-\d+)?")
 
 
 @dataclasses.dataclass
@@ -335,9 +337,9 @@ def run(manifests: Sequence[str], out_dir: str, root: str = "", opts: Options | 
     rows, problems = read_manifests(manifests, root, opts)
     tasks = plan_shards(rows, opts)
     planned = {t["name"] for t in tasks}
-    for fn in os.listdir(out_dir):  # shards of an older plan would be picked up by readers: remove them
-        base = fn.split(".tfrecord")[0] + ".tfrecord"
-        if ".tfrecord" in fn and base not in planned:
+    for fn in os.listdir(out_dir):  # our shards from an older plan (other manifests/settings): remove them
+        m = _SHARD_RE.fullmatch(fn)
+        if m and m.group(1) not in planned:
             os.remove(os.path.join(out_dir, fn))
     results, todo = {}, []
     for t in tasks:

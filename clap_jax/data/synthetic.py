@@ -5,7 +5,8 @@
 Every clip has four independent attributes, each acoustically distinct on a log-mel spectrogram:
 
 * ``sound`` (8 classes, the zero-shot task): steady tone, rising chirp, falling chirp, noise burst, click train,
-  buzzing sawtooth, warbling siren, ringing bell;
+  buzzing sawtooth, warbling siren, ringing bell; with ``--speech`` a 9th, 'spoken word' (one of 8 words said
+  by espeak-ng, which must be installed; the word is in the caption and the labels);
 * ``pitch``: low (~220 Hz), medium (~660 Hz), high (~1980 Hz) (for noise: the band centre);
 * ``rhythm``: once (one long event) or repeated (3-5 short events);
 * ``loudness``: quiet (peak ~0.08) or loud (peak ~0.65).
@@ -37,9 +38,13 @@ cycle through the 8 sound classes, so that task is balanced.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import soundfile as sf
@@ -49,6 +54,9 @@ SOUNDS = ("steady tone", "rising chirp", "falling chirp", "noise burst", "click 
 PITCHES = {"low": 220.0, "medium": 660.0, "high": 1980.0}
 LOUDNESS = {"quiet": 0.08, "loud": 0.65}
 RHYTHMS = ("once", "repeated")
+SPEECH = "spoken word"  # optional 9th class (--speech, needs espeak-ng)
+WORDS = ("hello", "yes", "no", "stop", "go", "left", "right", "seven")
+_ESPEAK_PITCH = {"low": 10, "medium": 50, "high": 95}
 
 _SOUND_WORDS = {
     "steady tone": ["steady tone", "pure tone", "constant beep", "sine tone"],
@@ -59,6 +67,7 @@ _SOUND_WORDS = {
     "buzzing sawtooth": ["buzzing sawtooth", "harsh buzz", "buzzing drone", "raspy buzzer"],
     "warbling siren": ["warbling siren", "wobbling tone", "warbling whistle", "siren-like warble"],
     "ringing bell": ["ringing bell", "bell strike", "metallic chime", "ringing chime"],
+    SPEECH: ["voice saying '{word}'", "person speaking the word '{word}'", "spoken word '{word}'"],
 }
 _PITCH_WORDS = {"low": ["low", "deep", "low-pitched"], "medium": ["medium", "mid-pitched", "moderate"],
                 "high": ["high", "shrill", "high-pitched"]}
@@ -82,12 +91,50 @@ TASKS = [
 _SPLIT_IDS = {"train": 0, "eval": 1}
 
 
-def sample_attributes(rng: np.random.Generator, sound: str | None = None) -> dict:
-    """Draw independent attributes {'sound', 'pitch', 'loudness', 'rhythm'} (sound fixed when given)."""
-    return {"sound": sound or SOUNDS[int(rng.integers(len(SOUNDS)))],
-            "pitch": list(PITCHES)[int(rng.integers(3))],
-            "loudness": list(LOUDNESS)[int(rng.integers(2))],
-            "rhythm": RHYTHMS[int(rng.integers(2))]}
+def sound_classes(speech: bool = False) -> tuple[str, ...]:
+    """The sound classes: the 8 procedural ones, plus 'spoken word' when espeak-ng speech is enabled."""
+    return SOUNDS + (SPEECH,) if speech else SOUNDS
+
+
+def sample_attributes(rng: np.random.Generator, sound: str | None = None, speech: bool = False) -> dict:
+    """Draw independent attributes {'sound', 'pitch', 'loudness', 'rhythm'} (+ 'word' for speech)."""
+    classes = sound_classes(speech)
+    attrs = {"sound": sound or classes[int(rng.integers(len(classes)))],
+             "pitch": list(PITCHES)[int(rng.integers(3))],
+             "loudness": list(LOUDNESS)[int(rng.integers(2))],
+             "rhythm": RHYTHMS[int(rng.integers(2))]}
+    if attrs["sound"] == SPEECH:
+        attrs["word"] = WORDS[int(rng.integers(len(WORDS)))]
+    return attrs
+
+
+@functools.lru_cache(maxsize=256)
+def speak(word: str, pitch: str, sample_rate: int) -> np.ndarray:
+    """``word`` spoken by espeak-ng at a pitch class, resampled, silence-trimmed, peak 1: float32 (n,).
+
+    Raises RuntimeError if the ``espeak-ng`` binary is missing or fails.
+    """
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise RuntimeError("synthetic speech needs the espeak-ng binary: apt-get install espeak-ng "
+                           "(or run without --speech)")
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "word.wav")
+        r = subprocess.run([exe, "-w", out, "-p", str(_ESPEAK_PITCH[pitch]), "-s", "150", word],
+                           capture_output=True, text=True)
+        if r.returncode != 0 or not os.path.isfile(out):
+            raise RuntimeError(f"espeak-ng failed for {word!r}: {r.stderr.strip()}")
+        x, sr = sf.read(out, dtype="float32", always_2d=True)
+    x = x.mean(1)
+    if sr != sample_rate:
+        import librosa
+
+        x = librosa.resample(x, orig_sr=sr, target_sr=sample_rate, res_type="soxr_hq")
+    on = np.flatnonzero(np.abs(x) > 0.02 * np.abs(x).max())
+    if on.size == 0:
+        raise RuntimeError(f"espeak-ng produced silence for {word!r}")
+    x = x[on[0]:on[-1] + 1]
+    return (x / np.abs(x).max()).astype(np.float32)
 
 
 def _event(sound: str, f0: float, m: int, sr: int, rng: np.random.Generator) -> np.ndarray:
@@ -136,17 +183,24 @@ def render(attrs: dict, rng: np.random.Generator, seconds: float = 2.5, sample_r
     n = int(round(seconds * sample_rate))
     f0 = PITCHES[attrs["pitch"]] * rng.uniform(0.9, 1.1)
     x = np.zeros(n, np.float32)
+    if attrs["sound"] == SPEECH:
+        word = speak(attrs["word"], attrs["pitch"], sample_rate)
+        event = lambda m: word[:m]  # noqa: E731 - a spoken word keeps its own length (cut if no room)
+        length = lambda m: min(m, word.size)  # noqa: E731
+    else:
+        event = lambda m: _event(attrs["sound"], f0, m, sample_rate, rng)  # noqa: E731
+        length = lambda m: m  # noqa: E731
     if attrs["rhythm"] == "once":
-        m = int(n * rng.uniform(0.6, 0.9))
+        m = length(int(n * rng.uniform(0.6, 0.9)))
         s = int(rng.integers(0, n - m + 1))
-        x[s:s + m] = _event(attrs["sound"], f0, m, sample_rate, rng)
+        x[s:s + m] = event(m)
     else:
         k = int(rng.integers(3, 6))
         period = n // k
         for j in range(k):
-            m = int(period * rng.uniform(0.35, 0.6))
+            m = length(int(period * rng.uniform(0.35, 0.6)))
             s = j * period + int(rng.integers(0, period - m + 1))
-            x[s:s + m] = _event(attrs["sound"], f0, m, sample_rate, rng)
+            x[s:s + m] = event(m)
     x *= LOUDNESS[attrs["loudness"]] * rng.uniform(0.8, 1.2)
     x += (0.001 * rng.standard_normal(n)).astype(np.float32)  # faint noise floor: no digital silence
     return np.clip(x, -1, 1).astype(np.float32)
@@ -157,7 +211,7 @@ def captions(attrs: dict, rng: np.random.Generator, k: int = 2) -> list[str]:
     out: list[str] = []
     for _ in range(20 * k):
         w = lambda table: table[int(rng.integers(len(table)))]  # noqa: E731
-        snd, pitch = w(_SOUND_WORDS[attrs["sound"]]), w(_PITCH_WORDS[attrs["pitch"]])
+        snd, pitch = w(_SOUND_WORDS[attrs["sound"]]).format(word=attrs.get("word", "")), w(_PITCH_WORDS[attrs["pitch"]])
         loud, rhythm = w(_LOUD_WORDS[attrs["loudness"]]), w(_RHYTHM_WORDS[attrs["rhythm"]])
         form = int(rng.integers(3))
         art = "an" if loud[0] in "aeiou" else "a"
@@ -175,16 +229,21 @@ def captions(attrs: dict, rng: np.random.Generator, k: int = 2) -> list[str]:
     return out
 
 
-def make_clip(seed: int, split: str, i: int, seconds: float, sample_rate: int) -> tuple[dict, np.ndarray, list]:
-    """(attributes, float32 (n,) waveform, captions) of clip ``i`` of ``split``; a pure function of its args."""
+def make_clip(seed: int, split: str, i: int, seconds: float, sample_rate: int, speech: bool = False
+              ) -> tuple[dict, np.ndarray, list]:
+    """(attributes, float32 (n,) waveform, captions) of clip ``i`` of ``split``; a pure function of its args.
+
+    With ``speech`` the 'spoken word' class is added (its audio then also depends on the espeak-ng version).
+    """
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], i])
-    attrs = sample_attributes(rng, SOUNDS[i % len(SOUNDS)] if split == "eval" else None)
+    classes = sound_classes(speech)
+    attrs = sample_attributes(rng, classes[i % len(classes)] if split == "eval" else None, speech)
     wave = render(attrs, rng, seconds, sample_rate)
     return attrs, wave, captions(attrs, rng)
 
 
 def write(out: str, num_train: int, num_eval: int, seed: int = 0, seconds: float = 2.5, sample_rate: int = 44100,
-          audio_format: str = "flac", workers: int = 1, progress: bool = True) -> dict:
+          audio_format: str = "flac", workers: int = 1, progress: bool = True, speech: bool = False) -> dict:
     """Write wavs, manifests and eval_tasks.json into ``out`` and preprocess into ``out/tfrecords``.
 
     Returns the dataset metadata of the preprocessing run. Rerunning is cheap: existing wavs are rewritten only if
@@ -201,14 +260,15 @@ def write(out: str, num_train: int, num_eval: int, seed: int = 0, seconds: float
         os.makedirs(os.path.join(out, "wav", split), exist_ok=True)
         rows = []
         for i in tqdm(range(num), desc=f"synth {split}", unit="clip", disable=not progress, file=sys.stderr):
-            attrs, wave, caps = make_clip(seed, split, i, seconds, sample_rate)
+            attrs, wave, caps = make_clip(seed, split, i, seconds, sample_rate, speech)
             rel = f"wav/{split}/{i:06d}.wav"
             path = os.path.join(out, rel)
             if not os.path.isfile(path):
                 tmp = path + ".tmp.wav"
                 sf.write(tmp, wave, sample_rate, subtype="PCM_16")
                 os.replace(tmp, path)
-            labels = [attrs["sound"], attrs["pitch"], attrs["loudness"], attrs["rhythm"]]
+            labels = [attrs["sound"], attrs["pitch"], attrs["loudness"], attrs["rhythm"]] + (
+                [attrs["word"]] if "word" in attrs else [])
             rows.append({"id": f"{split}/{i:06d}", "path": rel, "captions": caps, "labels": labels,
                          "source": "synthetic", "split": split})
             if split == "eval":
@@ -220,8 +280,10 @@ def write(out: str, num_train: int, num_eval: int, seed: int = 0, seconds: float
         os.replace(man + ".tmp", man)
         if num:
             manifests.append(man)
+    task_list = [dict(t) for t in TASKS]
+    task_list[0]["class_names"] = list(sound_classes(speech))
     tasks = {"format": "clap_jax.eval_tasks/1", "audio_root": ".", "tfrecord_dir": "tfrecords", "split": "eval",
-             "seed": seed, "tasks": TASKS, "clips": eval_clips}
+             "seed": seed, "tasks": task_list, "clips": eval_clips}
     with open(os.path.join(out, "eval_tasks.json"), "w") as f:
         json.dump(tasks, f, indent=1)
     opts = preprocess.Options(sample_rate=sample_rate, audio_format=audio_format, label_captions="never",
@@ -240,10 +302,11 @@ def main(argv=None) -> int:
     p.add_argument("--sample-rate", type=int, default=44100)
     p.add_argument("--format", dest="audio_format", choices=("flac", "pcm16"), default="flac")
     p.add_argument("--workers", "-j", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--speech", action="store_true", help="add a 'spoken word' class (needs espeak-ng)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     meta = write(a.out, a.num_train, a.num_eval, a.seed, a.seconds, a.sample_rate, a.audio_format, a.workers,
-                 not a.quiet)
+                 not a.quiet, a.speech)
     print(f"{a.out}: {meta['splits'].get('train', {}).get('num_examples', 0)} train / "
           f"{meta['splits'].get('eval', {}).get('num_examples', 0)} eval clips in {a.out}/tfrecords, "
           f"tasks in {a.out}/eval_tasks.json; skipped {meta['num_skipped']}")
