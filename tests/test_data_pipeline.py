@@ -231,3 +231,12 @@ def test_source_keeps_few_files_open(data_dir, monkeypatch):
     assert len(src.paths) == 4
     got = [src[i] for i in range(len(src))] + [src[0]]
     assert all(g is not None for g in got) and len(src._fds) == 2 and got[0] == got[-1]
+
+
+def test_config_mistakes_are_clear_errors(data_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"preprocessed at 8000 Hz but the pipeline wants 44100 Hz"):
+        _build(data_dir, sample_rate=44100)
+    with pytest.raises(FileNotFoundError, match="nowhere: not a directory"):
+        _build(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="no split 'test'"):
+        _build(data_dir, split="test")

@@ -171,3 +171,8 @@ def test_shard_size_cap(tmp_path):
     meta = preprocess.run([man], out, str(tmp_path / "raw"), _opts(audio_format="pcm16", shard_mb=17 / 1024),
                           progress=False)
     assert len(meta["splits"]["train"]["shards"]) == 3 and meta["num_examples"] == 6
+
+
+def test_cli_missing_manifest_is_a_clear_error(tmp_path, capsys):
+    assert preprocess.main(["-m", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "nope.csv: file not found" in capsys.readouterr().err

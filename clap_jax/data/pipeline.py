@@ -55,12 +55,24 @@ log = logging.getLogger(__name__)
 MAX_TEXT_LENGTH = 77
 
 
+def read_metadata(data_dir: str) -> dict | None:
+    """The dataset.json written by the preprocessing CLI, or None if absent."""
+    path = os.path.join(data_dir, "dataset.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable dataset metadata ({e})") from e
+
+
 def shard_paths(data_dir: str, split: str = "train") -> list[str]:
     """The shard files of ``split`` in a preprocessed directory (from dataset.json, else by file name)."""
-    meta_path = os.path.join(data_dir, "dataset.json")
-    if os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"{data_dir}: not a directory (expected the --out of clap_jax.data.preprocess)")
+    meta = read_metadata(data_dir)
+    if meta is not None:
         if split not in meta["splits"]:
             raise ValueError(f"{data_dir}: no split {split!r} (has {sorted(meta['splits'])})")
         names = meta["splits"][split]["shards"]
@@ -250,6 +262,10 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
     _tokenizer(tokenizer)  # load now: a missing vocabulary fails here, not at the first batch
     parts = []
     for i, d in enumerate(data_dirs):
+        stored_sr = ((read_metadata(d) or {}).get("settings") or {}).get("sample_rate")
+        if stored_sr is not None and stored_sr != sample_rate:
+            raise ValueError(f"{d}: preprocessed at {stored_sr} Hz but the pipeline wants {sample_rate} Hz; rerun "
+                             f"clap_jax.data.preprocess with --sample-rate {sample_rate}")
         src = TFRecordDataSource(shard_paths(d, split))
         ds = grain.MapDataset.source(src).shuffle(seed=_derive(seed, i, 0))
         ds = ds.repeat(num_epochs if len(data_dirs) == 1 else None)

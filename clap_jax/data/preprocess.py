@@ -447,7 +447,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    max_seconds=a.max_seconds, trim_db=a.trim_db, examples_per_shard=a.examples_per_shard,
                    shard_mb=a.shard_mb, label_templates=tuple(a.label_template or Options.label_templates),
                    label_joiner=a.label_joiner, label_captions=a.label_captions, default_split=a.default_split)
-    meta = run(a.manifest, a.out, a.root, opts, workers=a.workers, progress=not a.quiet)
+    try:
+        meta = run(a.manifest, a.out, a.root, opts, workers=a.workers, progress=not a.quiet)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {meta['num_examples']} examples ({meta['hours']:.3f} h) to {a.out}; "
           f"skipped {meta['num_skipped']} (see {os.path.join(a.out, 'skipped.tsv')})")
     for s in meta["skipped"]:
