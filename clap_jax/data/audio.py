@@ -90,13 +90,16 @@ def decode_audio(data: bytes, fmt: str, start: int = 0, length: int | None = Non
     if fmt == "pcm16":
         q = np.frombuffer(data, "<i2")
         q = q[start:] if length is None else q[start:start + length]
-        return q.astype(np.float32) * np.float32(1 / 32768)
+        x = q.astype(np.float32)
+        x *= np.float32(1 / 32768)
+        return x
     if fmt == "flac":
         with sf.SoundFile(io.BytesIO(data)) as f:
             if start:
                 f.seek(start)
-            x = f.read(frames=-1 if length is None else length, dtype="int16")
-        return x.astype(np.float32) * np.float32(1 / 32768)
+            x = f.read(frames=-1 if length is None else length, dtype="int16").astype(np.float32)
+        x *= np.float32(1 / 32768)
+        return x
     raise ValueError(f"unknown audio format {fmt!r}; use one of {FORMATS}")
 
 

@@ -41,6 +41,7 @@ import bisect
 import functools
 import json
 import logging
+import mmap
 import os
 import threading
 from typing import Any, Sequence
@@ -86,9 +87,10 @@ def shard_paths(data_dir: str, split: str = "train") -> list[str]:
 class TFRecordDataSource:
     """Random-access Grain data source over TFRecord shards with offset indexes.
 
-    ``source[i]`` -> the serialized record ``i`` (bytes) in shard order, or ``None`` if it is corrupt (truncated,
-    bad length, CRC mismatch): that is logged with shard and record number and counted in ``num_corrupt``.
-    A shard without an index file is scanned once (with a warning). Picklable (files are reopened per process).
+    ``source[i]`` -> the serialized record ``i`` (a zero-copy memoryview into the shard's mmap, CRC-checked) in
+    shard order, or ``None`` if it is corrupt (truncated, bad length, CRC mismatch): that is logged with shard and
+    record number and counted in ``num_corrupt``. A shard without an index file is scanned once (with a warning).
+    Picklable (shards are mapped again in each process). Shards must not change while being read.
     """
 
     def __init__(self, paths: Sequence[str]):
@@ -120,16 +122,19 @@ class TFRecordDataSource:
 
     MAX_OPEN_FILES = 128
 
-    def _fd(self, shard: int) -> int:
-        if self._pid != os.getpid():  # after fork/spawn: never share descriptors with the parent
+    def _map(self, shard: int):
+        """The shard's read-only mmap (this process's own; at most MAX_OPEN_FILES kept, least recently used go)."""
+        if self._pid != os.getpid():  # after fork/spawn: never share mappings with the parent
             self._fds, self._pid = {}, os.getpid()
-        fd = self._fds.pop(shard, None)
-        if fd is None:
-            if len(self._fds) >= self.MAX_OPEN_FILES:  # close the least recently used shard
-                os.close(self._fds.pop(next(iter(self._fds))))
-            fd = os.open(self.paths[shard], os.O_RDONLY)
-        self._fds[shard] = fd  # (re)insert as most recently used
-        return fd
+        mm = self._fds.pop(shard, None)
+        if mm is None:
+            if len(self._fds) >= self.MAX_OPEN_FILES:
+                self._fds.pop(next(iter(self._fds)))  # unmapped once no reader holds a view of it
+            with open(self.paths[shard], "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self._fds[shard] = mm  # (re)insert as most recently used
+        return mm
 
     def locate(self, index: int) -> tuple[int, int]:
         """Global record index -> (shard number, record number within the shard)."""
@@ -138,23 +143,15 @@ class TFRecordDataSource:
         s = bisect.bisect_right(self._starts, index) - 1
         return s, index - self._starts[s]
 
-    def __getitem__(self, index: int) -> bytes | None:
+    def __getitem__(self, index: int) -> memoryview | None:
         s, r = self.locate(int(index))
         off, n = self._indexes[s][r]
         try:
-            return tfrecord.read_record(self._fd(s), int(off), int(n), f"{self.paths[s]} record {r}")
+            return tfrecord.read_record_view(self._map(s), int(off), int(n), f"{self.paths[s]} record {r}")
         except tfrecord.CorruptRecordError as e:
             self.num_corrupt += 1
             log.warning("skipping corrupt record (%d so far in this process): %s", self.num_corrupt, e)
             return None
-
-    def __del__(self):
-        try:
-            if self._pid == os.getpid():
-                for fd in self._fds.values():
-                    os.close(fd)
-        except Exception:  # noqa: BLE001 - interpreter shutdown or already closed
-            pass
 
 
 _TOKENIZER_LOCK = threading.Lock()
@@ -194,17 +191,18 @@ class DecodeCrop(grain.transforms.RandomMap):
         if element is None:
             return None
         try:
-            ex = tfrecord.decode_example(element)
+            ex = tfrecord.decode_example(element, copy=False)  # audio stays a view: only the crop is copied
             sr = int(ex["sample_rate"][0])
             if sr != self.sample_rate:
                 raise ValueError(f"record sample rate {sr} != pipeline sample rate {self.sample_rate}; "
                                  "preprocess with --sample-rate to match the model")
             n = int(ex["num_samples"][0])
             start = audio_lib.crop_start(n, self.num_samples, rng)
-            wave = audio_lib.decode_audio(ex["audio"][0], ex["audio_format"][0].decode(), start, self.num_samples)
+            wave = audio_lib.decode_audio(ex["audio"][0], bytes(ex["audio_format"][0]).decode(), start,
+                                          self.num_samples)
             wave = audio_lib.repeat_pad(wave, self.num_samples)
             caps = ex["captions"]
-            caption = caps[int(rng.integers(len(caps)))].decode() if len(caps) > 1 else caps[0].decode()
+            caption = bytes(caps[int(rng.integers(len(caps)))] if len(caps) > 1 else caps[0]).decode()
             uid = int(ex["uid"][0])
         except Exception as e:  # noqa: BLE001 - a bad record is skipped and counted, never fatal
             self.num_bad += 1

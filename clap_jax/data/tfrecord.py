@@ -117,8 +117,8 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
-    """Yield (field_number, wire_type, value) over a message; value is int or a bytes slice."""
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, object]]:
+    """Yield (field_number, wire_type, value) over a message; value is an int or a zero-copy memoryview slice."""
     pos, end = 0, len(buf)
     while pos < end:
         key, pos = _read_varint(buf, pos)
@@ -142,10 +142,10 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
         yield field, wt, v
 
 
-def _decode_feature(buf: bytes):
+def _decode_feature(buf: memoryview, copy: bool):
     for field, _, lst in _fields(buf):
         if field == 1:
-            return [bytes(v) for f, _, v in _fields(lst) if f == 1]
+            return [bytes(v) if copy else v for f, _, v in _fields(lst) if f == 1]
         if field == 2:
             vals = []
             for f, wt, v in _fields(lst):
@@ -168,26 +168,27 @@ def _decode_feature(buf: bytes):
     return []
 
 
-def decode_example(data: bytes) -> dict:
+def decode_example(data: bytes | memoryview, copy: bool = True) -> dict:
     """Parse a serialized ``tf.train.Example`` into ``{name: list[bytes] | int64 array | float32 array}``.
 
+    With ``copy=False`` bytes values are zero-copy ``memoryview`` slices of ``data`` (for large audio payloads).
     Raises ValueError on malformed bytes.
     """
     out = {}
     try:
-        for f, _, feats in _fields(memoryview(data).tobytes() if isinstance(data, memoryview) else data):
+        for f, _, feats in _fields(memoryview(data)):
             if f != 1:
                 continue
             for f2, _, entry in _fields(feats):
                 if f2 != 1:
                     continue
-                key, val = None, b""
+                key, val = None, memoryview(b"")
                 for f3, _, v in _fields(entry):
                     if f3 == 1:
                         key = bytes(v).decode()
                     elif f3 == 2:
                         val = v
-                out[key] = _decode_feature(val)
+                out[key] = _decode_feature(val, copy)
     except (IndexError, UnicodeDecodeError) as e:
         raise ValueError(f"malformed tf.train.Example: {e}") from e
     return out
@@ -317,6 +318,21 @@ def read_record(fd: int, offset: int, length: int, where: str = "?") -> bytes:
         raise CorruptRecordError(f"{where}: bad length header at byte {offset} (index says {length}, file {n})")
     data = buf[12:12 + length]
     if struct.unpack("<I", buf[12 + length:])[0] != masked_crc(data):
+        raise CorruptRecordError(f"{where}: CRC mismatch in record data at byte {offset}")
+    return data
+
+
+def read_record_view(buf, offset: int, length: int, where: str = "?") -> memoryview:
+    """Like ``read_record`` over an in-memory buffer (e.g. an ``mmap`` of the shard); returns a zero-copy view."""
+    mv = memoryview(buf)
+    if offset + length + 16 > len(mv):
+        raise CorruptRecordError(f"{where}: truncated record at byte {offset} "
+                                 f"(wanted {length + 16} bytes, file has {max(len(mv) - offset, 0)} left)")
+    (n,) = struct.unpack_from("<Q", mv, offset)
+    if n != length or struct.unpack_from("<I", mv, offset + 8)[0] != masked_crc(mv[offset:offset + 8]):
+        raise CorruptRecordError(f"{where}: bad length header at byte {offset} (index says {length}, file {n})")
+    data = mv[offset + 12:offset + 12 + length]
+    if struct.unpack_from("<I", mv, offset + 12 + length)[0] != masked_crc(data):
         raise CorruptRecordError(f"{where}: CRC mismatch in record data at byte {offset}")
     return data
 
