@@ -176,3 +176,23 @@ def test_shard_size_cap(tmp_path):
 def test_cli_missing_manifest_is_a_clear_error(tmp_path, capsys):
     assert preprocess.main(["-m", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "o"), "--quiet"]) == 2
     assert "nope.csv: file not found" in capsys.readouterr().err
+
+
+def test_clotho_style_caption_columns_max_seconds_and_trim(tmp_path):
+    x = write_clip(str(tmp_path / "long.wav"), 1.0, SR, seed=4)
+    padded = np.concatenate([np.zeros(6000, np.float32), x[:2400], np.zeros(6000, np.float32)])
+    sf.write(str(tmp_path / "padded.wav"), padded, SR, subtype="PCM_16")
+    (tmp_path / "m.csv").write_text("file_name,caption_1,caption_2,caption_3\n"
+                                    "long.wav,one,two,three\npadded.wav,silence around,b,c\n")
+    out = str(tmp_path / "out")
+    preprocess.run([str(tmp_path / "m.csv")], out, str(tmp_path), _opts(audio_format="pcm16", max_seconds=0.5),
+                   progress=False)
+    _, recs = _records(out)
+    assert [c.decode() for c in recs["long.wav"]["captions"]] == ["one", "two", "three"]
+    np.testing.assert_array_equal(audio_lib.decode_audio(recs["long.wav"]["audio"][0], "pcm16"), x[:4000])
+    out2 = str(tmp_path / "out2")
+    preprocess.run([str(tmp_path / "m.csv")], out2, str(tmp_path), _opts(audio_format="pcm16", trim_db=40),
+                   progress=False)
+    _, recs2 = _records(out2)
+    n = int(recs2["padded.wav"]["num_samples"][0])
+    assert 2400 <= n <= 2400 + 2 * 2048 < 14400  # edge silence removed (librosa trims in 2048-sample frames)

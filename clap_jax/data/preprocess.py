@@ -4,7 +4,7 @@
 
 Manifests (several may be given; rows keep their order, manifests in the order given):
 
-* CSV with a header. Columns: ``path`` (or ``audio``/``file``; relative to ``--root``), ``caption`` and/or
+* CSV with a header. Columns: ``path`` (or ``audio``/``file``/``file_name``; relative to ``--root``), ``caption`` and/or
   ``captions`` and/or any ``caption_*`` columns (several captions in one cell separated by ``|``), optional
   ``labels`` (or ``keywords``; ``|``-separated), ``source``, ``split``, ``id``.
 * JSONL, one object per line: ``{"path": str, "caption": str | "captions": [str], "labels": [str] | str,
@@ -50,7 +50,7 @@ from clap_jax.data import tfrecord
 log = logging.getLogger(__name__)
 METADATA = "dataset.json"
 FORMAT_VERSION = 1
-_PATH_COLS = ("path", "audio", "file", "filename", "audio_path")
+_PATH_COLS = ("path", "audio", "file", "filename", "file_name", "audio_path")
 _LABEL_COLS = ("labels", "keywords", "label", "tags")
 _SHARD_RE = re.compile(r"(.+-\d{5}-of-\d{5}\.tfrecord)(\.index|\.json|\.tmp-\d+|\.index\.tmp-\d+|\.json\.tmp-\d+)?")
 
