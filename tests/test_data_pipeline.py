@@ -240,3 +240,21 @@ def test_config_mistakes_are_clear_errors(data_dir, tmp_path):
         _build(str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="no split 'test'"):
         _build(data_dir, split="test")
+
+
+def test_eval_mode_in_order_first_window_first_caption(data_dir):
+    orig, tok = _originals(data_dir), ClapTokenizer()
+    batches = list(_build(data_dir, num_epochs=1, shuffle=False, crop="start", caption="first",
+                          drop_remainder=False, per_host_batch_size=5))
+    assert [len(b["id"]) for b in batches] == [5, 5, 5, 5, 4]
+    ids = np.concatenate([b["id"] for b in batches])
+    assert list(ids) == list(orig)  # shard order
+    for b in batches:
+        for i, uid in enumerate(b["id"]):
+            wave, caps = orig[int(uid)]
+            np.testing.assert_array_equal(b["audio"][i], np.tile(wave, -(-L // wave.size))[:L])
+            np.testing.assert_array_equal(b["input_ids"][i], tok(caps[:1])[0][0])
+    centre = next(iter(_build(data_dir, num_epochs=1, shuffle=False, crop="center", per_host_batch_size=3)))
+    wave = orig[int(centre["id"][2])][0]  # third clip is the long one (0.6 s)
+    s = (wave.size - L) // 2
+    np.testing.assert_array_equal(centre["audio"][2], wave[s:s + L])

@@ -54,6 +54,7 @@ from clap_jax.data import tfrecord
 
 log = logging.getLogger(__name__)
 MAX_TEXT_LENGTH = 77
+CROPS = ("random", "start", "center")
 
 
 def read_metadata(data_dir: str) -> dict | None:
@@ -175,16 +176,25 @@ class DecodeCrop(grain.transforms.RandomMap):
     """Serialized record -> model example, deterministic in the rng Grain derives from (seed, position).
 
     Output: {'audio': float32 (num_samples,), 'caption': bytes (UTF-8), 'id': int32 (), 'dataset': int32 ()}
-    (captions are tokenized per batch by ``Tokenize``). Long clips: uniformly random ``num_samples`` window; clips of n <=
-    num_samples samples: tiled ceil(num_samples/n) times and cut (msclap). One caption drawn uniformly.
+    (captions are tokenized per batch by ``Tokenize``). Long clips: a ``num_samples`` window, uniformly random
+    (``crop='random'``, msclap training) or the first / centre one (``'start'``/``'center'``, for evaluation); clips
+    of n <= num_samples samples: tiled ceil(num_samples/n) times and cut (msclap). One caption, drawn uniformly
+    (``caption='random'``) or the first.
     Returns None (skipped, counted in ``num_bad``) for a record that does not parse or decode.
     """
 
-    def __init__(self, sample_rate: int, num_samples: int, dataset_index: int = 0, where: str = ""):
+    def __init__(self, sample_rate: int, num_samples: int, dataset_index: int = 0, where: str = "",
+                 crop: str = "random", caption: str = "random"):
+        if crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+        if caption not in ("random", "first"):
+            raise ValueError(f"caption must be 'random' or 'first', got {caption!r}")
         self.sample_rate = sample_rate
         self.num_samples = num_samples
         self.dataset_index = dataset_index
         self.where = where
+        self.crop = crop
+        self.caption = caption
         self.num_bad = 0
 
     def random_map(self, element: bytes | None, rng: np.random.Generator) -> dict | None:
@@ -197,12 +207,16 @@ class DecodeCrop(grain.transforms.RandomMap):
                 raise ValueError(f"record sample rate {sr} != pipeline sample rate {self.sample_rate}; "
                                  "preprocess with --sample-rate to match the model")
             n = int(ex["num_samples"][0])
-            start = audio_lib.crop_start(n, self.num_samples, rng)
+            if self.crop == "random":
+                start = audio_lib.crop_start(n, self.num_samples, rng)
+            else:
+                start = max(n - self.num_samples, 0) // 2 if self.crop == "center" else 0
             wave = audio_lib.decode_audio(ex["audio"][0], bytes(ex["audio_format"][0]).decode(), start,
                                           self.num_samples)
             wave = audio_lib.repeat_pad(wave, self.num_samples)
             caps = ex["captions"]
-            caption = bytes(caps[int(rng.integers(len(caps)))] if len(caps) > 1 else caps[0]).decode()
+            pick = int(rng.integers(len(caps))) if len(caps) > 1 and self.caption == "random" else 0
+            caption = bytes(caps[pick]).decode()
             uid = int(ex["uid"][0])
         except Exception as e:  # noqa: BLE001 - a bad record is skipped and counted, never fatal
             self.num_bad += 1
@@ -236,11 +250,12 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
                   weights: Sequence[float] | None = None, seed: int = 0, num_epochs: int | None = None,
                   sample_rate: int = 44100, duration: float = 7.0, process_index: int | None = None,
                   process_count: int | None = None, worker_count: int = 0, worker_buffer_size: int = 2,
-                  read_threads: int | None = None, drop_remainder: bool = True, tokenizer: str | None = None
-                  ) -> grain.IterDataset:
+                  read_threads: int | None = None, drop_remainder: bool = True, tokenizer: str | None = None,
+                  shuffle: bool = True, crop: str = "random", caption: str = "random") -> grain.IterDataset:
     """The Grain dataset of host batches (see module docstring for the flow and the element layout).
 
-    ``read_threads``: threads reading + decoding per process (default 2 in-process, 1 per worker process: more
+    For evaluation: ``shuffle=False, crop='start', caption='first', num_epochs=1, drop_remainder=False`` gives
+    every record once, in shard order (split over hosts). ``read_threads``: threads reading + decoding per process (default 2 in-process, 1 per worker process: more
     threads in a worker only add GIL contention). ``data_dirs``: one preprocessed directory, or several mixed by
     ``weights`` (then the stream is infinite and
     each source is reshuffled at each of its own epochs; ``num_epochs`` must be None). ``process_index/count``
@@ -265,9 +280,12 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
             raise ValueError(f"{d}: preprocessed at {stored_sr} Hz but the pipeline wants {sample_rate} Hz; rerun "
                              f"clap_jax.data.preprocess with --sample-rate {sample_rate}")
         src = TFRecordDataSource(shard_paths(d, split))
-        ds = grain.MapDataset.source(src).shuffle(seed=_derive(seed, i, 0))
+        ds = grain.MapDataset.source(src)
+        if shuffle:
+            ds = ds.shuffle(seed=_derive(seed, i, 0))
         ds = ds.repeat(num_epochs if len(data_dirs) == 1 else None)
-        ds = ds.random_map(DecodeCrop(sample_rate, num_samples, i, where=d), seed=_derive(seed, i, 1))
+        ds = ds.random_map(DecodeCrop(sample_rate, num_samples, i, where=d, crop=crop, caption=caption),
+                           seed=_derive(seed, i, 1))
         parts.append(ds)
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
     if num_epochs is not None and drop_remainder:  # every host gets the same number of full batches
