@@ -4,7 +4,7 @@ Data flow (every step is a lazy, index-addressed ``grain.MapDataset`` until batc
 pure function of (seed, position) and its state is one small JSON):
 
     TFRecordDataSource(shards of one dataset dir)      random access through the offset indexes, CRC-checked
-      -> shuffle(seed_i)                               global shuffle, reshuffled every epoch
+      -> shuffle(seed_i)                               global shuffle, reshuffled every epoch (shuffle=False: off)
       -> repeat(num_epochs)                            None = forever
       -> random_map(DecodeCrop)                        decode audio, msclap crop / repeat-pad, pick a caption;
                                                        rng seeded by (seed, position): resumes see the same crops
@@ -254,12 +254,16 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
                   shuffle: bool = True, crop: str = "random", caption: str = "random") -> grain.IterDataset:
     """The Grain dataset of host batches (see module docstring for the flow and the element layout).
 
+    ``data_dirs``: one preprocessed directory, or several mixed by ``weights`` (then the stream is infinite, each
+    source reshuffled at each of its own epochs, and ``num_epochs`` must be None). ``process_index/count`` default
+    to ``jax.process_index()/process_count()``; with finite epochs and ``drop_remainder`` every host gets the same
+    number of batches (a corrupt record makes its host's stream one element shorter: train with
+    ``num_epochs=None`` and count steps). ``read_threads``: threads reading + decoding per process (default 2
+    in-process, 1 per worker process, where more threads only add GIL contention). ``worker_count`` > 0 adds
+    ``mp_prefetch`` worker processes; a restored state needs the same ``worker_count`` and host count.
+
     For evaluation: ``shuffle=False, crop='start', caption='first', num_epochs=1, drop_remainder=False`` gives
-    every record once, in shard order (split over hosts). ``read_threads``: threads reading + decoding per process (default 2 in-process, 1 per worker process: more
-    threads in a worker only add GIL contention). ``data_dirs``: one preprocessed directory, or several mixed by
-    ``weights`` (then the stream is infinite and
-    each source is reshuffled at each of its own epochs; ``num_epochs`` must be None). ``process_index/count``
-    default to ``jax.process_index()/process_count()``.
+    every record once, in shard order (split over hosts).
     """
     if isinstance(data_dirs, str):
         data_dirs = [data_dirs]
