@@ -170,6 +170,11 @@ def test_mixing_two_datasets_by_weight(data_dir, tmp_path):
     assert len(set(np.concatenate([b["id"] for b in batches])[which == 1])) == 10  # the small one cycles
     again = _take(iter(_build([data_dir, other], weights=[3, 1], per_host_batch_size=8, seed=2)), 25)
     _same(batches, again)
+    it = iter(_build([data_dir, other], weights=[3, 1], per_host_batch_size=8, seed=2))
+    _take(it, 7)
+    resumed = iter(_build([data_dir, other], weights=[3, 1], per_host_batch_size=8, seed=2))
+    resumed.set_state(it.get_state())
+    _same(_take(resumed, 5), batches[7:12])  # a mixture resumes exactly too
     with pytest.raises(ValueError, match="num_epochs=None"):
         _build([data_dir, other], num_epochs=1)
 
