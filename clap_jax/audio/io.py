@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 
@@ -24,27 +25,34 @@ class AudioError(ValueError):
     """An audio file or array that cannot be used; the message names it."""
 
 
-def read_audio(path: str) -> tuple[np.ndarray, int]:
-    """-> ((channels, samples) float32 in [-1, 1], sample rate). soundfile first, librosa/audioread for the rest."""
+def read_audio(path: str, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """-> ((channels, samples) float32 in [-1, 1], sample rate). soundfile first (wav, flac, ogg, mp3), then
+    librosa/audioread for the rest. `max_seconds` decodes only the beginning. Raises AudioError naming `path`."""
     if not os.path.isfile(path):
-        raise AudioError(f"{path}: no such file")
+        raise AudioError(f"{path}: file not found")
     try:
         import soundfile as sf
 
-        data, sr = sf.read(path, dtype="float32", always_2d=True)   # (N, C)
-        data = data.T
-    except Exception as e_sf:
+        with sf.SoundFile(path) as f:
+            sr = f.samplerate
+            frames = -1 if max_seconds is None else int(math.ceil(max_seconds * sr))
+            data = f.read(frames=frames, dtype="float32", always_2d=True).T   # (C, N)
+    except Exception as e_sf:  # noqa: BLE001 - try the slower decoders before giving up
+        sf_msg = str(e_sf).strip() or type(e_sf).__name__
         try:
             import librosa
 
-            data, sr = librosa.load(path, sr=None, mono=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                data, sr = librosa.load(path, sr=None, mono=False, duration=max_seconds)
             data = np.atleast_2d(data).astype(np.float32)
-        except Exception as e:
-            raise AudioError(f"{path}: cannot decode audio ({type(e_sf).__name__}: {e_sf}; {type(e).__name__}: {e})") from e
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
+            msg = str(e).strip() or type(e).__name__
+            raise AudioError(f"{path}: cannot decode audio (soundfile: {sf_msg}; audioread: {msg})") from e
     if data.size == 0:
-        raise AudioError(f"{path}: no samples")
+        raise AudioError(f"{path}: empty audio (0 samples)")
     if not np.all(np.isfinite(data)):
-        raise AudioError(f"{path}: contains NaN or inf samples")
+        raise AudioError(f"{path}: audio contains NaN/inf samples")
     return np.ascontiguousarray(data), int(sr)
 
 
@@ -85,7 +93,7 @@ def fit_length(x: np.ndarray, length: int, crop: str = "center", rng: np.random.
     """(n,) -> (length,): repeat-pad when n <= length (msclap), else crop per `crop`."""
     n = x.shape[0]
     if n == 0:
-        raise AudioError("empty clip")
+        raise AudioError("cannot repeat-pad an empty clip")
     if length >= n:
         return np.tile(x, math.ceil(length / n))[:length]
     if crop == "center":
@@ -113,8 +121,8 @@ def load_clip(source, sample_rate: int | None, target_sr: int, length: int, *, c
             raise AudioError(f"{name}: arrays need a sample_rate")
         data, sr = as_channels_first(source, name), int(sample_rate)
         if not np.all(np.isfinite(data)):
-            raise AudioError(f"{name}: contains NaN or inf samples")
+            raise AudioError(f"{name}: audio contains NaN/inf samples")
         if data.shape[1] == 0:
-            raise AudioError(f"{name}: no samples")
+            raise AudioError(f"{name}: empty audio (0 samples)")
     mono = to_mono(resample(data, sr, target_sr), channel_mode)  # resample per channel first, as msclap
     return fit_length(mono, length, crop, rng).astype(np.float32)

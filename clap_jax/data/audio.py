@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import warnings
 
 import numpy as np
 import soundfile as sf
 
+from clap_jax.audio import io as audio_io
+from clap_jax.audio.io import AudioError, read_audio  # noqa: F401  (re-exported: one error type, one decoder)
+
 FORMATS = ("flac", "pcm16")
-
-
-class AudioError(ValueError):
-    """Audio that cannot be used; the message names the file and the problem."""
 
 
 def load_audio(path: str, sample_rate: int, *, max_seconds: float | None = None,
@@ -29,33 +26,8 @@ def load_audio(path: str, sample_rate: int, *, max_seconds: float | None = None,
     ``trim_db`` trims leading/trailing audio quieter than ``trim_db`` below peak (librosa.effects.trim).
     Raises AudioError naming ``path`` for unreadable, empty or non-finite audio.
     """
-    if not os.path.isfile(path):
-        raise AudioError(f"{path}: file not found")
-    try:
-        with sf.SoundFile(path) as f:
-            sr = f.samplerate
-            frames = -1 if max_seconds is None else int(math.ceil(max_seconds * sr))
-            x = f.read(frames=frames, dtype="float32", always_2d=True)
-        x = x.mean(axis=1)
-    except Exception as e:  # noqa: BLE001 - try the slower decoders (mp3/m4a via audioread) before giving up
-        sf_msg = str(e).strip() or type(e).__name__
-        try:
-            import librosa
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                x, sr = librosa.load(path, sr=None, mono=True, duration=max_seconds)
-        except Exception as e2:  # noqa: BLE001 - any decoder failure is a bad file, reported not fatal
-            e2_msg = str(e2).strip() or type(e2).__name__
-            raise AudioError(f"{path}: cannot decode audio (soundfile: {sf_msg}; audioread: {e2_msg})") from e2
-    if x.size == 0:
-        raise AudioError(f"{path}: empty audio (0 samples)")
-    if not np.all(np.isfinite(x)):
-        raise AudioError(f"{path}: audio contains NaN/inf samples")
-    if sr != sample_rate:
-        import librosa
-
-        x = librosa.resample(x, orig_sr=sr, target_sr=sample_rate, res_type="soxr_hq")
+    data, sr = read_audio(path, max_seconds)
+    x = audio_io.resample(data.mean(axis=0), sr, sample_rate)
     if trim_db is not None:
         import librosa
 
@@ -113,9 +85,4 @@ def repeat_pad(x: np.ndarray, target: int) -> np.ndarray:
 
     (n,) -> (target,). Longer input is cut to its first ``target`` samples (crop beforehand for a random window).
     """
-    n = x.shape[0]
-    if n == 0:
-        raise AudioError("cannot repeat-pad an empty clip")
-    if n < target:
-        x = np.tile(x, int(math.ceil(target / n)))
-    return np.ascontiguousarray(x[:target], np.float32)
+    return np.ascontiguousarray(audio_io.fit_length(x, target, crop="start"), np.float32)
