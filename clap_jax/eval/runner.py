@@ -1,0 +1,138 @@
+"""Run the zero-shot suite: find datasets under a root, read them, embed (cached), score, collect results.
+
+Python use (the trainer runs a subset periodically):
+
+    from clap_jax.eval import evaluate
+    results = evaluate(embedder, "/data/eval", tasks="esc50,builtin", cache_dir="/tmp/clap_cache")
+    results["tasks"]["esc50"]["metrics"]["acc"]
+
+Config (a dict, or a JSON file for the CLI) overrides the documented defaults; every choice ends up in the
+results next to the number:
+    {"prompts": {"<task>": "template with {label}"},
+     "options": {"<reader>": {"<option>": value}},        e.g. {"dcase17": {"split": "testing"}}
+     "threshold_rule": {"<task>": "top1"}}
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+import traceback
+from pathlib import Path
+from typing import Optional
+
+from clap_jax.eval import paper
+from clap_jax.eval.audio import ClipError, LoaderConfig
+from clap_jax.eval.embed import EmbeddingCache, embed_audio, embed_texts
+from clap_jax.eval.tasks import REGISTRY, DatasetError
+from clap_jax.eval.zeroshot import score_task, texts_for
+
+CAPTIONING_PENDING = ("pending a captioner: clap_jax has no captioning model yet. CIDEr-D is implemented "
+                      "(metrics.cider_d); SPICE (Java) and hence SPIDEr are not.")
+
+
+def _wanted(spec) -> Optional[set]:
+    if spec is None or spec == "all" or spec == ["all"]:
+        return None
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    return {s.strip() for s in items if s.strip()}
+
+
+def _selected(reader, wanted) -> bool:
+    return wanted is None or reader.name in wanted or any(t in wanted for t in reader.tasks)
+
+
+def discover(data_root, tasks="all"):
+    """([(reader, dataset_dir)], [reader whose data is absent]) for the selected readers."""
+    wanted = _wanted(tasks)
+    found, missing = [], []
+    for reader in REGISTRY.values():
+        if not _selected(reader, wanted):
+            continue
+        path = reader.locate(Path(data_root))
+        (found if path is not None else missing).append((reader, path) if path is not None else reader)
+    return found, missing
+
+
+def load_tasks(data_root, tasks="all", config: Optional[dict] = None):
+    """Read every selected dataset found under data_root. Returns (tasks, errors, missing_readers)."""
+    config = config or {}
+    wanted = _wanted(tasks)
+    found, missing = discover(data_root, tasks)
+    out, errors = [], {}
+    for reader, path in found:
+        try:
+            got = reader.read(path, config.get("options", {}).get(reader.name, {}))
+        except DatasetError as e:
+            errors[reader.name] = f"{reader.name}: {e}"
+            continue
+        for t in got:
+            if wanted is not None and not ({reader.name, t.name, t.paper_key} & wanted):
+                continue
+            if t.name in config.get("prompts", {}):
+                t.prompt = config["prompts"][t.name]
+            if t.name in config.get("threshold_rule", {}):
+                t.threshold_rule = config["threshold_rule"][t.name]
+            t.settings.setdefault("dataset_dir", str(path))
+            out.append(t)
+    return out, errors, missing
+
+
+def evaluate(embedder, data_root, tasks="all", config: Optional[dict] = None, cache_dir: Optional[str] = None,
+             loader: LoaderConfig = LoaderConfig(), batch_size: int = 64, workers: int = 4,
+             progress: bool = True, skip_bad_clips: bool = False, log=print) -> dict:
+    """Evaluate one embedder on every selected task found under data_root; returns the results dict.
+
+    A dataset that cannot be read, or a clip that cannot be decoded, fails only its own task: the message
+    (naming the file) goes to results["errors"] and the other tasks still run. With skip_bad_clips the bad
+    clips are dropped instead and listed under the task's "dropped_clips".
+    """
+    cache_id = getattr(embedder, "cache_id", None)
+    cache = EmbeddingCache(cache_dir, cache_id)
+    task_list, errors, missing = load_tasks(data_root, tasks, config)
+    results = {
+        "checkpoint": cache_id,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "data_root": str(data_root),
+        "logit_scale": float(embedder.logit_scale),
+        "loader": dataclasses.asdict(loader),
+        "batch_size": batch_size,
+        "tasks": {},
+        "errors": dict(errors),
+        "missing": [{"reader": r.name, "tasks": list(r.tasks), "how_to_get": r.how_to_get} for r in missing],
+        "pending": {t: CAPTIONING_PENDING for t in paper.CAPTIONING_TASKS
+                    if _wanted(tasks) is None or t in _wanted(tasks)},
+    }
+    for name, msg in errors.items():
+        log(f"[eval] ERROR {msg}")
+    for task in task_list:
+        t0 = time.time()
+        dropped = []
+
+        def on_error(path, exc, _dropped=dropped):
+            _dropped.append(str(exc))
+            log(f"[eval] {task.name}: skipping unreadable clip: {exc}")
+
+        hits_before = cache.hits
+        try:
+            audio_emb, kept = embed_audio(embedder, task.name, [c.path for c in task.clips], cache, loader,
+                                          batch_size, workers, progress,
+                                          on_error=on_error if skip_bad_clips else None)
+            texts, _ = texts_for(task)
+            text_emb = embed_texts(embedder, task.name, texts, cache)
+            m = score_task(task, audio_emb, text_emb, embedder.logit_scale, kept)
+        except (ClipError, DatasetError, ValueError, RuntimeError) as e:
+            msg = f"{task.name}: {e}"
+            results["errors"][task.name] = msg
+            log(f"[eval] ERROR {msg}")
+            if not isinstance(e, (ClipError, DatasetError)):
+                log(traceback.format_exc())
+            continue
+        entry = {"metrics": m, "settings": task.describe(), "seconds": round(time.time() - t0, 3),
+                 "cache": "hit" if cache.hits - hits_before >= 2 else "miss"}
+        if dropped:
+            entry["dropped_clips"] = dropped
+        results["tasks"][task.name] = entry
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
+        log(f"[eval] {task.name}: {shown} ({len(kept)} clips, {entry['seconds']} s, cache {entry['cache']})")
+    return results
