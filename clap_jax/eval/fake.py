@@ -36,10 +36,11 @@ class RandomEmbedder:
 
 class ToneEmbedder(RandomEmbedder):
     def __init__(self, tones: dict, dim: int = 512, logit_scale: float = 100.0, cache_id: str = "tone",
-                 rel_threshold: float = 0.2):
+                 rel_threshold: float = 0.2, tolerance_hz: float = 5.0):
         super().__init__(dim, logit_scale, cache_id)
         self.tones = {float(f): list(t) for f, t in tones.items()}
         self.rel_threshold = rel_threshold
+        self.tolerance_hz = tolerance_hz   # tones should be > 2 * tolerance apart; covers repeat-padding sidebands
 
     def detect(self, y: np.ndarray, sample_rate: int) -> list:
         """Known frequencies whose spectral peak is at least rel_threshold of the strongest one."""
@@ -48,8 +49,8 @@ class ToneEmbedder(RandomEmbedder):
         freqs = sorted(self.tones)
         mags = []
         for f in freqs:
-            b = int(round(f / hz_per_bin))
-            mags.append(spec[max(0, b - 3):b + 4].max() if b < len(spec) else 0.0)
+            lo, hi = int((f - self.tolerance_hz) / hz_per_bin), int((f + self.tolerance_hz) / hz_per_bin) + 1
+            mags.append(spec[max(0, lo):hi].max() if lo < len(spec) else 0.0)
         mags = np.asarray(mags)
         if not len(mags) or mags.max() <= 1e-3 * len(y):
             return []
