@@ -65,13 +65,12 @@ def table_rows(results: list) -> list:
         rows.append({"row": e.row, "task": e.title, "key": e.task, "metric": e.metric, "ours": ours,
                      "used": used, "paper": e.clap2023, "benchmark": e.benchmark,
                      "benchmark_source": e.benchmark_source, "random": e.random, "status": status})
-    in_paper = {(e.task, e.metric) for e in paper.TABLE2}
+    shown = {(name, row["metric"]) for row in rows for name in row["used"] if name}
     extra = {}
     for i, r in enumerate(results):
         for name, entry in r.get("tasks", {}).items():
-            key = entry["settings"].get("paper_key")
             for m in _row_metrics(entry):
-                if (name, m) in in_paper or (key, m) in in_paper:
+                if (name, m) in shown:
                     continue
                 row = extra.setdefault((name, m), {"row": "", "task": name, "key": name, "metric": m,
                                                     "ours": [None] * len(results), "used": [name] * len(results),
@@ -166,7 +165,7 @@ def bar_chart(results: list, path: Path) -> Path:
     series += [("CLAP 2023 (paper)", [r["paper"] for r in rows]), ("Benchmark", [r["benchmark"] for r in rows])]
     x = np.arange(max(1, len(rows)))
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) * len(series) / 2 + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(min(22, max(6, 2 + 0.45 * len(rows))), 5.5))
     for k, (label, vals) in enumerate(series):
         ax.bar(x[:len(rows)] + (k - (len(series) - 1) / 2) * width,
                [np.nan if v is None else v for v in vals], width, label=label)

@@ -50,7 +50,7 @@ class Task:
 
     def describe(self) -> dict:
         d = {"kind": self.kind, "n_clips": len(self.clips), "n_classes": len(self.classes),
-             "prompt": self.prompt, "paper_key": self.paper_key, **self.settings}
+             "prompt": self.prompt if self.kind != RETRIEVAL else "(captions are the queries)", "paper_key": self.paper_key, **self.settings}
         if self.threshold_rule:
             d["threshold_rule"] = self.threshold_rule
         return d
