@@ -109,3 +109,22 @@ def test_paper_table_averages_match_the_spec():
     wins = sum(e.clap2023 > e.benchmark for e in cells)
     ties = sum(e.clap2023 == e.benchmark for e in cells)
     assert (wins, ties) == (21, 1)
+
+
+def test_cider_d_matches_the_coco_caption_implementation():
+    from pycocoevalcap.cider.cider import Cider  # coco-caption's CIDEr scorer is CIDEr-D (clipping + penalty)
+
+    cands = ["a dog barks loudly in the park", "rain falls", "a man speaks while cars pass by", "birds chirp"]
+    refs = [["a dog is barking", "dog barks in a park", "a loud dog", "the dog barks loudly", "barking of a dog"],
+            ["rain is falling on a roof", "heavy rain", "rain falls on the ground", "water dripping and rain",
+             "it rains"],
+            ["a man talks as traffic passes", "cars pass by and a man speaks", "a person speaking near a road",
+             "traffic and speech", "a man is speaking"],
+            ["birds are chirping", "many birds sing", "a bird chirps in the trees", "chirping birds",
+             "birds chirp while wind blows"]]
+    gts = {i: [" ".join(metrics.tokenize_caption(r)) for r in rs] for i, rs in enumerate(refs)}
+    res = {i: [" ".join(metrics.tokenize_caption(c))] for i, c in enumerate(cands)}
+    expected, expected_items = Cider().compute_score(gts, res)
+    got, items = metrics.cider_d(cands, refs, return_per_item=True)
+    assert got == pytest.approx(float(expected), abs=1e-9)
+    assert items == pytest.approx(list(expected_items), abs=1e-9)
