@@ -186,3 +186,16 @@ def test_report_compares_saved_results_side_by_side(tmp_path):
     row = next(l for l in md.splitlines() if l.startswith("| 7 | SESA"))
     cells = [c.strip() for c in row.split("|")]
     assert cells[4] == "1.000" and cells[5] != "1.000" and cells[6] == "0.650"
+
+
+def test_task_selection_by_single_builtin_or_hear_task_name(tmp_path):
+    w = fx.Writer(tmp_path)
+    fx.builtin(w)
+    fx.hear(w)
+    fx.sesa(w)
+    tasks, _, _ = load_tasks(tmp_path, "builtin_mix,hear_crema_d")
+    assert sorted(t.name for t in tasks) == ["builtin_mix", "hear_crema_d"]
+    logs = []
+    res = evaluate(RandomEmbedder(), tmp_path, tasks="sesa,sesaa", progress=False, log=logs.append)
+    assert set(res["tasks"]) == {"sesa"}
+    assert any("'sesaa'" in m and "WARNING" in m for m in logs)

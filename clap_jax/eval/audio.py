@@ -33,6 +33,7 @@ class LoaderConfig:
     crop: str = "center"          # center | start | seeded | random
     channels: str = "mean"        # mean | flatten
     seed: int = 0
+    resampler: str = "soxr_hq"    # librosa res_type (msclap uses torchaudio's sinc Resample)
 
     def __post_init__(self):
         if self.crop not in ("center", "start", "seeded", "random"):
@@ -42,10 +43,11 @@ class LoaderConfig:
 
     def key(self) -> str:
         """Cache key part: every setting that changes the samples (random crops are not cacheable)."""
-        return f"sr{self.sample_rate}-d{self.duration}-{self.crop}{self.seed if self.crop == 'seeded' else ''}-{self.channels}"
+        seed = self.seed if self.crop == "seeded" else ""
+        return f"sr{self.sample_rate}-d{self.duration}-{self.crop}{seed}-{self.channels}-{self.resampler}"
 
 
-def decode(path: str, sample_rate: int, channels: str) -> np.ndarray:
+def decode(path: str, sample_rate: int, channels: str, resampler: str = "soxr_hq") -> np.ndarray:
     """Decode a file to float32 at sample_rate: mono (mean) or channels flattened msclap-style."""
     import librosa
 
@@ -60,7 +62,7 @@ def decode(path: str, sample_rate: int, channels: str) -> np.ndarray:
     if y.ndim == 2:
         y = y.mean(axis=0) if channels == "mean" else y.reshape(-1)
     if sr != sample_rate:
-        y = librosa.resample(y, orig_sr=sr, target_sr=sample_rate, res_type="soxr_hq")
+        y = librosa.resample(y, orig_sr=sr, target_sr=sample_rate, res_type=resampler)
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
@@ -77,13 +79,13 @@ def fix_length(y: np.ndarray, n: int, crop: str, seed: int = 0, path: str = "") 
     elif crop == "seeded":
         h = hashlib.sha1(f"{seed}:{path}".encode()).digest()
         start = int.from_bytes(h[:8], "little") % (extra + 1)
-    else:  # "random": msclap's unseeded crop
-        start = random.randrange(extra + 1)
+    else:  # "random": msclap's unseeded crop (random.randrange(n_samples - n), as in CLAPWrapper)
+        start = random.randrange(extra)
     return y[start:start + n]
 
 
 def load_clip(path: str, cfg: LoaderConfig = LoaderConfig()) -> np.ndarray:
-    y = decode(path, cfg.sample_rate, cfg.channels)
+    y = decode(path, cfg.sample_rate, cfg.channels, cfg.resampler)
     return fix_length(y, int(round(cfg.duration * cfg.sample_rate)), cfg.crop, cfg.seed, str(path))
 
 

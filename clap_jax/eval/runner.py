@@ -39,7 +39,14 @@ def _wanted(spec) -> Optional[set]:
 
 
 def _selected(reader, wanted) -> bool:
-    return wanted is None or reader.name in wanted or any(t in wanted for t in reader.tasks)
+    return (wanted is None or reader.name in wanted or any(t in wanted for t in reader.tasks)
+            or any(w.startswith(reader.name + "_") for w in wanted))   # builtin_<name>, hear_<task>
+
+
+def unknown_task_names(tasks) -> list:
+    """Names in a --tasks list that no reader can produce (typos)."""
+    wanted = _wanted(tasks) or set()
+    return sorted(w for w in wanted if not any(_selected(r, {w}) for r in REGISTRY.values()))
 
 
 def discover(data_root, tasks="all"):
@@ -87,6 +94,9 @@ def evaluate(embedder, data_root, tasks="all", config: Optional[dict] = None, ca
     (naming the file) goes to results["errors"] and the other tasks still run. With skip_bad_clips the bad
     clips are dropped instead and listed under the task's "dropped_clips".
     """
+    for name in unknown_task_names(tasks):
+        log(f"[eval] WARNING: no reader produces a task named {name!r}; known: "
+            + ", ".join(sorted({t for r in REGISTRY.values() for t in r.tasks})))
     cache_id = getattr(embedder, "cache_id", None)
     cache = EmbeddingCache(cache_dir, cache_id)
     task_list, errors, missing = load_tasks(data_root, tasks, config)
