@@ -2,5 +2,5 @@
 from clap_jax.eval.tasks.base import REGISTRY, Clip, DatasetError, Task  # noqa: F401
 from clap_jax.eval.tasks import (  # noqa: F401  (importing registers the readers)
     builtin, esc50, urbansound, fsd50k, youtube, vocalsound, sesa, tut, gtzan, nsynth, beijing, speech,
-    captions, hear,
+    captions, hear, tfds,
 )
