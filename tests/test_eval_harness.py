@@ -132,7 +132,7 @@ def test_cli_end_to_end_over_all_fixtures_writes_reports(tmp_path, monkeypatch, 
     data = json.loads((out / "results.json").read_text())
     perfect, random_run = data["runs"]
     assert perfect["name"] == "perfect" and random_run["name"] == "random"
-    assert perfect["errors"] == {} and perfect["missing"] == []
+    assert perfect["errors"] == {} and [m["reader"] for m in perfect["missing"]] == ["tfds"]   # TFDS copy: own test
     ran = set(perfect["tasks"])
     assert {"esc50", "esc50_actions", "fsd50k", "us8k", "dcase17", "audioset", "vocalsound", "sesa", "tut2017",
             "gtzan_music_speech", "gtzan_genres", "nsynth_pitch", "nsynth_velocity", "nsynth_qualities",
