@@ -199,3 +199,17 @@ def test_task_selection_by_single_builtin_or_hear_task_name(tmp_path):
     res = evaluate(RandomEmbedder(), tmp_path, tasks="sesa,sesaa", progress=False, log=logs.append)
     assert set(res["tasks"]) == {"sesa"}
     assert any("'sesaa'" in m and "WARNING" in m for m in logs)
+
+
+def test_a_broken_dataset_fails_each_of_its_tasks_in_the_report(tmp_path):
+    w = fx.Writer(tmp_path)
+    fx.nsynth(w)
+    fx.sesa(w)
+    (tmp_path / "nsynth-test/examples.json").write_text("{not json")
+    res = evaluate(RandomEmbedder(), tmp_path, **QUIET)
+    assert set(res["tasks"]) == {"sesa"}
+    assert {"nsynth_pitch", "nsynth_velocity", "nsynth_qualities", "nsynth_family"} <= set(res["errors"])
+    assert "examples.json: not valid JSON" in res["errors"]["nsynth_pitch"]
+    md = report.markdown([res])
+    assert md.count("examples.json: not valid JSON") == 1
+    assert "| 12 | NSynth pitch | acc | error |" in md

@@ -143,7 +143,8 @@ def markdown(results: list) -> str:
             lines.append(f"| {t} | {n_clips} | `{prompt}` | {extra} |")
         lines.append("")
         if r.get("errors"):
-            lines += ["Errors (these tasks did not run):", ""] + [f"- {m}" for m in r["errors"].values()] + [""]
+            messages = list(dict.fromkeys(r["errors"].values()))   # a reader's error is listed once
+            lines += ["Errors (these tasks did not run):", ""] + [f"- {m}" for m in messages] + [""]
         if r.get("pending"):
             lines += ["Pending:", ""] + [f"- {k}: {m}" for k, m in r["pending"].items()] + [""]
         if r.get("missing"):

@@ -108,7 +108,8 @@ def evaluate(embedder, data_root, tasks="all", config: Optional[dict] = None, ca
         "loader": dataclasses.asdict(loader),
         "batch_size": batch_size,
         "tasks": {},
-        "errors": dict(errors),
+        # a dataset that cannot be read fails each task it would have produced
+        "errors": {t: msg for name, msg in errors.items() for t in REGISTRY[name].tasks},
         "missing": [{"reader": r.name, "tasks": list(r.tasks), "how_to_get": r.how_to_get} for r in missing],
         "pending": {t: CAPTIONING_PENDING for t in paper.CAPTIONING_TASKS
                     if _wanted(tasks) is None or t in _wanted(tasks)},
