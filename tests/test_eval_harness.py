@@ -93,6 +93,10 @@ def test_embeddings_are_cached_per_checkpoint_and_task(tmp_path):
     second = evaluate(emb, tmp_path / "data", cache_dir=str(tmp_path / "cache"), **QUIET)
     assert emb.audio_calls == calls                          # nothing re-embedded
     assert all(t["cache"] == "hit" for t in second["tasks"].values())
+    from clap_jax.eval import summary
+    assert summary(second) == {"builtin_tones/acc": 1.0, "builtin_mix/mAP": 1.0, "builtin_captions/a2t_R@1": 1.0,
+                               "builtin_captions/a2t_mAP@10": 1.0, "builtin_captions/t2a_R@1": 1.0,
+                               "builtin_captions/t2a_mAP@10": 1.0}
     assert {k: v["metrics"] for k, v in first["tasks"].items()} == {k: v["metrics"] for k, v in second["tasks"].items()}
     other = RandomEmbedder(cache_id="other-ckpt")            # another checkpoint does not reuse them
     third = evaluate(other, tmp_path / "data", cache_dir=str(tmp_path / "cache"), **QUIET)

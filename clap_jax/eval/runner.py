@@ -147,3 +147,14 @@ def evaluate(embedder, data_root, tasks="all", config: Optional[dict] = None, ca
         shown = ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
         log(f"[eval] {task.name}: {shown} ({len(kept)} clips, {entry['seconds']} s, cache {entry['cache']})")
     return results
+
+
+def summary(results: dict) -> dict:
+    """Flat {"<task>/<metric>": value} of the headline numbers (for a trainer's metric writer)."""
+    out = {}
+    for name, entry in results.get("tasks", {}).items():
+        kind = entry["settings"]["kind"]
+        keys = {"single_label": ("acc",), "multi_label": ("mAP", "f1"),
+                "retrieval": ("a2t_R@1", "a2t_mAP@10", "t2a_R@1", "t2a_mAP@10")}[kind]
+        out.update({f"{name}/{k}": float(entry["metrics"][k]) for k in keys if k in entry["metrics"]})
+    return out
