@@ -4,7 +4,8 @@ Runs every task of the CLAP 2023 zero-shot suite whose data is found under --dat
 synthetic suite and HEAR-format tasks), lists what to download for the others, and writes results.json,
 report.md and report.png to --out. Two or more --weights give a side-by-side report.
 --weights takes a clap_jax checkpoint or an msclap .pth (loaded by clap_jax.inference.CLAP); the special value
-"random-hash" uses a hash embedder (chance-level numbers, to check the harness without a model).
+"random-init" the CLAP architecture with random weights (the random baseline), and "random-hash" a hash
+embedder (chance-level numbers, to check the harness without the model package).
 `--list` only prints which datasets are found.
 """
 from __future__ import annotations
@@ -31,6 +32,10 @@ def load_embedder(weights: str):
         return RandomEmbedder(cache_id="random-hash")
     from clap_jax.inference import CLAP  # the model package (clap_jax/inference.py)
 
+    if weights == "random-init":   # the real architecture, randomly initialised: the random baseline
+        model = CLAP(weights=None)
+        model.cache_id = "random-init"
+        return model
     model = CLAP(weights=weights)
     if not getattr(model, "cache_id", None):
         try:
