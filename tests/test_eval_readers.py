@@ -149,3 +149,45 @@ def _no_tfds_import(real_import):
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
     return fake
+
+
+def test_builtin_reader_reads_the_synthetic_generators_shared_clip_format(tmp_path):
+    """The layout clap_jax.data.synthetic writes ("format": "clap_jax.eval_tasks/1"), per its docstring."""
+    import json
+
+    w = fx.Writer(tmp_path)
+    sounds, pitches = ["steady tone", "rising chirp"], ["low", "high"]
+    clips = []
+    for i in range(4):
+        s, p, r = sounds[i % 2], pitches[i // 2], ["once", "repeated"][i % 2]
+        rel = f"wav/eval/{i:06d}.wav"
+        caps = [f"clip {i} caption a", f"clip {i} caption b"]
+        freqs = [w.tone("builtin_sound", s), w.tone("builtin_pitch", p),
+                 w.tone("builtin_rhythm", {"once": "heard once", "repeated": "repeating several times"}[r])]
+        cap_f = w.caption_tone("builtin_retrieval", caps)
+        w.wav(f"synthetic/{rel}", freqs + [cap_f], sr=44100, seconds=0.5)
+        clips.append({"id": f"eval/{i:06d}", "path": rel, "captions": caps,
+                      "labels": {"sound": s, "pitch": p, "loudness": "loud", "rhythm": r}})
+    spec = {"format": "clap_jax.eval_tasks/1", "audio_root": ".", "tfrecord_dir": "tfrecords", "split": "eval",
+            "tasks": [{"name": "sound", "type": "zero_shot_classification", "label_key": "sound",
+                       "class_names": sounds, "prompt": "this is a sound of {}"},
+                      {"name": "pitch", "type": "zero_shot_classification", "label_key": "pitch",
+                       "class_names": ["low", "medium", "high"], "prompt": "this is a {} pitched sound"},
+                      {"name": "rhythm", "type": "zero_shot_classification", "label_key": "rhythm",
+                       "class_names": ["heard once", "repeating several times"], "prompt": "this is a sound {}",
+                       "label_map": {"once": "heard once", "repeated": "repeating several times"}},
+                      {"name": "retrieval", "type": "retrieval", "caption_key": "captions"}],
+            "clips": clips}
+    w.text("synthetic/eval_tasks.json", json.dumps(spec))
+    tasks, errors, _ = load_tasks(tmp_path)
+    assert errors == {}
+    got = {t.name: t for t in tasks}
+    assert set(got) == {"builtin_sound", "builtin_pitch", "builtin_rhythm", "builtin_retrieval"}
+    assert got["builtin_pitch"].class_texts()[2] == "this is a high pitched sound"
+    assert [c.labels for c in got["builtin_rhythm"].clips] == [(0,), (1,), (0,), (1,)]
+    res = evaluate(fx.tone_embedder(w, tasks), tmp_path, progress=False, log=lambda *_: None)
+    assert res["errors"] == {}
+    for name in got:
+        for k, v in res["tasks"][name]["metrics"].items():
+            if k in PERFECT:
+                assert v == 1.0, (name, k)

@@ -13,6 +13,11 @@ Format (written by clap_jax/data/synthetic.py; any directory with this file work
     ]}
 
 <dir> is the data root itself or a direct subdirectory of it (e.g. <root>/synthetic/eval_tasks.json).
+
+The shared-clips variant written by `python -m clap_jax.data.synthetic` ("format": "clap_jax.eval_tasks/1") is
+read too: one top-level "clips" list ({"path", "captions": [..], "labels": {label_key: value}}), relative to
+"audio_root"; tasks {"name", "type": "zero_shot_classification" | "retrieval", "label_key", "class_names",
+"prompt" with "{}", optional "label_map" {value: class name}, "caption_key"}.
 """
 from __future__ import annotations
 
@@ -48,6 +53,8 @@ class Builtin(Reader):
             spec = json.loads(f.read_text())
         except json.JSONDecodeError as e:
             raise DatasetError(f"{f}: not valid JSON ({e})") from None
+        if isinstance(spec.get("clips"), list):
+            spec = _from_shared_clips(spec, f)
         out = []
         for i, t in enumerate(spec.get("tasks", [])):
             where = f"{f}: task {i} ({t.get('name', '?')})"
@@ -80,3 +87,28 @@ class Builtin(Reader):
         if not out:
             raise DatasetError(f"{f}: no tasks")
         return out
+
+
+def _from_shared_clips(spec: dict, f: Path) -> dict:
+    """Convert the "clap_jax.eval_tasks/1" layout (shared clips, labels by key) to the per-task layout."""
+    root = spec.get("audio_root", ".")
+    tasks = []
+    for t in spec.get("tasks", []):
+        name = t.get("name", "?")
+        if t.get("type") == "retrieval":
+            key = t.get("caption_key", "captions")
+            clips = [{"path": str(Path(root) / c["path"]), "captions": c.get(key, [])} for c in spec["clips"]]
+            tasks.append({"name": name, "type": RETRIEVAL, "clips": clips})
+            continue
+        if t.get("type") != "zero_shot_classification":
+            raise DatasetError(f"{f}: task {name}: unknown type {t.get('type')!r}")
+        key, label_map = t.get("label_key", name), t.get("label_map", {})
+        clips = []
+        for c in spec["clips"]:
+            if key not in c.get("labels", {}):
+                raise DatasetError(f"{f}: clip {c.get('path')} has no label {key!r} (task {name})")
+            raw = c["labels"][key]
+            clips.append({"path": str(Path(root) / c["path"]), "labels": [label_map.get(raw, raw)]})
+        tasks.append({"name": name, "type": SINGLE, "classes": list(t.get("class_names", [])),
+                      "prompt": t.get("prompt", "this is a sound of {}").replace("{}", "{label}"), "clips": clips})
+    return {"tasks": tasks}
