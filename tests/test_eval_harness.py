@@ -217,3 +217,19 @@ def test_a_broken_dataset_fails_each_of_its_tasks_in_the_report(tmp_path):
     md = report.markdown([res])
     assert md.count("examples.json: not valid JSON") == 1
     assert "| 12 | NSynth pitch | acc | error |" in md
+
+
+def test_training_hook_returns_flat_metrics_per_call(tmp_path):
+    from clap_jax.eval.hook import make_eval_fn
+
+    w = fx.Writer(tmp_path)
+    fx.builtin(w)
+    tasks, _, _ = load_tasks(tmp_path)
+    good = fx.tone_embedder(w, tasks)
+    seen = []
+    fn = make_eval_fn(str(tmp_path), tasks="builtin", model_factory=lambda v: seen.append(v) or
+                      (good if v == "trained" else RandomEmbedder()))
+    trained, untrained = fn("trained", 100), fn("init", 0)
+    assert seen == ["trained", "init"]
+    assert trained["builtin_tones/acc"] == 1.0 and trained["builtin_captions/t2a_R@1"] == 1.0
+    assert untrained["builtin_tones/acc"] < 1.0
