@@ -56,6 +56,8 @@ def test_reader_on_official_layout(tmp_path, fixture):
     emb = fx.tone_embedder(w, tasks)
     res = evaluate(emb, tmp_path, progress=False, log=lambda *_: None)
     assert res["errors"] == {}
+    shared = {n for n, e in res["tasks"].items() if e["cache"].startswith("shared")}
+    assert shared == ({"nsynth_velocity", "nsynth_qualities", "nsynth_family"} if fixture == "nsynth" else set())
     for name in EXPECTED[fixture]:
         m = res["tasks"][name]["metrics"]
         for key in PERFECT:

@@ -116,6 +116,7 @@ def evaluate(embedder, data_root, tasks="all", config: Optional[dict] = None, ca
     }
     for name, msg in errors.items():
         log(f"[eval] ERROR {msg}")
+    shared_audio = {}   # tasks over the same clips (NSynth x4, ESC50 + Actions) embed them once
     for task in task_list:
         t0 = time.time()
         dropped = []
@@ -126,9 +127,16 @@ def evaluate(embedder, data_root, tasks="all", config: Optional[dict] = None, ca
 
         hits_before = cache.hits
         try:
-            audio_emb, kept = embed_audio(embedder, task.name, [c.path for c in task.clips], cache, loader,
-                                          batch_size, workers, progress,
-                                          on_error=on_error if skip_bad_clips else None)
+            paths = tuple(c.path for c in task.clips)
+            if paths in shared_audio:
+                audio_emb, kept, earlier_drops = shared_audio[paths]
+                dropped += earlier_drops
+                audio_source = "shared with an earlier task"
+            else:
+                audio_emb, kept = embed_audio(embedder, task.name, list(paths), cache, loader, batch_size, workers,
+                                              progress, on_error=on_error if skip_bad_clips else None)
+                shared_audio[paths] = (audio_emb, kept, list(dropped))
+                audio_source = "hit" if cache.hits > hits_before else "miss"
             texts, _ = texts_for(task)
             text_emb = embed_texts(embedder, task.name, texts, cache)
             m = score_task(task, audio_emb, text_emb, embedder.logit_scale, kept)
@@ -140,7 +148,7 @@ def evaluate(embedder, data_root, tasks="all", config: Optional[dict] = None, ca
                 log(traceback.format_exc())
             continue
         entry = {"metrics": m, "settings": task.describe(), "seconds": round(time.time() - t0, 3),
-                 "cache": "hit" if cache.hits - hits_before >= 2 else "miss"}
+                 "cache": audio_source}
         if dropped:
             entry["dropped_clips"] = dropped
         results["tasks"][task.name] = entry
