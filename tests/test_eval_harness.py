@@ -233,3 +233,23 @@ def test_training_hook_returns_flat_metrics_per_call(tmp_path):
     assert seen == ["trained", "init"]
     assert trained["builtin_tones/acc"] == 1.0 and trained["builtin_captions/t2a_R@1"] == 1.0
     assert untrained["builtin_tones/acc"] < 1.0
+
+
+def test_config_file_overrides_prompts_options_and_label_words(tmp_path, monkeypatch):
+    w = fx.Writer(tmp_path / "data")
+    fx.gtzan(w)
+    fx.dcase17(w)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"prompts": {"gtzan_genres": "{label} music can be heard"},
+                               "labels": {"gtzan_genres": {"hiphop": "hip hop"}},
+                               "options": {"dcase17": {"threshold_rule": "sigmoid>0.5"}}}))
+    monkeypatch.setattr(cli, "load_embedder", lambda weights: RandomEmbedder())
+    assert cli.main(["--weights", "r", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
+                     "--no-cache", "--no-progress", "--config", str(cfg)]) == 0
+    res = json.loads((tmp_path / "o/results.json").read_text())
+    g = res["tasks"]["gtzan_genres"]["settings"]
+    assert g["prompt"] == "{label} music can be heard" and g["label_overrides"] == {"hiphop": "hip hop"}
+    assert res["tasks"]["dcase17"]["settings"]["threshold_rule"] == "sigmoid>0.5"
+    assert res["config"]["labels"] == {"gtzan_genres": {"hiphop": "hip hop"}}
+    tasks, _, _ = load_tasks(tmp_path / "data", "gtzan_genres", json.loads(cfg.read_text()))
+    assert "hip hop music can be heard" in tasks[0].class_texts()

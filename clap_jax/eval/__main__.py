@@ -79,7 +79,7 @@ def parser():
     ap.add_argument("--tasks", default="all", help="'all' or comma-separated task/reader names")
     ap.add_argument("--out", default="runs/eval")
     ap.add_argument("--config", help="JSON file: {prompts: {task: template}, options: {reader: {...}}, "
-                                     "threshold_rule: {task: rule}}")
+                                     "threshold_rule: {task: rule}, labels: {task: {word: replacement}}}")
     ap.add_argument("--prompt", action="append", help="TASK=TEMPLATE with {label}, e.g. esc50='a {label} sound'")
     ap.add_argument("--option", action="append", help="READER.KEY=VALUE, e.g. dcase17.split=testing")
     ap.add_argument("--crop", default="center", choices=["center", "start", "seeded", "random"],

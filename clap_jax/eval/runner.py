@@ -10,7 +10,8 @@ Config (a dict, or a JSON file for the CLI) overrides the documented defaults; e
 results next to the number:
     {"prompts": {"<task>": "template with {label}"},
      "options": {"<reader>": {"<option>": value}},        e.g. {"dcase17": {"split": "testing"}}
-     "threshold_rule": {"<task>": "top1"}}
+     "threshold_rule": {"<task>": "top1"},
+     "labels": {"<task>": {"<class word>": "<replacement>"}}}      e.g. {"gtzan_genres": {"hiphop": "hip hop"}}
 """
 from __future__ import annotations
 
@@ -78,6 +79,10 @@ def load_tasks(data_root, tasks="all", config: Optional[dict] = None):
                 continue
             if t.name in config.get("prompts", {}):
                 t.prompt = config["prompts"][t.name]
+            renames = config.get("labels", {}).get(t.name)
+            if renames:   # class words as written into prompts, e.g. {"hiphop": "hip hop"}
+                t.classes = [renames.get(c, c) for c in t.classes]
+                t.settings["label_overrides"] = dict(renames)
             if t.name in config.get("threshold_rule", {}):
                 t.threshold_rule = config["threshold_rule"][t.name]
             t.settings.setdefault("dataset_dir", str(path))
