@@ -17,6 +17,11 @@ import warnings
 
 import numpy as np
 
+# librosa's fallback chatter for files soundfile cannot open (the AudioError that follows names the file). Set
+# once at import: warnings.catch_warnings is not thread-safe and the eval loader decodes in threads.
+warnings.filterwarnings("ignore", message="PySoundFile failed", category=UserWarning)
+warnings.filterwarnings("ignore", message=r"librosa\.core\.audio\.__audioread_load", category=FutureWarning)
+
 CHANNEL_MODES = ("mean", "concat", "first")
 CROP_MODES = ("center", "start", "random")
 
@@ -42,9 +47,7 @@ def read_audio(path: str, max_seconds: float | None = None) -> tuple[np.ndarray,
         try:
             import librosa
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data, sr = librosa.load(path, sr=None, mono=False, duration=max_seconds)
+            data, sr = librosa.load(path, sr=None, mono=False, duration=max_seconds)
             data = np.atleast_2d(data).astype(np.float32)
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
             msg = str(e).strip() or type(e).__name__
@@ -81,12 +84,13 @@ def to_mono(x: np.ndarray, mode: str = "mean") -> np.ndarray:
     raise ValueError(f"channel_mode must be one of {CHANNEL_MODES}, got {mode!r}")
 
 
-def resample(x: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
+def resample(x: np.ndarray, sr: int, target_sr: int, res_type: str = "soxr_hq") -> np.ndarray:
+    """Resample along the last axis (librosa; `res_type` as librosa's)."""
     if sr == target_sr:
         return x
     import librosa
 
-    return librosa.resample(x, orig_sr=sr, target_sr=target_sr, res_type="soxr_hq").astype(np.float32)
+    return librosa.resample(x, orig_sr=sr, target_sr=target_sr, res_type=res_type, axis=-1).astype(np.float32)
 
 
 def fit_length(x: np.ndarray, length: int, crop: str = "center", rng: np.random.Generator | None = None) -> np.ndarray:

@@ -13,22 +13,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-# librosa's fallback chatter for files soundfile cannot open (the ClipError that follows names the file);
-# set once here because warnings.catch_warnings is not thread-safe and decoding runs in threads.
-warnings.filterwarnings("ignore", message="PySoundFile failed", category=UserWarning)
-warnings.filterwarnings("ignore", message=r"librosa\.core\.audio\.__audioread_load", category=FutureWarning)
+from clap_jax.audio import io as audio_io
 
-SNDFILE_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".au", ".aiff", ".aif")
+
 SAMPLE_RATE = 44100
 DURATION = 7.0
 
 
-class ClipError(RuntimeError):
+class ClipError(audio_io.AudioError):
     """A clip that cannot be decoded; the message names the file."""
 
 
@@ -55,26 +51,13 @@ class LoaderConfig:
 
 def decode(path: str, sample_rate: int, channels: str, resampler: str = "soxr_hq") -> np.ndarray:
     """Decode a file to float32 at sample_rate: mono (mean) or channels flattened msclap-style."""
-    import librosa
-    import soundfile as sf
-
     try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)   # wav/flac/ogg/mp3/au/aiff via libsndfile
-        y = data.T[0] if data.shape[1] == 1 else data.T
-    except Exception as first:  # noqa: BLE001 - try audioread (ffmpeg) for formats libsndfile lacks (m4a, ...)
-        if str(path).lower().endswith(SNDFILE_EXTS):
-            raise ClipError(f"cannot read audio clip {path}: {type(first).__name__}: {first}") from None
-        try:
-            y, sr = librosa.load(path, sr=None, mono=False)
-        except Exception:  # noqa: BLE001 - soundfile/audioread raise many types
-            raise ClipError(f"cannot read audio clip {path}: {type(first).__name__}: {first}") from None
-    if y.size == 0:
-        raise ClipError(f"audio clip {path} is empty")
-    if y.ndim == 2 and channels == "mean":
-        y = y.mean(axis=0)
-    if sr != sample_rate:  # per channel, before flattening (msclap resamples the (C, N) tensor, then reshapes)
-        y = librosa.resample(y, orig_sr=sr, target_sr=sample_rate, res_type=resampler, axis=-1)
-    return np.ascontiguousarray(y.reshape(-1), dtype=np.float32)
+        data, sr = audio_io.read_audio(path)                       # (C, N)
+    except audio_io.AudioError as e:
+        raise ClipError(f"cannot read audio clip {e}") from None
+    # per channel, before flattening (msclap resamples the (C, N) tensor, then reshapes)
+    y = audio_io.resample(data, sr, sample_rate, res_type=resampler)
+    return np.ascontiguousarray(audio_io.to_mono(y, "mean" if channels == "mean" else "concat"), np.float32)
 
 
 def fix_length(y: np.ndarray, n: int, crop: str, seed: int = 0, path: str = "") -> np.ndarray:
