@@ -1,0 +1,33 @@
+# XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python -m clap_jax.train --config configs/demo.py --workdir /tmp/clap_demo
+# variants: configs/demo.py:tfrecord,dirs=/data/clotho_tfr  (real pipeline)  |  :steps=300
+"""The README's main job: a tiny CLAP on 8 simulated CPU devices (FSDP x data mesh, sharded loss) learning to
+match tones with captions (synthetic pairs) in a few minutes; `:tfrecord,dirs=...` switches to real data."""
+from clap_jax.models import config as model_config
+from clap_jax.train.config_base import base
+
+
+def get_config(arg: str = ""):
+    args = dict(a.split("=", 1) if "=" in a else (a, "1") for a in (arg or "").split(",") if a)
+    c = base()
+    c.model = model_config.tiny()
+    c.batch_size = 32
+    c.total_steps = int(args.get("steps", 200))
+    c.data.kind = "random"
+    c.data.num_classes = 8
+    c.data.clip_seconds = 1.0
+    if "tfrecord" in args:
+        c.data.kind = "tfrecord"
+        c.data.dirs = tuple(args["dirs"].split(":"))
+    c.mesh.data, c.mesh.fsdp = 4, 2
+    c.sharding.rules = [(".*", "fsdp")]
+    c.sharding.fsdp_min_size = 2 ** 10
+    c.loss.kind = "sharded"
+    c.optim.name = "adamw"
+    c.optim.lr = 1e-3
+    c.optim.weight_decay = 1e-4
+    c.optim.schedule = "warmup_cosine"
+    c.optim.warmup_steps = 20
+    c.optim.grad_clip_norm = 1.0
+    c.ckpt.every_steps = 50
+    c.log.every_steps = 10
+    return c
