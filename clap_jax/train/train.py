@@ -122,9 +122,14 @@ class MetricWriter:
 
 
 def setup_logging() -> None:
-    level = logging.INFO if jax.process_index() == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname).1s %(message)s", force=True)
-    log.setLevel(level)
+    """Our progress lines at INFO on process 0 only; library chatter (orbax, absl) at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname).1s %(message)s", force=True)
+    try:
+        from absl import logging as absl_logging
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    except ImportError:
+        pass
+    log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
 
 
 # ============================================================================================ distributed
@@ -203,6 +208,20 @@ def make_init_fn(model, tx, config) -> Callable[[jax.Array], dict]:
     return init
 
 
+def abstract_setup(model, config, mesh):
+    """Shape-first: (tx, schedule, init_fn, abstract_state with shardings, state shardings). Nothing is
+    allocated; `jax.jit(init_fn, out_shardings=state_sh)(rng)` then creates every array in place."""
+    abstract_params = jax.eval_shape(
+        lambda r: model.init({"params": r}, *_dummy_inputs(config), train=False)["params"], jax.random.PRNGKey(0))
+    tx, schedule = make_optimizer_from(config, abstract_params)
+    init_fn = make_init_fn(model, tx, config)
+    abstract_state = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+    state_sh = state_shardings(abstract_state, mesh, config)
+    abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                  abstract_state, state_sh)
+    return tx, schedule, init_fn, abstract_state, state_sh
+
+
 def state_shardings(abstract_state: dict, mesh, config) -> dict:
     """Params by the rules; optimizer state mirrors params; everything else replicated."""
     rep = shd.replicated(mesh)
@@ -223,14 +242,14 @@ def _microbatches(batch: dict, k: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def make_train_step(model, tx, config, mesh, schedule) -> Callable:
+def make_grad_fn(model, config, mesh) -> Callable:
+    """value_and_grad of the contrastive loss: fn(params, batch_stats, constants, batch, rng) ->
+    ((loss, (metrics, new_batch_stats)), grads). Frozen towers get no backward pass."""
     loss_fn = loss_lib.make_loss_fn(config.loss.kind, mesh, shd.BATCH_AXES, config.loss.max_log_scale)
     frozen = set(optim_lib.frozen_towers(config.optim))
-    accum = config.optim.grad_accum_steps
-    base_rng = jax.random.PRNGKey(config.seed + 1)
 
     def forward_loss(params, batch_stats, constants, batch, rng):
-        if frozen:  # no backward pass through frozen towers at all
+        if frozen:
             params = {k: jax.lax.stop_gradient(v) if k in frozen else v for k, v in params.items()}
         k_drop, k_aug = jax.random.split(rng)
         variables = {"params": params, "batch_stats": batch_stats, "constants": constants}
@@ -240,7 +259,15 @@ def make_train_step(model, tx, config, mesh, schedule) -> Callable:
         loss, metrics = loss_fn(a, t, ls)
         return loss, (metrics, upd.get("batch_stats", batch_stats))
 
-    grad_fn = jax.value_and_grad(forward_loss, has_aux=True)
+    return jax.value_and_grad(forward_loss, has_aux=True)
+
+
+def make_train_step(model, tx, config, mesh, schedule) -> Callable:
+    """One optimizer update: (state, global batch) -> (state, metrics). A non-finite loss or gradient leaves
+    params, batch stats and optimizer state unchanged (the step counter still advances) and is counted."""
+    grad_fn = make_grad_fn(model, config, mesh)
+    accum = config.optim.grad_accum_steps
+    base_rng = jax.random.PRNGKey(config.seed + 1)
 
     def train_step(state, batch):
         rng = jax.random.fold_in(base_rng, state["step"])
@@ -266,7 +293,7 @@ def make_train_step(model, tx, config, mesh, schedule) -> Callable:
 
         updates, new_opt = tx.update(grads, state["opt_state"], params, value=loss)
         new_params = optax.apply_updates(params, updates)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
         new_state = {
@@ -282,8 +309,8 @@ def make_train_step(model, tx, config, mesh, schedule) -> Callable:
         plateau = optim_lib.plateau_scale(new_opt)
         if plateau is not None:
             lr = lr * plateau
-        metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.global_norm(params),
-                       update_norm=optax.global_norm(updates), lr=lr, finite=ok.astype(jnp.float32),
+        metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.tree.norm(params),
+                       update_norm=optax.tree.norm(updates), lr=lr, finite=ok.astype(jnp.float32),
                        nan_streak=new_state["nan_streak"], nan_total=new_state["nan_total"])
         return new_state, metrics
 
@@ -453,15 +480,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
 
     # ---------------------------------------------------------------------------------------- model & optimizer
     model = model if model is not None else make_model(config)
-    abstract_params = jax.eval_shape(
-        lambda r: model.init({"params": r}, *_dummy_inputs(config), train=False)["params"], jax.random.PRNGKey(0))
-    tx, schedule = make_optimizer_from(config, abstract_params)
-    init_fn = make_init_fn(model, tx, config)
+    tx, schedule, init_fn, abstract_state, state_sh = abstract_setup(model, config, mesh)
     rng = jax.random.PRNGKey(config.seed)
-    abstract_state = jax.eval_shape(init_fn, rng)
-    state_sh = state_shardings(abstract_state, mesh, config)
-    abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                  abstract_state, state_sh)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state["params"]))
     log.info("params %.2fM; sharding: %s", n_params / 1e6,
              shd.describe(state_sh["params"], abstract_state["params"]))
@@ -513,6 +533,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
         m = jax.device_get(metrics)
         summary["losses"][step] = float(m["loss"])
         window.append(m)
+        steps_window += 1
         if int(m["nan_streak"]) >= config.nan.max_consecutive:
             raise NonFiniteError(
                 f"{int(m['nan_streak'])} consecutive non-finite steps at step {step} (config.nan.max_consecutive="
@@ -541,7 +562,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
         for step in range(start + 1, config.total_steps + 1):
             batch = next(data_iter)
             state, metrics = step_fn(state, batch)
-            steps_window += 1
             if pending is not None:
                 handle(*pending)
             pending = (step, metrics)
