@@ -1,5 +1,5 @@
-# python -m clap_jax.train --config configs/clap_2023.py --workdir $WORKDIR
-# variants: configs/clap_2023.py:fsdp  |  :cosine  |  :fsdp,cosine  |  :batch_size=512
+# python -m clap_jax.train --config configs/clap_2023.py:dirs=/data/tfr_a:/data/tfr_b --workdir $WORKDIR
+# variants: :fsdp  |  :cosine  |  :batch_size=512  |  :random (synthetic data); combine with commas
 """The CLAP 2023 recipe: HTSAT + GPT-2, d_proj 1024, global batch 1536, Adam lr 1e-3, learnable temperature,
 reduce-on-plateau (x0.1 after 15 epochs without improvement). Warmup + cosine as an option (`:cosine`)."""
 from clap_jax.models import config as model_config
@@ -12,6 +12,9 @@ def get_config(arg: str = ""):
     c.model = model_config.clap_2023()
     c.batch_size = int(args.get("batch_size", 1536))
     c.data.kind = "tfrecord"
+    c.data.dirs = tuple(d for d in args.get("dirs", "").split(":") if d)
+    if "random" in args:  # synthetic batches at full size (benchmarks, smoke runs)
+        c.data.kind = "random"
     c.data.clip_seconds = 7.0
     examples_per_epoch = int(args.get("epoch_examples", 4_600_000))   # the paper's 4.6M pairs
     steps_per_epoch = max(1, examples_per_epoch // c.batch_size)
