@@ -379,10 +379,8 @@ def load_initial_weights(config, state: dict, abstract_state: dict, state_sh: di
         params = loaded
         log.info("init: params from clap_jax checkpoint %s", ic.clap_jax)
     if ic.get("msclap"):
-        from clap_jax import convert
-        if not hasattr(convert, "load_msclap_checkpoint"):
-            raise NotImplementedError("config.init.msclap: clap_jax.convert.load_msclap_checkpoint not available")
-        variables = convert.load_msclap_checkpoint(ic.msclap, config.model)
+        from clap_jax.convert import msclap as convert
+        variables, _ = convert.load_msclap_checkpoint(ic.msclap, config.model)
         _check_tree("msclap", variables["params"], abstract_params)
         params = put(variables["params"], state_sh["params"])
         if "batch_stats" in variables:
@@ -399,10 +397,12 @@ def load_initial_weights(config, state: dict, abstract_state: dict, state_sh: di
         params = dict(params, audio_encoder=loaded["audio_encoder"])
         log.info("init: audio encoder from %s", ic.audio_encoder)
     if ic.get("hf_gpt2"):
-        from clap_jax import convert
-        if not hasattr(convert, "load_hf_gpt2"):
-            raise NotImplementedError("config.init.hf_gpt2: clap_jax.convert.load_hf_gpt2 not available")
-        text = convert.load_hf_gpt2(ic.hf_gpt2, config.model)
+        try:
+            from clap_jax.convert.hf_gpt2 import load_hf_gpt2
+        except ImportError as e:
+            raise NotImplementedError("config.init.hf_gpt2: clap_jax.convert.hf_gpt2.load_hf_gpt2 is not in this "
+                                      "build yet") from e
+        text = load_hf_gpt2(ic.hf_gpt2, config.model)
         _check_tree("hf_gpt2", text, abstract_params["caption_encoder"]["base"])
         cap = dict(params["caption_encoder"])
         cap["base"] = put(text, state_sh["params"]["caption_encoder"]["base"])
