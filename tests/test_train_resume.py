@@ -13,16 +13,19 @@ import time
 import numpy as np
 import pytest
 
-from _train_helpers import ROOT
+from _train_helpers import COMPILE_CACHE, ROOT
 
-STEPS = 30
-CONFIG = [f"--config={ROOT}/configs/tiny.py:ckpt_every=2", f"--config.total_steps={STEPS}",
+STEPS = 16
+CONFIG = [f"--config={ROOT}/configs/tiny.py:ckpt_every=4", f"--config.total_steps={STEPS}",
           "--config.data.num_classes=4"]
 
 
 def _env(devices=8):
+    # A compilation cache shared by the runs of this module: identical programs compile once.
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_COMPILATION_CACHE_DIR=COMPILE_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
     return env
 
 

@@ -96,17 +96,16 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
 
 
 def restore_params(directory: str, abstract_params: Any, step: int | None = None) -> Any:
-    """Params subtree of a clap_jax run directory (its latest step unless given), for initialisation."""
+    """Params subtree of a clap_jax checkpoint directory (its latest step unless given), placed with the
+    shardings of `abstract_params`; nothing else of the checkpoint is read. Raises naming what does not fit."""
     with ocp.CheckpointManager(epath.Path(directory), item_names=("state", "data")) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no clap_jax checkpoint under {directory}")
-        meta = mngr.item_metadata(step)["state"]
-        # Restore only what is needed: params with the target shardings, everything else skipped.
-        target = jax.tree.map(lambda _: None, dict(meta))
-        target["params"] = abstract_params
-        restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=target, restore_args=jax.tree.map(
-                lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype)
-                if isinstance(x, jax.ShapeDtypeStruct) else None, target))))
-        return restored["state"]["params"]
+    path = epath.Path(directory) / str(step) / "state"
+    restore_args = jax.tree.map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), abstract_params)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        out = ckptr.restore(path, args=ocp.args.PyTreeRestore(
+            item={"params": abstract_params}, restore_args={"params": restore_args}, partial_restore=True))
+    return out["params"]
