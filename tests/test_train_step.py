@@ -47,7 +47,7 @@ def test_sharded_grads_equal_float64_single_device_reference(layout):
     batch = _batch(config)
     rng = jax.random.PRNGKey(7)
     bsh = NamedSharding(m, P(shd.BATCH_AXES))
-    grad_fn = jax.jit(train.make_grad_fn(model, config, m),
+    grad_fn = jax.jit(train.make_grad_fn(model, config, m, state_sh["params"]),
                       in_shardings=(state_sh["params"], state_sh["batch_stats"], state_sh["constants"], bsh, None),
                       out_shardings=None)
     (loss, _), grads = grad_fn(state["params"], state["batch_stats"], state["constants"],
@@ -66,7 +66,7 @@ def test_sharded_grads_equal_float64_single_device_reference(layout):
 
 def _compiled(config, model, m):
     tx, schedule, init_fn, abstract_state, state_sh = train.abstract_setup(model, config, m)
-    step = train.make_train_step(model, tx, config, m, schedule)
+    step = train.make_train_step(model, tx, config, m, schedule, state_sh["params"])
     fn, info = train.compile_train_step(step, abstract_state, state_sh, m, config)
     state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(0))
     return fn, state, tx, state_sh

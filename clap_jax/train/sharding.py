@@ -106,6 +106,18 @@ def _tactic_tensor(shape, mesh, min_size):
 TACTICS: dict[str, Callable] = {"replicate": _tactic_replicate, "fsdp": _tactic_fsdp, "tensor": _tactic_tensor}
 
 
+def without_axis(s: NamedSharding, axis: str) -> NamedSharding:
+    """The same sharding with `axis` removed from every dimension (what FSDP gathers for compute)."""
+    def drop(entry):
+        if entry == axis:
+            return None
+        if isinstance(entry, tuple):
+            rest = tuple(a for a in entry if a != axis)
+            return rest if len(rest) > 1 else (rest[0] if rest else None)
+        return entry
+    return NamedSharding(s.mesh, P(*[drop(e) for e in s.spec]))
+
+
 def path_str(path) -> str:
     """'/'-joined key path of a pytree leaf (dict keys, attribute names, sequence indices)."""
     parts = []

@@ -242,13 +242,23 @@ def _microbatches(batch: dict, k: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def make_grad_fn(model, config, mesh) -> Callable:
+def make_grad_fn(model, config, mesh, param_shardings=None) -> Callable:
     """value_and_grad of the contrastive loss: fn(params, batch_stats, constants, batch, rng) ->
-    ((loss, (metrics, new_batch_stats)), grads). Frozen towers get no backward pass."""
+    ((loss, (metrics, new_batch_stats)), grads). Frozen towers get no backward pass.
+
+    FSDP: with `param_shardings` given, parameters stored split over 'fsdp' are gathered for the forward pass
+    (a sharding constraint to the same spec without 'fsdp'); the transpose of that gather reduce-scatters the
+    gradients back to the storage layout. Without it, the compiler propagates the weights' split into the
+    activations and has to rematerialise them."""
     loss_fn = loss_lib.make_loss_fn(config.loss.kind, mesh, shd.BATCH_AXES, config.loss.max_log_scale)
     frozen = set(optim_lib.frozen_towers(config.optim))
+    compute_sh = None
+    if mesh is not None and param_shardings is not None and mesh.shape["fsdp"] > 1:
+        compute_sh = jax.tree.map(lambda s: shd.without_axis(s, "fsdp"), param_shardings)
 
     def forward_loss(params, batch_stats, constants, batch, rng):
+        if compute_sh is not None:
+            params = jax.lax.with_sharding_constraint(params, compute_sh)
         if frozen:
             params = {k: jax.lax.stop_gradient(v) if k in frozen else v for k, v in params.items()}
         k_drop, k_aug = jax.random.split(rng)
@@ -262,10 +272,10 @@ def make_grad_fn(model, config, mesh) -> Callable:
     return jax.value_and_grad(forward_loss, has_aux=True)
 
 
-def make_train_step(model, tx, config, mesh, schedule) -> Callable:
+def make_train_step(model, tx, config, mesh, schedule, param_shardings=None) -> Callable:
     """One optimizer update: (state, global batch) -> (state, metrics). A non-finite loss or gradient leaves
     params, batch stats and optimizer state unchanged (the step counter still advances) and is counted."""
-    grad_fn = make_grad_fn(model, config, mesh)
+    grad_fn = make_grad_fn(model, config, mesh, param_shardings)
     accum = config.optim.grad_accum_steps
     base_rng = jax.random.PRNGKey(config.seed + 1)
 
@@ -487,7 +497,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
              shd.describe(state_sh["params"], abstract_state["params"]))
 
     # ---------------------------------------------------------------------------------------- update step
-    train_step = make_train_step(model, tx, config, mesh, schedule)
+    train_step = make_train_step(model, tx, config, mesh, schedule, state_sh["params"])
     step_fn, compile_info = compile_train_step(train_step, abstract_state, state_sh, mesh, config)
     log.info("train step compiled: %s", {k: round(v, 3) for k, v in compile_info.items()})
 
