@@ -64,7 +64,7 @@ def test_nan_streak_stops_run_and_keeps_last_good_checkpoint(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_init_from_clap_jax_checkpoint_and_mismatch_rejected(tmp_path):
+def test_init_from_clap_jax_and_audio_encoder_checkpoints_and_mismatch_rejected(tmp_path):
     config = load_config("tiny", "steps=2")
     first = train.train_and_evaluate(config, str(tmp_path / "a"), model=make_model(config))
     config2 = load_config("tiny", "steps=1")
@@ -74,6 +74,18 @@ def test_init_from_clap_jax_checkpoint_and_mismatch_rejected(tmp_path):
     a = jax.tree.leaves(first["state"]["params"])
     b = jax.tree.leaves(second["state"]["params"])
     np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0]), atol=1e-6)
+    # audio encoder only: that tower equals the checkpoint's, the text tower keeps its fresh init
+    config4 = load_config("tiny", "steps=1")
+    config4.init.audio_encoder = str(tmp_path / "a" / "checkpoints")
+    config4.optim.lr = 1e-12
+    fresh = load_config("tiny", "steps=1")
+    fresh.optim.lr = 1e-12
+    third = train.train_and_evaluate(config4, None, model=make_model(config4))["state"]["params"]
+    base = train.train_and_evaluate(fresh, None, model=make_model(fresh))["state"]["params"]
+    for x, y in zip(jax.tree.leaves(third["audio_encoder"]), jax.tree.leaves(first["state"]["params"]["audio_encoder"])):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+    for x, y in zip(jax.tree.leaves(third["caption_encoder"]), jax.tree.leaves(base["caption_encoder"])):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
     from _train_standin import StandInCLAP
     config3 = load_config("tiny", "steps=1")
     config3.init.clap_jax = str(tmp_path / "a" / "checkpoints")

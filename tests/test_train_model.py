@@ -1,5 +1,6 @@
 """The trainer with the real tiny CLAPModel (HTSAT + GPT-2 at test size, 1 s clips) on an FSDP x data mesh with
-the row-sharded loss: compiles, takes finite steps with sharded parameters, checkpoints.
+the row-sharded loss, initialised from a msclap-format checkpoint: loads and validates it, compiles, takes finite
+steps with sharded parameters, checkpoints.
 (The trainer's mechanics are tested on a small stand-in model elsewhere; the real model's compile time on these
 CPUs is the cost of this one test.)"""
 import os
@@ -13,14 +14,33 @@ from clap_jax.train import train
 from _train_helpers import load_config
 
 
-def test_real_tiny_model_trains_fsdp_sharded_loss(tmp_path):
+def _random_msclap_file(cfg, path):
+    """A msclap state dict (safetensors) for `cfg` with random values, written by clap_jax.convert."""
+    from clap_jax.convert.msclap import save_msclap, variable_shapes
+    rng = np.random.default_rng(0)
+    shapes = variable_shapes(cfg)
+    variables = jax.tree.map(lambda s: (0.02 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
+    variables["batch_stats"] = jax.tree.map(np.abs, variables["batch_stats"])  # running variances > 0
+    save_msclap(variables, cfg, str(path))
+    return variables
+
+
+def test_real_tiny_model_from_msclap_checkpoint_trains_fsdp_sharded_loss(tmp_path):
     config = load_config("tiny", "fsdp,sharded_loss,steps=2")
     config.mesh.data, config.mesh.fsdp = 4, 2
     config.data.num_classes = 4
-    summary = train.train_and_evaluate(config, str(tmp_path))
+    loaded = _random_msclap_file(config.model, tmp_path / "msclap.safetensors")
+    config.init.msclap = str(tmp_path / "msclap.safetensors")
+    config.optim.lr = 1e-9          # two steps that barely move the loaded weights
+    summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+    st = summary["state"]
+    for a, b in zip(jax.tree.leaves(st["constants"]), jax.tree.leaves(loaded["constants"])):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    for a, b in zip(jax.tree.leaves(st["params"]), jax.tree.leaves(loaded["params"])):
+        np.testing.assert_allclose(np.asarray(a), b, atol=1e-6)
     assert summary["stopped"] == "done" and summary["end_step"] == 2
     assert len(summary["losses"]) == 2 and all(np.isfinite(v) for v in summary["losses"].values())
     specs = [x.sharding.spec for x in jax.tree.leaves(summary["state"]["params"])]
     assert any("fsdp" in str(s) for s in specs) and any(s == P() for s in specs)
     assert set(summary["state"]["constants"]) and set(summary["state"]["batch_stats"])
-    assert os.path.isdir(tmp_path / "checkpoints" / "2" / "state")
+    assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2" / "state")

@@ -95,17 +95,21 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
     return out["state"]
 
 
-def restore_params(directory: str, abstract_params: Any, step: int | None = None) -> Any:
-    """Params subtree of a clap_jax checkpoint directory (its latest step unless given), placed with the
-    shardings of `abstract_params`; nothing else of the checkpoint is read. Raises naming what does not fit."""
+def restore_variables(directory: str, abstract: dict, step: int | None = None) -> dict:
+    """Some top-level entries of a clap_jax checkpoint's train state (e.g. {'params': ..., 'batch_stats': ...},
+    given as ShapeDtypeStructs with shardings), from its latest step unless given; nothing else is read."""
     with ocp.CheckpointManager(epath.Path(directory), item_names=("state", "data")) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no clap_jax checkpoint under {directory}")
     path = epath.Path(directory) / str(step) / "state"
     restore_args = jax.tree.map(
-        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), abstract_params)
+        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), abstract)
     with ocp.PyTreeCheckpointer() as ckptr:
-        out = ckptr.restore(path, args=ocp.args.PyTreeRestore(
-            item={"params": abstract_params}, restore_args={"params": restore_args}, partial_restore=True))
-    return out["params"]
+        return ckptr.restore(path, args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
+                                                               partial_restore=True))
+
+
+def restore_params(directory: str, abstract_params: Any, step: int | None = None) -> Any:
+    """The params of a clap_jax checkpoint, placed with the shardings of `abstract_params`."""
+    return restore_variables(directory, {"params": abstract_params}, step)["params"]

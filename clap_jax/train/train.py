@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from clu import metrics as clu_metrics
 
 from clap_jax.models import config as model_config
 from clap_jax.train import checkpoint as ckpt_lib
@@ -383,11 +384,14 @@ def load_initial_weights(config, state: dict, abstract_state: dict, state_sh: di
         return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32) if np.asarray(x).dtype.kind == "f"
                                                         else np.asarray(x), s), tree, sh)
 
+    colls = ("params", "batch_stats", "constants")
     if ic.get("clap_jax"):
-        loaded = ckpt_lib.restore_params(ic.clap_jax, abstract_params)
-        _check_tree("clap_jax", loaded, abstract_params)
-        params = loaded
-        log.info("init: params from clap_jax checkpoint %s", ic.clap_jax)
+        loaded = ckpt_lib.restore_variables(ic.clap_jax, {k: abstract_state[k] for k in colls})
+        for k in colls:
+            _check_tree(f"clap_jax({k})", loaded[k], abstract_state[k])
+        params = loaded["params"]
+        state = dict(state, batch_stats=loaded["batch_stats"], constants=loaded["constants"])
+        log.info("init: params, batch_stats, constants from clap_jax checkpoint %s", ic.clap_jax)
     if ic.get("msclap"):
         from clap_jax.convert import msclap as convert
         variables, _ = convert.load_msclap_checkpoint(ic.msclap, config.model)
@@ -401,11 +405,16 @@ def load_initial_weights(config, state: dict, abstract_state: dict, state_sh: di
             state["constants"] = put(variables["constants"], state_sh["constants"])
         log.info("init: params, batch_stats, constants from msclap %s", ic.msclap)
     if ic.get("audio_encoder"):
-        sub = {"audio_encoder": abstract_params["audio_encoder"]}
-        loaded = ckpt_lib.restore_params(ic.audio_encoder, abstract_params)
-        _check_tree("audio_encoder", {"audio_encoder": loaded["audio_encoder"]}, sub)
-        params = dict(params, audio_encoder=loaded["audio_encoder"])
-        log.info("init: audio encoder from %s", ic.audio_encoder)
+        want = {k: {"audio_encoder": abstract_state[k]["audio_encoder"]} for k in colls
+                if "audio_encoder" in abstract_state[k]}
+        loaded = ckpt_lib.restore_variables(ic.audio_encoder, want)
+        for k in want:
+            _check_tree(f"audio_encoder({k})", loaded[k], want[k])
+        params = dict(params, audio_encoder=loaded["params"]["audio_encoder"])
+        for k in ("batch_stats", "constants"):
+            if k in want:
+                state = dict(state, **{k: dict(state[k], audio_encoder=loaded[k]["audio_encoder"])})
+        log.info("init: audio encoder (params, batch_stats, constants) from %s", ic.audio_encoder)
     if ic.get("hf_gpt2"):
         try:
             from clap_jax.convert.hf_gpt2 import load_hf_gpt2
@@ -496,6 +505,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     log.info("params %.2fM; sharding: %s", n_params / 1e6,
              shd.describe(state_sh["params"], abstract_state["params"]))
 
+
     # ---------------------------------------------------------------------------------------- update step
     train_step = make_train_step(model, tx, config, mesh, schedule, state_sh["params"])
     step_fn, compile_info = compile_train_step(train_step, abstract_state, state_sh, mesh, config)
@@ -534,7 +544,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     preempt = _Preemption()
     preempt.install()
     summary = {"losses": {}, "evals": [], "start_step": start, "stopped": "done", "compile": compile_info}
-    window: list[dict] = []
+    window: dict[str, clu_metrics.Average] = {}
     t_window, steps_window = time.time(), 0
     pending = None  # metrics of the last step, read one step late so the host never stalls the device
 
@@ -542,7 +552,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
         nonlocal t_window, steps_window
         m = jax.device_get(metrics)
         summary["losses"][step] = float(m["loss"])
-        window.append(m)
+        for k, v in m.items():  # clu metrics: running averages over the log window
+            avg_k = clu_metrics.Average.from_model_output(np.asarray(v, np.float32))
+            window[k] = window[k].merge(avg_k) if k in window else avg_k
         steps_window += 1
         if int(m["nan_streak"]) >= config.nan.max_consecutive:
             raise NonFiniteError(
@@ -551,7 +563,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
         if step % config.log.every_steps == 0 or step == config.total_steps:
             dt = time.time() - t_window
             sps = steps_window / dt if dt > 0 else float("nan")
-            avg = {k: float(np.mean([w[k] for w in window])) for k in window[-1]}
+            avg = {k: float(v.compute()) for k, v in window.items()}
             avg.update(nan_streak=float(m["nan_streak"]), nan_total=float(m["nan_total"]))
             eps_dev = sps * config.batch_size / n_dev
             mfu = eps_dev * flops_ex / peak if peak else None
