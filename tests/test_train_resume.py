@@ -111,14 +111,16 @@ def _free_port():
 
 
 def test_two_processes_match_one_process(reference, tmp_path):
-    port = _free_port()
-    procs = [_start(tmp_path / "wd", tmp_path / f"p{i}.json", devices=4,
-                    extra=[f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"])
-             for i in range(2)]
-    outs = [_finish(p) for p in procs]
-    losses, meta = _losses(tmp_path / "p0.json")
-    assert not os.path.exists(tmp_path / "p1.json")          # only process 0 writes
-    assert "processes 2, devices 8 (4 local)" in outs[0]
+    """launch/local_multiprocess.sh: 2 processes x 4 CPU devices, jax.distributed over localhost (gloo)."""
+    env = dict(_env(), NUM_PROCESSES="2", DEVICES_PER_PROCESS="4", PORT=str(_free_port()),
+               LOG_DIR=str(tmp_path), ENTRY=f"{sys.executable} {ROOT}/tests/_train_runner.py")
+    r = subprocess.run(["bash", os.path.join(ROOT, "launch", "local_multiprocess.sh"), *CONFIG,
+                        f"--workdir={tmp_path / 'wd'}", f"--losses_out={tmp_path / 'losses.json'}"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    losses, meta = _losses(tmp_path / "losses.json")
+    assert "processes 2, devices 8 (4 local)" in (tmp_path / "process_0.log").read_text()
+    assert "processes 2" not in (tmp_path / "process_1.log").read_text()   # only process 0 logs
     assert meta["end_step"] == STEPS and sorted(losses) == sorted(reference)
     np.testing.assert_allclose([losses[s] for s in sorted(losses)], [reference[s] for s in sorted(losses)],
                                rtol=2e-5)

@@ -15,11 +15,16 @@ def gpt2_forward_flops(t, seq_len: int) -> float:
     return per_token * seq_len
 
 
-def htsat_forward_flops(a, num_samples: int) -> float:
+def frontend_flops(a, num_samples: int) -> float:
+    """STFT (two matmuls with fixed kernels) + mel filterbank: forward only, nothing upstream needs gradients."""
     frames = num_samples // a.hop_size + 1
     n_freq = a.n_fft // 2 + 1
-    flops = 2 * frames * a.n_fft * n_freq * 2                   # STFT as two conv1d (real, imag)
-    flops += 2 * frames * n_freq * a.mel_bins                   # mel filterbank
+    return 2 * frames * a.n_fft * n_freq * 2 + 2 * frames * n_freq * a.mel_bins
+
+
+def htsat_forward_flops(a, num_samples: int) -> float:
+    """Swin part of HTSAT (after the front end)."""
+    flops = 0
     grid = a.spec_size // a.patch_size
     tokens = grid * grid
     flops += 2 * tokens * a.patch_size ** 2 * a.embed_dim       # patch embedding (1 input channel)
@@ -38,11 +43,12 @@ def htsat_forward_flops(a, num_samples: int) -> float:
 
 
 def clap_train_flops_per_example(model_cfg, num_samples: int) -> float:
-    """3 x (HTSAT + GPT-2 + both projections) forward FLOPs for one (clip, caption) pair."""
+    """3 x (HTSAT + GPT-2 + both projections) forward FLOPs for one (clip, caption) pair, plus the front end once."""
     a, t, dp = model_cfg.audio, model_cfg.text, model_cfg.d_proj
     c_last = a.embed_dim * 2 ** (len(a.depths) - 1)
     proj = 2 * (c_last * dp + dp * dp) + 2 * (t.n_embd * dp + dp * dp)
-    return 3.0 * (htsat_forward_flops(a, num_samples) + gpt2_forward_flops(t, t.max_length) + proj)
+    return (frontend_flops(a, num_samples)
+            + 3.0 * (htsat_forward_flops(a, num_samples) + gpt2_forward_flops(t, t.max_length) + proj))
 
 
 # Dense bf16 peak FLOP/s per chip (vendor figures).
