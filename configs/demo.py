@@ -1,7 +1,11 @@
 # XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python -m clap_jax.train --config configs/demo.py --workdir /tmp/clap_demo
 # variants: configs/demo.py:tfrecord,dirs=/data/clotho_tfr  (real pipeline)  |  :steps=300
-"""The README's main job: a tiny CLAP on 8 simulated CPU devices (FSDP x data mesh, sharded loss) learning to
-match tones with captions (synthetic pairs) in a few minutes; `:tfrecord,dirs=...` switches to real data."""
+"""The README's main job: a tiny CLAP on 8 simulated CPU devices (4 data x 2 FSDP mesh, row-sharded loss) learning
+to match tones with captions (synthetic pairs, 8 classes) in a few minutes; `:tfrecord,dirs=...` switches to real data.
+
+What to expect (measured on 2 shared CPU cores): compile ~1.5 min, then ~1 step/s; the loss falls from ln(32) = 3.47
+(chance) to ~1.7 by step 200. Its floor is ~ln(4) = 1.39 and the accuracies' ceiling ~0.25, because a batch of 32 holds
+about 4 clips of each class whose captions are identical. Kill it and rerun the same command: it resumes."""
 from clap_jax.models import config as model_config
 from clap_jax.train.config_base import base
 
