@@ -20,7 +20,7 @@ CORE = [
     "matplotlib",
 ]
 TORCH = ["torch==2.13.0"]  # always pin: an unpinned torch pulls a multi-GB CUDA build
-TEST = TORCH + ["pytest>=8", "pyyaml", "scikit-learn"]
+TEST = TORCH + ["pytest>=8", "pyyaml", "scikit-learn", "pycocoevalcap==1.2"]  # CIDEr-D cross-check
 
 setup(
     name="clap_jax",

@@ -74,20 +74,23 @@ def bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
     src = dst * (n_in - 1) / (n_out - 1); taps at floor(src) - 1 .. + 2, indices clamped to the border;
     cubic convolution weights with A = -0.75.
     """
-    m = np.zeros((n_out, n_in), np.float64)
-    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    # PyTorch does this arithmetic in float32 (CPU opmath for float); doing the same keeps the taps bit-close.
+    f32 = np.float32
+    m = np.zeros((n_out, n_in), np.float32)
+    scale = f32(n_in - 1) / f32(n_out - 1) if n_out > 1 else f32(0)
+    a = f32(a)
+
+    def near(x):  # |x| <= 1
+        return ((a + f32(2)) * x - (a + f32(3))) * x * x + f32(1)
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - f32(5) * a) * x + f32(8) * a) * x - f32(4) * a
+
     for d in range(n_out):
-        src = d * scale
+        src = f32(scale * f32(d))
         i0 = int(np.floor(src))
-        t = src - i0
-
-        def near(x):  # |x| <= 1
-            return ((a + 2) * x - (a + 3)) * x * x + 1
-
-        def far(x):  # 1 < |x| < 2
-            return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-
-        weights = (far(t + 1), near(t), near(1 - t), far(2 - t))
+        t = f32(src - f32(i0))
+        weights = (far(t + f32(1)), near(t), near(f32(1) - t), far(f32(2) - t))
         for j, w in zip(range(i0 - 1, i0 + 3), weights):
             m[d, min(max(j, 0), n_in - 1)] += w
     return m.astype(np.float32)

@@ -1,0 +1,95 @@
+"""Full-size embedding speed: clap_jax (jitted JAX) vs msclap (PyTorch), same inputs, same machine.
+
+  python bench/bench_embed.py [--batch 8] [--repeats 3] [--threads N]
+
+Prints a table of seconds per batch and clips (texts) per second for the audio and text towers, and the ratio
+ours/msclap (higher is better for us). Both sides run in float32 on the CPU (or JAX on its default device);
+compile time is reported separately and excluded from the steady-state numbers. Goal on CPU: >= 1.5x.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+
+def timeit(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--text-batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    args = p.parse_args()
+
+    import jax
+    import torch
+
+    from clap_jax.convert import msclap as cv
+    from clap_jax.models import config as model_config
+    from clap_jax.models.clap import CLAPModel
+    from clap_jax.text.tokenizer import ClapTokenizer
+    from msclap_oracle import build_msclap, msclap_text_inputs
+
+    torch.set_num_threads(args.threads)
+    cfg = model_config.clap_2023()
+    ref = build_msclap(cfg, seed=0)
+    variables = jax.device_put(cv.from_msclap_state_dict({k: v.numpy() for k, v in ref.state_dict().items()}, cfg))
+    model = CLAPModel(cfg)
+    rng = np.random.default_rng(0)
+    wav = (rng.standard_normal((args.batch, 308700)) * 0.1).astype(np.float32)
+    texts = [f"a recording of sound number {i} with some words" for i in range(args.text_batch)]
+    ids, mask = ClapTokenizer()(texts)
+
+    audio_fn = jax.jit(lambda v, w: model.apply(v, w, method=model.encode_audio)["embedding"])
+    text_fn = jax.jit(lambda v, i, m: model.apply(v, i, m, method=model.encode_text))
+    t0 = time.perf_counter()
+    audio_fn(variables, wav).block_until_ready()
+    compile_audio = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    text_fn(variables, ids, mask).block_until_ready()
+    compile_text = time.perf_counter() - t0
+
+    ours_a = timeit(lambda: audio_fn(variables, wav).block_until_ready(), args.repeats)
+    ours_t = timeit(lambda: text_fn(variables, ids, mask).block_until_ready(), args.repeats)
+    wav_t = torch.from_numpy(wav)
+    tok = msclap_text_inputs(texts)
+
+    def ref_audio():
+        with torch.no_grad():
+            ref.audio_encoder(wav_t)
+
+    def ref_text():
+        with torch.no_grad():
+            ref.caption_encoder(tok)
+
+    ref_audio(), ref_text()  # warm-up
+    ref_a = timeit(ref_audio, args.repeats)
+    ref_t = timeit(ref_text, args.repeats)
+
+    dev = jax.devices()[0]
+    print(f"device: jax {dev.platform} ({dev.device_kind}), torch cpu threads {torch.get_num_threads()}; "
+          f"float32; median of {args.repeats}")
+    print(f"compile (ours, once): audio {compile_audio:.1f} s, text {compile_text:.1f} s")
+    print(f"| tower | batch | clap_jax s/batch | msclap s/batch | clap_jax items/s | msclap items/s | ratio |")
+    print(f"|---|---|---|---|---|---|---|")
+    for name, b, o, r in (("audio (7 s clips)", args.batch, ours_a, ref_a), ("text (77 tokens)", args.text_batch,
+                                                                            ours_t, ref_t)):
+        print(f"| {name} | {b} | {o:.3f} | {r:.3f} | {b / o:.1f} | {b / r:.1f} | {r / o:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Convert weights between msclap (PyTorch) and clap_jax.
+
+  python -m clap_jax.convert msclap-to-jax CLAP_weights_2023.pth ckpt/          # -> config.json + model.safetensors
+  python -m clap_jax.convert jax-to-msclap ckpt/ exported.pth                   # + exported.safetensors twin
+  python -m clap_jax.convert hf-gpt2 gpt2_dir/ ckpt_out/ [--base ckpt/]         # HF GPT-2 into the text tower
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m clap_jax.convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("msclap-to-jax", help="msclap .pth/.safetensors -> clap_jax checkpoint directory")
+    a.add_argument("src"), a.add_argument("dst")
+    a.add_argument("--n-head", type=int, default=None, help="GPT-2 heads (not stored in weights; default 12 at 768)")
+    b = sub.add_parser("jax-to-msclap", help="clap_jax checkpoint directory -> msclap .pth (+ .safetensors twin)")
+    b.add_argument("src"), b.add_argument("dst")
+    b.add_argument("--no-safetensors", action="store_true", help="do not write the .safetensors twin")
+    c = sub.add_parser("hf-gpt2", help="put HF GPT-2 weights (dir with model.safetensors) into the text tower")
+    c.add_argument("src"), c.add_argument("dst")
+    c.add_argument("--base", default=None, help="checkpoint to start from (default: fresh msclap-2023 init)")
+    args = p.parse_args(argv)
+
+    from clap_jax.convert.msclap import CheckpointError
+
+    try:
+        if args.cmd == "msclap-to-jax":
+            from clap_jax.convert.msclap import load_msclap_checkpoint
+            from clap_jax.weights import save_checkpoint
+
+            variables, cfg = load_msclap_checkpoint(args.src, n_head=args.n_head)
+            save_checkpoint(args.dst, variables, cfg)
+            print(f"wrote {args.dst} (clap_jax checkpoint, {_count(variables['params'])/1e6:.1f} M params)")
+        elif args.cmd == "jax-to-msclap":
+            from clap_jax.convert.msclap import save_msclap
+            from clap_jax.weights import load_checkpoint
+
+            variables, cfg = load_checkpoint(args.src)
+            save_msclap(variables, cfg, args.dst)
+            print(f"wrote {args.dst}")
+            if not args.no_safetensors and not args.dst.endswith(".safetensors"):
+                twin = os.path.splitext(args.dst)[0] + ".safetensors"
+                save_msclap(variables, cfg, twin)
+                print(f"wrote {twin}")
+        else:
+            import jax
+
+            from clap_jax.convert.hf_gpt2 import load_hf_gpt2
+            from clap_jax.models import config as model_config
+            from clap_jax.models.clap import init_variables
+            from clap_jax.weights import load_checkpoint, save_checkpoint
+
+            if args.base:
+                variables, cfg = load_checkpoint(args.base)
+            else:
+                cfg = model_config.clap_2023()
+            gpt, text_cfg = load_hf_gpt2(args.src, cfg.text)
+            if not args.base:
+                variables = jax.device_get(init_variables(cfg, 0))
+            variables = jax.tree.map(lambda x: x, dict(variables))
+            params = dict(variables["params"])
+            params["caption_encoder"] = dict(params["caption_encoder"], base=gpt)
+            variables["params"] = params
+            save_checkpoint(args.dst, variables, cfg)
+            print(f"wrote {args.dst} (text tower from {args.src})")
+    except (CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _count(tree) -> int:
+    import jax
+
+    return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

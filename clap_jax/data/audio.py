@@ -1,0 +1,88 @@
+"""Audio helpers of the data layer: decode files, encode/decode record bytes, msclap crop / repeat-pad.
+
+Waveforms are float32 mono arrays of shape (num_samples,) in [-1, 1].
+Stored formats: ``"pcm16"`` (little-endian int16, exact for 16-bit input) and ``"flac"`` (16-bit FLAC, lossless
+w.r.t. 16-bit quantisation, i.e. within 1/32768 of the float input).
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import soundfile as sf
+
+from clap_jax.audio import io as audio_io
+from clap_jax.audio.io import AudioError, read_audio  # noqa: F401  (re-exported: one error type, one decoder)
+
+FORMATS = ("flac", "pcm16")
+
+
+def load_audio(path: str, sample_rate: int, *, max_seconds: float | None = None,
+               trim_db: float | None = None) -> np.ndarray:
+    """Decode ``path``, down-mix to mono and resample to ``sample_rate``.
+
+    Returns float32 of shape (num_samples,). ``max_seconds`` keeps only the first that many seconds;
+    ``trim_db`` trims leading/trailing audio quieter than ``trim_db`` below peak (librosa.effects.trim).
+    Raises AudioError naming ``path`` for unreadable, empty or non-finite audio.
+    """
+    data, sr = read_audio(path, max_seconds)
+    x = audio_io.resample(data.mean(axis=0), sr, sample_rate)
+    if trim_db is not None:
+        import librosa
+
+        x, _ = librosa.effects.trim(x, top_db=trim_db)
+    if max_seconds is not None:
+        x = x[: int(round(max_seconds * sample_rate))]
+    return np.ascontiguousarray(x, np.float32)
+
+
+def to_int16(x: np.ndarray) -> np.ndarray:
+    """float32 (n,) in [-1, 1] -> int16 (n,), rounding and clipping."""
+    return np.clip(np.round(np.asarray(x, np.float32) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def encode_audio(x: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+    """float32 (n,) -> bytes in ``fmt`` ('flac' or 'pcm16'). Deterministic."""
+    q = to_int16(x)
+    if fmt == "pcm16":
+        return q.astype("<i2").tobytes()
+    if fmt == "flac":
+        buf = io.BytesIO()
+        sf.write(buf, q, sample_rate, format="FLAC", subtype="PCM_16")
+        return buf.getvalue()
+    raise ValueError(f"unknown audio format {fmt!r}; use one of {FORMATS}")
+
+
+def decode_audio(data: bytes, fmt: str, start: int = 0, length: int | None = None) -> np.ndarray:
+    """Bytes in ``fmt`` -> float32 (n,) samples ``[start, start+length)`` (all when ``length`` is None).
+
+    For PCM only the window is converted; for FLAC the decoder seeks, so long clips are not fully decoded.
+    """
+    if fmt == "pcm16":
+        q = np.frombuffer(data, "<i2")
+        q = q[start:] if length is None else q[start:start + length]
+        x = q.astype(np.float32)
+        x *= np.float32(1 / 32768)
+        return x
+    if fmt == "flac":
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            if start:
+                f.seek(start)
+            x = f.read(frames=-1 if length is None else length, dtype="int16").astype(np.float32)
+        x *= np.float32(1 / 32768)
+        return x
+    raise ValueError(f"unknown audio format {fmt!r}; use one of {FORMATS}")
+
+
+def crop_start(num_samples: int, target: int, rng: np.random.Generator) -> int:
+    """msclap crop: a uniformly random start in [0, num_samples - target] for long clips, 0 otherwise."""
+    return int(rng.integers(0, num_samples - target + 1)) if num_samples > target else 0
+
+
+def repeat_pad(x: np.ndarray, target: int) -> np.ndarray:
+    """msclap repeat-padding: a clip of n <= target samples is tiled ceil(target/n) times and cut to target.
+
+    (n,) -> (target,). Longer input is cut to its first ``target`` samples (crop beforehand for a random window).
+    """
+    return np.ascontiguousarray(audio_io.fit_length(x, target, crop="start"), np.float32)

@@ -1,0 +1,381 @@
+"""Grain input pipeline: preprocessed TFRecord shards -> per-host batches -> one global batch on the mesh.
+
+Data flow (every step is a lazy, index-addressed ``grain.MapDataset`` until batching, so the whole pipeline is a
+pure function of (seed, position) and its state is one small JSON):
+
+    TFRecordDataSource(shards of one dataset dir)      random access through the offset indexes, CRC-checked
+      -> shuffle(seed_i)                               global shuffle, reshuffled every epoch (shuffle=False: off)
+      -> repeat(num_epochs)                            None = forever
+      -> random_map(DecodeCrop)                        decode audio, msclap crop / repeat-pad, pick a caption;
+                                                       rng seeded by (seed, position): resumes see the same crops
+      [-> MapDataset.mix(datasets, weights)]           several dataset dirs mixed by weight
+      -> slice(process_index::process_count)           per-host sharding: hosts see disjoint positions
+      -> to_iter_dataset (threads) -> batch(per_host_batch) -> mp_prefetch(worker processes)
+      -> map(Tokenize)                                 GPT-2 BPE of the batch's captions, in the main process
+      -> make_global_batch                             jax.make_array_from_process_local_data, NamedSharding over
+                                                       the mesh's data axes
+
+One element / host batch (B = per-host batch, L = round(duration * sample_rate))::
+
+    {'audio': float32 (B, L), 'input_ids': int32 (B, 77), 'attention_mask': int32 (B, 77),
+     'id': int32 (B,) (stable hash of the record id), 'dataset': int32 (B,) (index into ``data_dirs``)}
+
+A corrupt record (CRC/framing/parse/audio error) is skipped with a warning naming shard and record, and counted
+(``TFRecordDataSource.num_corrupt`` / ``DecodeCrop.num_bad`` in the process that read it).
+
+Typical use in a training loop (``mesh`` with a 'data' axis; orbax CheckpointManager ``mngr``)::
+
+    it = make_iterator(["/data/audiocaps", "/data/clotho"], weights=[2, 1], per_host_batch_size=32, seed=0,
+                       worker_count=4, mesh=mesh, data_axes="data")
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=checkpoint_args(it)))
+    mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                               data=checkpoint_args(it, restore=True)))
+    batch = next(it)   # global jax arrays sharded over 'data'
+
+Worker processes (``worker_count > 0``) are spawned: call from under ``if __name__ == "__main__":``; outside an
+absl app, ``from absl import flags; flags.FLAGS.mark_as_parsed()`` first.
+"""
+from __future__ import annotations
+
+import bisect
+import functools
+import json
+import logging
+import mmap
+import os
+import threading
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from clap_jax.data import audio as audio_lib
+from clap_jax.data import tfrecord
+
+log = logging.getLogger(__name__)
+MAX_TEXT_LENGTH = 77
+CROPS = ("random", "start", "center")
+
+
+def read_metadata(data_dir: str) -> dict | None:
+    """The dataset.json written by the preprocessing CLI, or None if absent."""
+    path = os.path.join(data_dir, "dataset.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable dataset metadata ({e})") from e
+
+
+def shard_paths(data_dir: str, split: str = "train") -> list[str]:
+    """The shard files of ``split`` in a preprocessed directory (from dataset.json, else by file name)."""
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"{data_dir}: not a directory (expected the --out of clap_jax.data.preprocess)")
+    meta = read_metadata(data_dir)
+    if meta is not None:
+        if split not in meta["splits"]:
+            raise ValueError(f"{data_dir}: no split {split!r} (has {sorted(meta['splits'])})")
+        names = meta["splits"][split]["shards"]
+    else:
+        names = sorted(n for n in os.listdir(data_dir) if n.startswith(f"{split}-") and n.endswith(".tfrecord"))
+    if not names:
+        raise ValueError(f"{data_dir}: no shards for split {split!r}")
+    return [os.path.join(data_dir, n) for n in names]
+
+
+class TFRecordDataSource:
+    """Random-access Grain data source over TFRecord shards with offset indexes.
+
+    ``source[i]`` -> the serialized record ``i`` (a zero-copy memoryview into the shard's mmap, CRC-checked) in
+    shard order, or ``None`` if it is corrupt (truncated, bad length, CRC mismatch): that is logged with shard and
+    record number and counted in ``num_corrupt``. A shard without an index file is scanned once (with a warning).
+    Picklable (shards are mapped again in each process). Shards must not change while being read.
+    """
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+        self._indexes = []
+        for p in self.paths:
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"{p}: shard not found")
+            if os.path.isfile(p + tfrecord.INDEX_SUFFIX):
+                self._indexes.append(tfrecord.read_index(p))
+            else:
+                log.warning("%s: no offset index, scanning the shard", p)
+                self._indexes.append(tfrecord.build_index(p))
+        self._starts = np.cumsum([0] + [len(i) for i in self._indexes]).tolist()
+        self.num_corrupt = 0
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __repr__(self) -> str:
+        return f"TFRecordDataSource({len(self.paths)} shards, {len(self)} records, first={self.paths[:1]})"
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_fds"] = {}
+        return d
+
+    MAX_OPEN_FILES = 128
+
+    def _map(self, shard: int):
+        """The shard's read-only mmap (this process's own; at most MAX_OPEN_FILES kept, least recently used go)."""
+        if self._pid != os.getpid():  # after fork/spawn: never share mappings with the parent
+            self._fds, self._pid = {}, os.getpid()
+        mm = self._fds.pop(shard, None)
+        if mm is None:
+            if len(self._fds) >= self.MAX_OPEN_FILES:
+                self._fds.pop(next(iter(self._fds)))  # unmapped once no reader holds a view of it
+            with open(self.paths[shard], "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self._fds[shard] = mm  # (re)insert as most recently used
+        return mm
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Global record index -> (shard number, record number within the shard)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} out of range [0, {len(self)})")
+        s = bisect.bisect_right(self._starts, index) - 1
+        return s, index - self._starts[s]
+
+    def __getitem__(self, index: int) -> memoryview | None:
+        s, r = self.locate(int(index))
+        off, n = self._indexes[s][r]
+        try:
+            return tfrecord.read_record_view(self._map(s), int(off), int(n), f"{self.paths[s]} record {r}")
+        except tfrecord.CorruptRecordError as e:
+            self.num_corrupt += 1
+            log.warning("skipping corrupt record (%d so far in this process): %s", self.num_corrupt, e)
+            return None
+
+
+_TOKENIZER_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(source: str | None):
+    with _TOKENIZER_LOCK:  # transformers' lazy imports are not thread-safe; Grain reads in threads
+        from clap_jax.text.tokenizer import ClapTokenizer
+
+        return ClapTokenizer(source)
+
+
+@functools.lru_cache(maxsize=65536)
+def _tokenize(caption: str, source: str | None) -> tuple[np.ndarray, np.ndarray]:
+    ids, mask = _tokenizer(source)([caption])
+    return ids[0], mask[0]
+
+
+class DecodeCrop(grain.transforms.RandomMap):
+    """Serialized record -> model example, deterministic in the rng Grain derives from (seed, position).
+
+    Output: {'audio': float32 (num_samples,), 'caption': bytes (UTF-8), 'id': int32 (), 'dataset': int32 ()}
+    (captions are tokenized per batch by ``Tokenize``). Long clips: a ``num_samples`` window, uniformly random
+    (``crop='random'``, msclap training) or the first / centre one (``'start'``/``'center'``, for evaluation); clips
+    of n <= num_samples samples: tiled ceil(num_samples/n) times and cut (msclap). One caption, drawn uniformly
+    (``caption='random'``) or the first.
+    Returns None (skipped, counted in ``num_bad``) for a record that does not parse or decode.
+    """
+
+    def __init__(self, sample_rate: int, num_samples: int, dataset_index: int = 0, where: str = "",
+                 crop: str = "random", caption: str = "random"):
+        if crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+        if caption not in ("random", "first"):
+            raise ValueError(f"caption must be 'random' or 'first', got {caption!r}")
+        self.sample_rate = sample_rate
+        self.num_samples = num_samples
+        self.dataset_index = dataset_index
+        self.where = where
+        self.crop = crop
+        self.caption = caption
+        self.num_bad = 0
+
+    def random_map(self, element: bytes | None, rng: np.random.Generator) -> dict | None:
+        if element is None:
+            return None
+        try:
+            ex = tfrecord.decode_example(element, copy=False)  # audio stays a view: only the crop is copied
+            sr = int(ex["sample_rate"][0])
+            if sr != self.sample_rate:
+                raise ValueError(f"record sample rate {sr} != pipeline sample rate {self.sample_rate}; "
+                                 "preprocess with --sample-rate to match the model")
+            n = int(ex["num_samples"][0])
+            if self.crop == "random":
+                start = audio_lib.crop_start(n, self.num_samples, rng)
+            else:
+                start = max(n - self.num_samples, 0) // 2 if self.crop == "center" else 0
+            wave = audio_lib.decode_audio(ex["audio"][0], bytes(ex["audio_format"][0]).decode(), start,
+                                          self.num_samples)
+            wave = audio_lib.repeat_pad(wave, self.num_samples)
+            caps = ex["captions"]
+            pick = int(rng.integers(len(caps))) if len(caps) > 1 and self.caption == "random" else 0
+            caption = bytes(caps[pick]).decode()
+            uid = int(ex["uid"][0])
+        except Exception as e:  # noqa: BLE001 - a bad record is skipped and counted, never fatal
+            self.num_bad += 1
+            log.warning("skipping undecodable record in %s (%d so far in this process): %s: %s", self.where,
+                        self.num_bad, type(e).__name__, e)
+            return None
+        return {"audio": wave, "caption": np.bytes_(caption.encode()), "id": np.int32(uid),
+                "dataset": np.int32(self.dataset_index)}
+
+
+class Tokenize(grain.transforms.Map):
+    """Host batch with 'caption' (bytes (B,)) -> with 'input_ids', 'attention_mask' int32 (B, 77), no 'caption'.
+
+    Runs in the main process after ``mp_prefetch`` (GPT-2 BPE is ~0.05 ms a caption, cached), so worker
+    processes never import transformers.
+    """
+
+    def __init__(self, tokenizer: str | None = None):
+        self.tokenizer = tokenizer
+
+    def map(self, batch: dict) -> dict:
+        batch = dict(batch)
+        caps = batch.pop("caption")
+        rows = [_tokenize(c.decode(), self.tokenizer) for c in np.asarray(caps).reshape(-1)]
+        batch["input_ids"] = np.stack([r[0] for r in rows])
+        batch["attention_mask"] = np.stack([r[1] for r in rows])
+        return batch
+
+
+def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, split: str = "train",
+                  weights: Sequence[float] | None = None, seed: int = 0, num_epochs: int | None = None,
+                  sample_rate: int = 44100, duration: float = 7.0, process_index: int | None = None,
+                  process_count: int | None = None, worker_count: int = 0, worker_buffer_size: int = 2,
+                  read_threads: int | None = None, drop_remainder: bool = True, tokenizer: str | None = None,
+                  shuffle: bool = True, crop: str = "random", caption: str = "random") -> grain.IterDataset:
+    """The Grain dataset of host batches (see module docstring for the flow and the element layout).
+
+    ``data_dirs``: one preprocessed directory, or several mixed by ``weights`` (then the stream is infinite, each
+    source reshuffled at each of its own epochs, and ``num_epochs`` must be None). ``process_index/count`` default
+    to ``jax.process_index()/process_count()``; with finite epochs and ``drop_remainder`` every host gets the same
+    number of batches (a corrupt record makes its host's stream one element shorter: train with
+    ``num_epochs=None`` and count steps). ``read_threads``: threads reading + decoding per process (default 2
+    in-process, 1 per worker process, where more threads only add GIL contention). ``worker_count`` > 0 adds
+    ``mp_prefetch`` worker processes; a restored state needs the same ``worker_count`` and host count.
+
+    For evaluation: ``shuffle=False, crop='start', caption='first', num_epochs=1, drop_remainder=False`` gives
+    every record once, in shard order (split over hosts).
+    """
+    if isinstance(data_dirs, str):
+        data_dirs = [data_dirs]
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if len(data_dirs) > 1 and num_epochs is not None:
+        raise ValueError("mixing several datasets gives an infinite stream: use num_epochs=None")
+    if weights is not None and len(weights) != len(data_dirs):
+        raise ValueError(f"{len(weights)} weights for {len(data_dirs)} data_dirs")
+    num_samples = int(round(duration * sample_rate))
+    _tokenizer(tokenizer)  # load now: a missing vocabulary fails here, not at the first batch
+    parts = []
+    for i, d in enumerate(data_dirs):
+        stored_sr = ((read_metadata(d) or {}).get("settings") or {}).get("sample_rate")
+        if stored_sr is not None and stored_sr != sample_rate:
+            raise ValueError(f"{d}: preprocessed at {stored_sr} Hz but the pipeline wants {sample_rate} Hz; rerun "
+                             f"clap_jax.data.preprocess with --sample-rate {sample_rate}")
+        src = TFRecordDataSource(shard_paths(d, split))
+        ds = grain.MapDataset.source(src)
+        if shuffle:
+            ds = ds.shuffle(seed=_derive(seed, i, 0))
+        ds = ds.repeat(num_epochs if len(data_dirs) == 1 else None)
+        ds = ds.random_map(DecodeCrop(sample_rate, num_samples, i, where=d, crop=crop, caption=caption),
+                           seed=_derive(seed, i, 1))
+        parts.append(ds)
+    ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+    if num_epochs is not None and drop_remainder:  # every host gets the same number of full batches
+        ds = ds[: len(ds) // (per_host_batch_size * process_count) * (per_host_batch_size * process_count)]
+    ds = ds[process_index::process_count]
+    if read_threads is None:
+        read_threads = 1 if worker_count > 0 else 2
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                              prefetch_buffer_size=max(2 * per_host_batch_size, 8)))
+    it = it.batch(per_host_batch_size, drop_remainder=drop_remainder)
+    if worker_count > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
+                                                         per_worker_buffer_size=worker_buffer_size))
+    return it.map(Tokenize(tokenizer))
+
+
+def _derive(seed: int, *parts: int) -> int:
+    """A 32-bit seed from (seed, parts): independent streams per dataset and per use."""
+    return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0])
+
+
+def make_global_batch(batch: dict, mesh, data_axes: str | Sequence[str] = ("data",)) -> dict:
+    """Host batch (leading dim B) -> global jax arrays (leading dim B * process_count) sharded over ``data_axes``.
+
+    Uses ``jax.make_array_from_process_local_data`` with ``NamedSharding(mesh, P(data_axes))``; the remaining dims
+    are replicated. Non-numeric leaves stay host-local numpy.
+    """
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    axes = (data_axes,) if isinstance(data_axes, str) else tuple(data_axes)
+    sharding = NamedSharding(mesh, PartitionSpec(axes))
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        if v.dtype.kind in "biuf":
+            out[k] = jax.make_array_from_process_local_data(sharding, v)
+        else:
+            out[k] = v
+    return out
+
+
+class ClapDataIterator:
+    """Iterator of batches (global jax arrays when a mesh is given, else host numpy) with checkpointable state.
+
+    ``grain_iterator`` is the underlying ``grain.DatasetIterator``; save/restore it next to the train state with
+    ``checkpoint_args(it)`` / ``checkpoint_args(it, restore=True)`` in an ``orbax`` ``Composite``.
+    """
+
+    def __init__(self, dataset: grain.IterDataset, mesh=None, data_axes: str | Sequence[str] = ("data",)):
+        self.grain_iterator = iter(dataset)
+        self.mesh, self.data_axes = mesh, data_axes
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self.grain_iterator)
+        return batch if self.mesh is None else make_global_batch(batch, self.mesh, self.data_axes)
+
+    def get_state(self) -> dict:
+        return self.grain_iterator.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.grain_iterator.set_state(state)
+
+    def close(self) -> None:
+        close = getattr(self.grain_iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def make_iterator(data_dirs, *, per_host_batch_size: int, mesh=None, data_axes=("data",), **kwargs
+                  ) -> ClapDataIterator:
+    """``build_dataset(...)`` wrapped in a ClapDataIterator (global batches over ``mesh`` when given)."""
+    return ClapDataIterator(build_dataset(data_dirs, per_host_batch_size=per_host_batch_size, **kwargs), mesh,
+                            data_axes)
+
+
+def checkpoint_args(iterator: ClapDataIterator | Any, restore: bool = False):
+    """Orbax args for the data iterator state, to put in ``ocp.args.Composite(..., data=checkpoint_args(it))``.
+
+    Uses Grain's ``grain.checkpoint.CheckpointSave/CheckpointRestore`` (one JSON per process). On restore the
+    iterator is updated in place and its next batch is the one an uninterrupted run would have produced next.
+    """
+    import grain.checkpoint as gc
+
+    it = getattr(iterator, "grain_iterator", iterator)
+    return gc.CheckpointRestore(item=it) if restore else gc.CheckpointSave(item=it)

@@ -1,0 +1,138 @@
+"""python -m clap_jax.eval --weights CKPT [--weights CKPT2] --data-root DIR [--tasks all|a,b] [--out DIR]
+
+Runs every task of the CLAP 2023 zero-shot suite whose data is found under --data-root (plus the built-in
+synthetic suite and HEAR-format tasks), lists what to download for the others, and writes results.json,
+report.md and report.png to --out. Two or more --weights give a side-by-side report.
+--weights takes a clap_jax checkpoint or an msclap .pth (loaded by clap_jax.inference.CLAP); the special value
+"random-init" the CLAP architecture with random weights (the random baseline), and "random-hash" a hash
+embedder (chance-level numbers, to check the harness without the model package).
+`--list` only prints which datasets are found.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from clap_jax.eval.audio import LoaderConfig
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("CLAP_JAX_EVAL_CACHE", str(Path.home() / ".cache" / "clap_jax" / "eval_embeddings"))
+
+
+def load_embedder(weights: str):
+    """The model behind --weights; imported lazily so the harness works (and tests run) without it."""
+    from clap_jax.eval.embed import weights_cache_id
+
+    if weights == "random-hash":
+        from clap_jax.eval.fake import RandomEmbedder
+        return RandomEmbedder(cache_id="random-hash")
+    from clap_jax.inference import CLAP  # the model package (clap_jax/inference.py)
+
+    if weights == "random-init":   # the real architecture, randomly initialised: the random baseline
+        model = CLAP(weights=None)
+        model.cache_id = "random-init"
+        return model
+    model = CLAP(weights=weights)
+    if not getattr(model, "cache_id", None):
+        try:
+            model.cache_id = weights_cache_id(weights)
+        except (AttributeError, OSError):
+            pass
+    return model
+
+
+def _parse_kv(items, what):
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise SystemExit(f"--{what} expects NAME=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def build_config(args) -> dict:
+    config = json.loads(Path(args.config).read_text()) if args.config else {}
+    config.setdefault("prompts", {}).update(_parse_kv(args.prompt, "prompt"))
+    for key, value in _parse_kv(args.option, "option").items():
+        if "." not in key:
+            raise SystemExit(f"--option expects READER.KEY=VALUE (e.g. dcase17.split=testing), got {key!r}")
+        reader, opt = key.split(".", 1)
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+        config.setdefault("options", {}).setdefault(reader, {})[opt] = value
+    return config
+
+
+def parser():
+    ap = argparse.ArgumentParser(prog="python -m clap_jax.eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", action="append", help="checkpoint or msclap .pth; repeat to compare")
+    ap.add_argument("--name", action="append", help="display name per --weights (default: file name)")
+    ap.add_argument("--data-root", required=True)
+    ap.add_argument("--tasks", default="all", help="'all' or comma-separated task/reader names")
+    ap.add_argument("--out", default="runs/eval")
+    ap.add_argument("--config", help="JSON file: {prompts: {task: template}, options: {reader: {...}}, "
+                                     "threshold_rule: {task: rule}, labels: {task: {word: replacement}}}")
+    ap.add_argument("--prompt", action="append", help="TASK=TEMPLATE with {label}, e.g. esc50='a {label} sound'")
+    ap.add_argument("--option", action="append", help="READER.KEY=VALUE, e.g. dcase17.split=testing")
+    ap.add_argument("--crop", default="center", choices=["center", "start", "seeded", "random"],
+                    help="7-s window of long clips (random = msclap's unseeded crop)")
+    ap.add_argument("--seed", type=int, default=0, help="seed for --crop seeded")
+    ap.add_argument("--channels", default="mean", choices=["mean", "flatten"],
+                    help="mean = mono down-mix; flatten = msclap's reshape(-1) of stereo")
+    ap.add_argument("--duration", type=float, default=7.0)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="decoding threads")
+    ap.add_argument("--cache-dir", default=None, help=f"embedding cache (default {default_cache_dir()})")
+    ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--skip-bad-clips", action="store_true", help="drop unreadable clips instead of failing the task")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--list", action="store_true", help="only list which datasets are found under --data-root")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from clap_jax.eval.report import write_report
+    from clap_jax.eval.runner import discover, evaluate
+
+    if args.list:
+        found, missing = discover(args.data_root, args.tasks)
+        for reader, path in found:
+            print(f"found    {reader.name:20s} {path}")
+        for reader in missing:
+            print(f"missing  {reader.name:20s} {reader.how_to_get}")
+        return 0
+    if not args.weights:
+        raise SystemExit("--weights is required (or use --list)")
+    config = build_config(args)
+    loader = LoaderConfig(duration=args.duration, crop=args.crop, channels=args.channels, seed=args.seed)
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    runs = []
+    for i, w in enumerate(args.weights):
+        embedder = load_embedder(w)
+        r = evaluate(embedder, args.data_root, tasks=args.tasks, config=config, cache_dir=cache_dir, loader=loader,
+                     batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
+                     skip_bad_clips=args.skip_bad_clips)
+        r["weights"] = w
+        r["name"] = args.name[i] if args.name and i < len(args.name) else Path(w).name
+        r["config"] = config
+        runs.append(r)
+    paths = write_report(runs, args.out)
+    for r in runs:
+        for m in r["missing"]:
+            print(f"[eval] not found: {m['reader']} ({', '.join(m['tasks'])}): {m['how_to_get']}")
+    print("\n".join(f"[eval] wrote {k}: {v}" for k, v in paths.items()))
+    ran = any(r["tasks"] for r in runs)
+    return 0 if ran else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

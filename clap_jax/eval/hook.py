@@ -1,0 +1,37 @@
+"""Periodic zero-shot eval inside training: an eval function for the trainer's `eval_fn(variables, step)`.
+
+    from clap_jax.eval.hook import make_eval_fn
+    eval_fn = make_eval_fn("/tmp/synth", model_config, tasks="builtin")
+    train_and_evaluate(config, workdir, eval_fn=eval_fn)      # logs eval/builtin_sound/acc, ...
+
+Embeddings change every step, so nothing is cached; the numbers are `clap_jax.eval.summary` of the results.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from clap_jax.eval.audio import LoaderConfig
+from clap_jax.eval.runner import evaluate, summary
+
+
+def make_eval_fn(data_root: str, model_config=None, tasks: str = "builtin", batch_size: int = 32, workers: int = 4,
+                 loader: LoaderConfig = LoaderConfig(), log: Optional[Callable] = None,
+                 model_factory: Optional[Callable] = None) -> Callable:
+    """fn(variables, step) -> {"<task>/<metric>": value}. model_factory(variables) -> Embedder defaults to
+    clap_jax.inference.CLAP(config=model_config, variables=variables)."""
+
+    def default_factory(variables):
+        from clap_jax.inference import CLAP
+
+        return CLAP(config=model_config, variables=variables, batch_size=batch_size)
+
+    factory = model_factory or default_factory
+
+    def eval_fn(variables, step):
+        res = evaluate(factory(variables), data_root, tasks=tasks, cache_dir=None, loader=loader,
+                       batch_size=batch_size, workers=workers, progress=False, log=log or (lambda *_: None))
+        if res["errors"] and log:
+            log(f"[eval] step {step}: {len(res['errors'])} task(s) failed: {list(res['errors'])}")
+        return summary(res)
+
+    return eval_fn

@@ -1,0 +1,90 @@
+"""The paper's numbers: CLAP 2023 (arXiv 2309.05767) Table 2, its benchmark column, random baselines and
+literature anchors, as reconstructed in ../shared/spec/eval_suite.md (section 1, 4 and 6).
+
+Each Table-2 cell is an Entry keyed by (task, metric): `task` is the harness task name (a Task's paper_key),
+`metric` the key under which zeroshot.score_task reports the number.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    row: str                  # Table 2 row number
+    title: str                # as the paper names the task
+    task: str                 # harness task name / paper_key
+    metric: str               # key in the task's metrics
+    clap2023: float           # HTSAT-22+GPT2, 4.6M pairs
+    benchmark: float          # best in the literature, or random when none existed
+    benchmark_source: str
+    random: Optional[float] = None   # random baseline (CLAP 2022 paper, or 1/n_classes)
+    unconfirmed: bool = False        # [U] in the spec
+
+
+TABLE2 = [
+    Entry("1", "ESC50", "esc50", "acc", 0.939, 0.948, "[6] WavCaps", 0.02),
+    Entry("2", "FSD50K", "fsd50k", "mAP", 0.485, 0.302, "[3] CLAP 2022", 0.005),
+    Entry("3", "UrbanSound8K", "us8k", "acc", 0.823, 0.806, "[6] WavCaps", 0.1),
+    Entry("4", "DCASE2017 Task 4", "dcase17", "f1", 0.466, 0.300, "[3] CLAP 2022", 0.05),
+    Entry("5", "AudioSet", "audioset", "mAP", 0.102, 0.058, "[3] CLAP 2022", 0.0018),
+    Entry("6", "VocalSound", "vocalsound", "acc", 0.800, 0.495, "[3] CLAP 2022", 1 / 6),
+    Entry("7", "SESA", "sesa", "acc", 0.650, 0.250, "random (4 classes)", 0.25),
+    Entry("8", "ESC50-Actions", "esc50_actions", "mAP", 0.509, 0.045, "random? [U]", 0.045, True),
+    Entry("9", "TUT2017", "tut2017", "acc", 0.538, 0.296, "[3] CLAP 2022", 0.06),
+    Entry("10", "GTZAN Music-Speech", "gtzan_music_speech", "acc", 0.992, 1.000, "[3] CLAP 2022", 0.5),
+    Entry("11", "GTZAN Genres", "gtzan_genres", "acc", 0.584, 0.250, "[3] CLAP 2022", 0.1),
+    Entry("12", "NSynth pitch", "nsynth_pitch", "acc", 0.444, 0.015, "random", 0.015, True),
+    Entry("13", "NSynth velocity", "nsynth_velocity", "acc", 0.222, 0.200, "random (5 classes)", 0.2),
+    Entry("14", "NSynth qualities", "nsynth_qualities", "mAP", 0.489, 0.100, "random (10 qualities)", 0.1),
+    Entry("15", "Beijing Opera", "beijing_opera", "acc", 0.466, 0.4746, "[3] CLAP 2022", 0.25),
+    Entry("16", "NSynth instrument family", "nsynth_family", "acc", 0.479, 0.090, "random (11 classes)", 0.09),
+    Entry("17", "CREMA-D", "crema_d", "acc", 0.300, 0.178, "[3] CLAP 2022", 1 / 6),
+    Entry("18", "RAVDESS", "ravdess", "acc", 0.315, 0.159, "[3] CLAP 2022", 0.125),
+    Entry("19", "Speech Commands (KWS)", "speech_commands", "acc", 0.164, 0.106, "[3] CLAP 2022", 1 / 12),
+    Entry("20", "LibriCount10", "libricount", "acc", 0.246, 0.178, "[3] CLAP 2022", 0.09),
+    Entry("21", "AudioCaps captioning", "audiocaps_captioning", "SPIDEr", 0.455, 0.438, "[35] Prefix-AAC"),
+    Entry("22", "Clotho captioning", "clotho_captioning", "SPIDEr", 0.271, 0.215, "[35] Prefix-AAC"),
+    Entry("23a", "AudioCaps A→T R@1", "audiocaps", "a2t_R@1", 0.425, 0.517, "[6] WavCaps"),
+    Entry("23b", "AudioCaps A→T mAP@10", "audiocaps", "a2t_mAP@10", 0.319, 0.457, "[4] LAION-CLAP"),
+    Entry("24a", "Clotho A→T R@1", "clotho", "a2t_R@1", 0.229, 0.234, "[6] WavCaps"),
+    Entry("24b", "Clotho A→T mAP@10", "clotho", "a2t_mAP@10", 0.155, 0.138, "[4] LAION-CLAP"),
+    Entry("25a", "AudioCaps T→A R@1", "audiocaps", "t2a_R@1", 0.356, 0.397, "[6] WavCaps"),
+    Entry("25b", "AudioCaps T→A mAP@10", "audiocaps", "t2a_mAP@10", 0.510, 0.510, "[4] LAION-CLAP"),
+    Entry("26a", "Clotho T→A R@1", "clotho", "t2a_R@1", 0.157, 0.195, "[6] WavCaps"),
+    Entry("26b", "Clotho T→A mAP@10", "clotho", "t2a_mAP@10", 0.257, 0.204, "[4] LAION-CLAP"),
+]
+
+CAPTIONING_TASKS = ("audiocaps_captioning", "clotho_captioning")
+
+# Averages that the spec derives from Table 2 (not printed in the paper) and Table 1's own average.
+AVERAGES = {
+    "table2_all_30_cells": {"clap2023": 0.438, "benchmark": 0.319},
+    "table2_20_classification_tasks": {"clap2023": 0.501},
+    "table1_HTSAT-22+GPT2_119k_pairs_16_tasks": {"clap2023": 0.480},
+}
+
+# Zero-shot anchors from other models (M2D-CLAP Interspeech 2024 Table 5 and papers), per task, in [0, 1].
+ANCHORS = {
+    "esc50": {"WavCaps": 0.948, "LAION-CLAP (fold 1)": 0.910, "Pengi": 0.9195, "CLAP 2022": 0.826},
+    "us8k": {"WavCaps": 0.8142, "LAION-CLAP": 0.770, "Pengi": 0.7185},
+    "fsd50k": {"WavCaps": 0.5296, "LAION-CLAP": 0.4585, "Pengi": 0.4676},
+    "audioset": {"WavCaps": 0.196, "Pengi": 0.1635, "M2D-CLAP": 0.2724},
+    "crema_d": {"WavCaps": 0.1986, "LAION-CLAP": 0.2308, "Pengi": 0.1846},
+    "gtzan_genres": {"WavCaps": 0.4552, "LAION-CLAP": 0.4724, "Pengi": 0.3525, "M2D-CLAP": 0.7517},
+    "nsynth_family": {"CLAP 2023 (EVAR measurement)": 0.5808, "Pengi": 0.5007},
+}
+
+
+def by_task() -> dict:
+    """task -> list of its Table-2 entries."""
+    out = {}
+    for e in TABLE2:
+        out.setdefault(e.task, []).append(e)
+    return out
+
+
+def primary_metric(task: str) -> Optional[str]:
+    entries = by_task().get(task)
+    return entries[0].metric if entries else None

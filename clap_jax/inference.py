@@ -1,0 +1,160 @@
+"""The user-facing CLAP class: load weights, embed audio and text, score, classify zero-shot.
+
+    from clap_jax import CLAP
+    clap = CLAP("CLAP_weights_2023.pth")                   # or a clap_jax checkpoint directory
+    a = clap.get_audio_embeddings(["dog.wav", "rain.flac"])  # (2, 1024), like msclap
+    t = clap.get_text_embeddings(["a dog barking", "rain"])  # (2, 1024)
+    sim = clap.compute_similarity(a, t)                      # (2, 2) = logit_scale * cosine
+    probs = clap.classify(["dog.wav"], ["dog", "rain", "siren"])   # softmax over labels
+
+Differences from msclap, each with msclap's behaviour one argument away:
+  * audio may be file paths or arrays (1-D, or (channels, samples)) with `sample_rate`;
+  * channels are averaged (`channel_mode='concat'` is msclap's time concatenation);
+  * clips longer than 7 s are centre-cropped (`crop='random'` with `seed` is msclap's random crop);
+  * embeddings are computed in fixed-size jitted batches sharded over all local devices.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from clap_jax.audio import io as audio_io
+from clap_jax.models import config as model_config
+from clap_jax.models.clap import CLAPModel, init_variables
+from clap_jax.text.tokenizer import ClapTokenizer
+
+log = logging.getLogger(__name__)
+DEFAULT_PROMPT = "this is a sound of "
+
+
+class CLAP:
+    def __init__(self, weights: str | None = None, config: ml_collections.ConfigDict | None = None, *,
+                 variables=None, tokenizer: str | None = None, channel_mode: str = "mean", crop: str = "center",
+                 seed: int = 0, batch_size: int = 16):
+        """`weights`: clap_jax checkpoint dir or msclap .pth/.safetensors. With neither `weights` nor `variables`
+        the model is randomly initialised from `config` (a baseline; a warning says so)."""
+        if channel_mode not in audio_io.CHANNEL_MODES:
+            raise ValueError(f"channel_mode must be one of {audio_io.CHANNEL_MODES}, got {channel_mode!r}")
+        if crop not in audio_io.CROP_MODES:
+            raise ValueError(f"crop must be one of {audio_io.CROP_MODES}, got {crop!r}")
+        if weights is not None:
+            from clap_jax.weights import load_weights
+
+            variables, config = load_weights(weights, config)
+        elif variables is None:
+            config = config or model_config.clap_2023()
+            log.warning("CLAP: no weights given: randomly initialised model (seed %d)", seed)
+            variables = init_variables(config, seed)
+        config = config or model_config.clap_2023()
+        model_config.validate(config)
+        self.config = config
+        self.model = CLAPModel(config)
+        self.channel_mode, self.crop = channel_mode, crop
+        self.batch_size = batch_size
+        self._rng = np.random.default_rng(seed)
+        self.tokenizer = ClapTokenizer(tokenizer, max_length=config.text.max_length)
+        devices = np.array(jax.local_devices())
+        self._mesh = Mesh(devices, ("data",))
+        self._batch_sharding = NamedSharding(self._mesh, P("data"))
+        self.variables = jax.device_put(variables, NamedSharding(self._mesh, P()))
+        self._audio_fn = jax.jit(lambda v, w: self.model.apply(v, w, method=self.model.encode_audio))
+        self._text_fn = jax.jit(lambda v, i, m: self.model.apply(v, i, m, method=self.model.encode_text))
+
+    # -- properties ---------------------------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return int(self.config.audio.sample_rate)
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.config.audio.duration * self.config.audio.sample_rate))
+
+    @property
+    def logit_scale(self) -> float:
+        """exp of the learned log-scale (msclap's `logit_scale.exp()`)."""
+        return float(np.exp(np.asarray(self.variables["params"]["logit_scale"])))
+
+    # -- preprocessing ------------------------------------------------------------------------------------------
+    def preprocess_audio(self, audio, sample_rate: int | None = None) -> np.ndarray:
+        """List of paths / arrays (or one of them) -> (B, clip_samples) float32 at the model rate."""
+        if isinstance(audio, (str, np.ndarray)) or (hasattr(audio, "__fspath__")):
+            audio = [audio]
+        clips = []
+        for i, a in enumerate(audio):
+            clips.append(audio_io.load_clip(a, sample_rate, self.sample_rate, self.clip_samples,
+                                            channel_mode=self.channel_mode, crop=self.crop, rng=self._rng,
+                                            name=f"audio[{i}]"))
+        return np.stack(clips) if clips else np.zeros((0, self.clip_samples), np.float32)
+
+    # -- batched, sharded execution -----------------------------------------------------------------------------
+    def _run_batched(self, fn, arrays: Sequence[np.ndarray], batch_size: int):
+        n = arrays[0].shape[0]
+        ndev = self._mesh.size
+        bs = max(ndev, -(-batch_size // ndev) * ndev)   # a multiple of the device count: one compile
+        outs = []
+        for s in range(0, n, bs):
+            chunk = [a[s:s + bs] for a in arrays]
+            k = chunk[0].shape[0]
+            if k < bs:  # pad the last batch so the jitted function sees one shape
+                chunk = [np.concatenate([c, np.repeat(c[-1:], bs - k, 0)]) for c in chunk]
+            chunk = [jax.device_put(c, self._batch_sharding) for c in chunk]
+            res = fn(self.variables, *chunk)
+            outs.append(jax.tree.map(lambda x: np.asarray(x)[:k], res))
+        if not outs:
+            raise ValueError("no inputs")
+        return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+    def get_audio_outputs(self, audio, sample_rate: int | None = None, batch_size: int | None = None) -> dict:
+        """-> dict(embedding (N, d_proj), latent (N, 768), clipwise (N, 527), framewise (N, 1024, 527))."""
+        wav = self.preprocess_audio(audio, sample_rate)
+        return self._run_batched(self._audio_fn, [wav], batch_size or self.batch_size)
+
+    def get_audio_embeddings(self, audio, sample_rate: int | None = None, batch_size: int | None = None) -> np.ndarray:
+        """(N, d_proj) unnormalised audio embeddings (msclap's `get_audio_embeddings`)."""
+        return self.get_audio_outputs(audio, sample_rate, batch_size)["embedding"]
+
+    def get_text_embeddings(self, texts: str | Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """(N, d_proj) unnormalised text embeddings (msclap's `get_text_embeddings`)."""
+        ids, mask = self.tokenizer([texts] if isinstance(texts, str) else list(texts))
+        return self._run_batched(self._text_fn, [ids, mask], batch_size or max(self.batch_size, 64))
+
+    def get_audio_embeddings_per_batch(self, audio, batch_size: int, sample_rate: int | None = None):
+        """Generator of (<= batch_size, d_proj) arrays, as msclap's (every batch is yielded, the last one too)."""
+        for s in range(0, len(audio), batch_size):
+            yield self.get_audio_embeddings(audio[s:s + batch_size], sample_rate, batch_size)
+
+    def get_text_embeddings_per_batch(self, texts: Sequence[str], batch_size: int):
+        for s in range(0, len(texts), batch_size):
+            yield self.get_text_embeddings(texts[s:s + batch_size], batch_size)
+
+    # -- scoring ------------------------------------------------------------------------------------------------
+    def compute_similarity(self, audio_embeddings, text_embeddings) -> np.ndarray:
+        """(N_audio, N_text) = logit_scale * cosine similarity (as msclap)."""
+        a = np.asarray(audio_embeddings, np.float32)
+        t = np.asarray(text_embeddings, np.float32)
+        a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+        t = t / np.linalg.norm(t, axis=-1, keepdims=True)
+        return self.logit_scale * a @ t.T
+
+    def classify(self, audio, labels: Sequence[str], prompt: str = DEFAULT_PROMPT, sample_rate: int | None = None,
+                 multi_label: bool = False) -> np.ndarray:
+        """Zero-shot class probabilities (N, K): softmax over `prompt + label` (sigmoid if `multi_label`)."""
+        if not labels:
+            raise ValueError("classify: no labels")
+        sim = self.compute_similarity(self.get_audio_embeddings(audio, sample_rate),
+                                      self.get_text_embeddings([prompt + l for l in labels]))
+        if multi_label:
+            return np.asarray(jax.nn.sigmoid(sim))
+        return np.asarray(jax.nn.softmax(jnp.asarray(sim), axis=-1))
+
+    def save(self, directory: str) -> str:
+        """Write a clap_jax checkpoint directory (config.json + model.safetensors)."""
+        from clap_jax.weights import save_checkpoint
+
+        return save_checkpoint(directory, jax.device_get(self.variables), self.config)

@@ -1,0 +1,87 @@
+"""Model-level behaviour beyond parity: training mode, options, config validation."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clap_jax.models import config as model_config
+from clap_jax.models.clap import CLAPModel, init_variables
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_cfg):
+    v = init_variables(tiny_cfg, 0, 44100)
+    wav = jax.random.normal(jax.random.PRNGKey(1), (4, 44100)) * 0.1
+    ids = jnp.asarray(np.random.default_rng(0).integers(1, 5000, (4, 77)), jnp.int32)
+    return v, wav, ids
+
+
+def _train_apply(cfg, v, wav, ids, seed):
+    m = CLAPModel(cfg)
+    rngs = {"dropout": jax.random.PRNGKey(seed), "augment": jax.random.PRNGKey(seed + 100)}
+    return jax.jit(lambda v: m.apply(v, wav, ids, jnp.ones_like(ids), train=True, rngs=rngs,
+                                     mutable=["batch_stats"]))(v)
+
+
+def test_training_mode_updates_bn_and_is_stochastic(tiny_cfg, setup):
+    v, wav, ids = setup
+    (a1, t1, s), upd = _train_apply(tiny_cfg, v, wav, ids, 0)
+    (a2, t2, _), _ = _train_apply(tiny_cfg, v, wav, ids, 1)
+    old = v["batch_stats"]["audio_encoder"]["base"]["bn0"]["mean"]
+    new = upd["batch_stats"]["audio_encoder"]["base"]["bn0"]["mean"]
+    assert not np.allclose(old, new)                       # running stats move in training
+    assert not np.allclose(a1, a2) and not np.allclose(t1, t2)  # dropout / drop-path / SpecAugment
+    m = CLAPModel(tiny_cfg)
+    e1 = m.apply(v, wav, ids, jnp.ones_like(ids))
+    e2 = m.apply(v, wav, ids, jnp.ones_like(ids))
+    np.testing.assert_array_equal(e1[0], e2[0])            # eval is deterministic
+
+
+def test_gradients_reach_every_trainable_param(tiny_cfg, setup):
+    v, wav, ids = setup
+    m = CLAPModel(tiny_cfg)
+
+    def loss(params):
+        (a, t, s), _ = m.apply({**v, "params": params}, wav, ids, jnp.ones_like(ids), train=True,
+                               rngs={"dropout": jax.random.PRNGKey(0), "augment": jax.random.PRNGKey(1)},
+                               mutable=["batch_stats"])
+        return jnp.sum(a * t) * jnp.exp(s)
+
+    g = jax.jit(jax.grad(loss))(v["params"])
+    flat = jax.tree_util.tree_leaves_with_path(g)
+    dead = [jax.tree_util.keystr(p) for p, x in flat if not np.any(np.asarray(x))]
+    # `head` is unused on msclap's tscam path and the tscam classifier is not on the embedding path
+    assert dead and all("['head']" in d or "['tscam_conv']" in d for d in dead), dead
+
+
+def test_remat_and_bf16_options(tiny_cfg, setup):
+    v, wav, ids = setup
+    ref = CLAPModel(tiny_cfg).apply(v, wav, ids, jnp.ones_like(ids))
+    cfg = tiny_cfg.copy_and_resolve_references()
+    cfg.remat = True
+    out = CLAPModel(cfg).apply(v, wav, ids, jnp.ones_like(ids))
+    np.testing.assert_allclose(out[0], ref[0], rtol=1e-5, atol=1e-5)
+    cfg.dtype = "bfloat16"
+    out = CLAPModel(cfg).apply(v, wav, ids, jnp.ones_like(ids))
+    assert out[0].dtype == jnp.float32
+    cos = np.sum(np.asarray(out[0]) * np.asarray(ref[0]), 1) / (
+        np.linalg.norm(out[0], axis=1) * np.linalg.norm(ref[0], axis=1))
+    assert cos.min() > 0.98
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("audio.num_heads", (1, 2, 3, 4), r"audio.num_heads\[2\]"),
+    ("audio.depths", (1, 1, 1), "audio.depths/num_heads"),
+    ("text.n_head", 5, "text.n_head"),
+    ("dtype", "float8", "dtype"),
+    ("text.max_length", 1000, "text.max_length"),
+])
+def test_invalid_config_names_the_field(field, value, match):
+    cfg = model_config.tiny()
+    node = cfg
+    *parents, leaf = field.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(ValueError, match=match):
+        model_config.validate(cfg)
