@@ -19,9 +19,9 @@ def base() -> ml_collections.ConfigDict:
     c.data.dirs = ()                    # TFRecord directories (kind='tfrecord')
     c.data.clip_seconds = 7.0           # crop / pad length fed to the model
     c.data.num_classes = 0              # 'random': >0 gives learnable tone/caption pairs (demo)
+    c.data.weights = None               # 'tfrecord': mixing weights, one per directory (None: one dataset)
     c.data.seed = 0
-    c.data.shuffle_buffer = 10_000
-    c.data.num_workers = 0
+    c.data.num_workers = 0              # 'tfrecord': Grain worker processes per host
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                    # within-slice sizes; one may be -1 (fills the rest)
@@ -81,6 +81,9 @@ def base() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 0              # 0: never; else call the eval function every N steps
     c.eval.fn = None                    # 'module:function', called as fn(variables, step) -> {name: value}
+    c.eval.data_root = None             # else: clap_jax.eval zero-shot tasks under this directory
+    c.eval.tasks = "builtin"
+    c.eval.batch_size = 32
 
     c.nan = ml_collections.ConfigDict()
     c.nan.max_consecutive = 10          # skipped (non-finite) steps in a row before the run stops

@@ -38,6 +38,9 @@ from clap_jax.train.synthetic import SyntheticBatches
 log = logging.getLogger("clap_jax.train")
 
 
+BATCH_KEYS = ("audio", "input_ids", "attention_mask")
+
+
 class NonFiniteError(RuntimeError):
     """Too many consecutive non-finite steps."""
 
@@ -58,6 +61,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     need(config.data.clip_seconds > 0, "data.clip_seconds", "must be positive")
     if config.data.kind == "tfrecord":
         need(bool(config.data.dirs), "data.dirs", "needs at least one directory of TFRecords")
+        need(not config.data.weights or len(config.data.weights) == len(config.data.dirs), "data.weights",
+             f"needs one weight per directory ({len(config.data.dirs)})")
+        need(config.batch_size % jax.process_count() == 0, "batch_size",
+             f"must be divisible by the number of processes ({jax.process_count()})")
     need(config.loss.kind in ("global", "sharded"), "loss.kind", f"unknown {config.loss.kind!r} (global, sharded)")
     need(config.ckpt.every_steps >= 0, "ckpt.every_steps", "must be >= 0 (0 = only at the end)")
     need(config.ckpt.keep >= 1, "ckpt.keep", "must be >= 1")
@@ -154,21 +161,21 @@ def init_distributed(coordinator: str | None = None, num_processes: int | None =
 # ============================================================================================ input pipeline
 
 def make_real_pipeline(config, mesh, sharding) -> Iterator[dict]:
-    """=== WIRE THE REAL PIPELINE HERE (config.data.kind == 'tfrecord') ===
+    """=== THE REAL PIPELINE (config.data.kind == 'tfrecord'): clap_jax.data.pipeline ===
 
-    Must return an iterator of dict batches {'audio': (B, samples) f32, 'input_ids': (B, L) i32,
-    'attention_mask': (B, L) i32} as global jax Arrays with `sharding` (batch over ('data','fsdp')), where
-    B = config.batch_size, and with `get_state()` / `set_state()` (Grain DatasetIterator protocol) so that the
-    checkpoint can hold its position. Each process reads its own share of the records.
+    Returns an iterator of dict batches {'audio': (B, samples) f32, 'input_ids': (B, L) i32,
+    'attention_mask': (B, L) i32} as global jax Arrays split over ('data', 'fsdp') (= `sharding`), where
+    B = config.batch_size, with `get_state()` / `set_state()` (Grain DatasetIterator protocol) so that the checkpoint
+    holds its position. Each process reads its own share of the records (per-host batch B / process_count).
     """
-    try:
-        pipeline = importlib.import_module("clap_jax.data.pipeline")
-    except ImportError as e:
-        raise NotImplementedError(
-            "config.data.kind='tfrecord' needs clap_jax.data.pipeline (data branch), not present in this build"
-        ) from e
-    return pipeline.make_train_iterator(config.data, global_batch_size=config.batch_size, sharding=sharding,
-                                        num_samples=num_samples(config), seed=config.data.seed)
+    from clap_jax.data import pipeline
+    del sharding  # make_iterator builds the same NamedSharding(mesh, P(('data', 'fsdp')))
+    per_host = config.batch_size // jax.process_count()
+    dc = config.data
+    return pipeline.make_iterator(
+        list(dc.dirs), per_host_batch_size=per_host, mesh=mesh, data_axes=shd.BATCH_AXES,
+        weights=list(dc.weights) if dc.weights else None, seed=dc.seed, num_epochs=None,
+        sample_rate=config.model.audio.sample_rate, duration=dc.clip_seconds, worker_count=dc.num_workers)
 
 
 def make_data_iterator(config, mesh) -> Iterator[dict]:
@@ -416,12 +423,8 @@ def load_initial_weights(config, state: dict, abstract_state: dict, state_sh: di
                 state = dict(state, **{k: dict(state[k], audio_encoder=loaded[k]["audio_encoder"])})
         log.info("init: audio encoder (params, batch_stats, constants) from %s", ic.audio_encoder)
     if ic.get("hf_gpt2"):
-        try:
-            from clap_jax.convert.hf_gpt2 import load_hf_gpt2
-        except ImportError as e:
-            raise NotImplementedError("config.init.hf_gpt2: clap_jax.convert.hf_gpt2.load_hf_gpt2 is not in this "
-                                      "build yet") from e
-        text = load_hf_gpt2(ic.hf_gpt2, config.model)
+        from clap_jax.convert.hf_gpt2 import load_hf_gpt2
+        text, _ = load_hf_gpt2(ic.hf_gpt2, config.model.text)
         _check_tree("hf_gpt2", text, abstract_params["caption_encoder"]["base"])
         cap = dict(params["caption_encoder"])
         cap["base"] = put(text, state_sh["params"]["caption_encoder"]["base"])
@@ -441,12 +444,17 @@ def make_optimizer_from(config, abstract_params):
 # ============================================================================================ evals
 
 def resolve_eval_fn(config) -> Callable | None:
-    """`config.eval.fn = 'module:function'` -> function(variables, step) -> {name: float}; None if unset."""
-    spec = config.eval.get("fn")
-    if not spec:
-        return None
-    mod, _, fn = spec.partition(":")
-    return getattr(importlib.import_module(mod), fn)
+    """The periodic eval: `config.eval.fn = 'module:function'` (called as function(variables, step) -> {name:
+    value}), else zero-shot tasks of clap_jax.eval under `config.eval.data_root`, else None."""
+    ec = config.eval
+    if ec.get("fn"):
+        mod, _, fn = ec.fn.partition(":")
+        return getattr(importlib.import_module(mod), fn)
+    if ec.get("data_root"):
+        from clap_jax.eval.hook import make_eval_fn
+        return make_eval_fn(ec.data_root, config.model, tasks=ec.tasks, batch_size=ec.batch_size,
+                            log=lambda msg: log.warning("%s", msg))
+    return None
 
 
 # ============================================================================================ train loop
@@ -583,6 +591,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
             run_eval(0)
         for step in range(start + 1, config.total_steps + 1):
             batch = next(data_iter)
+            batch = {k: batch[k] for k in BATCH_KEYS}  # pipelines may carry more (ids, dataset index)
             state, metrics = step_fn(state, batch)
             if pending is not None:
                 handle(*pending)
