@@ -1,4 +1,6 @@
 """`python -m clap_jax.train --config configs/<name>.py[:args] --workdir DIR [--config.field=value ...]`"""
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -19,6 +21,11 @@ _LOSSES = flags.DEFINE_string("losses_out", None, "Optional JSON file to write {
 def main(argv):
     del argv
     train.init_distributed(_COORD.value, _NPROC.value, _PID.value, _DIST.value)
+    try:
+        train.validate_config(_CONFIG.value)
+    except ValueError as e:  # before any compute: say which field, no traceback
+        print(f"invalid config: {e}", file=sys.stderr)
+        sys.exit(2)
     summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if _LOSSES.value:
         import json
