@@ -503,6 +503,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     n_dev = mesh.size
 
     # ---------------------------------------------------------------------------------------- input pipeline
+    own_iter = data_iter is None
     data_iter = data_iter if data_iter is not None else make_data_iterator(config, mesh)
 
     # ---------------------------------------------------------------------------------------- model & optimizer
@@ -512,7 +513,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state["params"]))
     log.info("params %.2fM; sharding: %s", n_params / 1e6,
              shd.describe(state_sh["params"], abstract_state["params"]))
-
 
     # ---------------------------------------------------------------------------------------- update step
     train_step = make_train_step(model, tx, config, mesh, schedule, state_sh["params"])
@@ -538,9 +538,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     eval_fn = eval_fn if eval_fn is not None else resolve_eval_fn(config)
 
     def run_eval(step):
+        nonlocal t_window
         variables = {"params": state["params"], "batch_stats": state["batch_stats"], "constants": state["constants"]}
         t0 = time.time()
         res = eval_fn(variables, step) or {}
+        t_window += time.time() - t0  # eval time is not training time (steps/s, ETA)
         writer.scalars(step, {f"eval/{k}": v for k, v in res.items()})
         log.info("eval step %d (%.1fs): %s", step, time.time() - t0, {k: round(float(v), 4) for k, v in res.items()})
         summary["evals"].append((step, res))
@@ -589,6 +591,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     try:
         if eval_fn is not None and start == 0 and config.eval.every_steps:
             run_eval(0)
+        t_window = time.time()
         for step in range(start + 1, config.total_steps + 1):
             batch = next(data_iter)
             batch = {k: batch[k] for k in BATCH_KEYS}  # pipelines may carry more (ids, dataset index)
@@ -622,6 +625,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
         writer.flush()
         writer.close()
         preempt.uninstall()
+        if own_iter and hasattr(data_iter, "close"):  # Grain worker processes
+            data_iter.close()
     summary["end_step"] = int(state["step"])
     summary["state"] = state
     return summary
