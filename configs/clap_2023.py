@@ -18,6 +18,7 @@ def get_config(arg: str = ""):
     c.data.clip_seconds = 7.0
     examples_per_epoch = int(args.get("epoch_examples", 4_600_000))   # the paper's 4.6M pairs
     steps_per_epoch = max(1, examples_per_epoch // c.batch_size)
+    # Run length: not pinned down by our references; 45 epochs (= 3 plateau patiences) is our default, `:epochs=N`.
     c.total_steps = int(args.get("epochs", 45)) * steps_per_epoch
     c.optim.name = "adam"
     c.optim.lr = 1e-3

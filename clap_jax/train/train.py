@@ -77,6 +77,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
         path = config.init.get(key)
         if path and "://" not in str(path):
             need(os.path.exists(path), f"init.{key}", f"path does not exist: {path}")
+    if config.eval.get("data_root") and "://" not in str(config.eval.data_root):
+        need(os.path.isdir(config.eval.data_root), "eval.data_root", f"not a directory: {config.eval.data_root}")
     n = num_devices if num_devices is not None else jax.device_count()
     ici, dcn = shd.mesh_shape(config.mesh, n, int(np.prod([config.mesh.get(f"dcn_{a}", 1) for a in shd.AXES])))
     shards = (ici[0] * dcn[0]) * (ici[1] * dcn[1])
@@ -580,9 +582,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
             eta = (config.total_steps - step) / sps if sps > 0 else float("inf")
             writer.scalars(step, {**{f"train/{k}": v for k, v in avg.items()}, "perf/steps_per_s": sps,
                                   "perf/examples_per_s_per_device": eps_dev, **({"perf/mfu": mfu} if mfu else {})})
-            log.info("step %d/%d | loss %.4f acc a2t %.3f t2a %.3f | scale %.2f lr %.2e | %.2f steps/s "
+            log.info("step %d/%d | loss %.4f acc a2t %.3f t2a %.3f | scale %.2f lr %.2e gnorm %.3g | %.2f steps/s "
                      "%.1f ex/s/dev | ETA %s | MFU %s%s", step, config.total_steps, avg["loss"], avg["acc_a2t"],
-                     avg["acc_t2a"], avg["logit_scale"], avg["lr"], sps, eps_dev, flops_lib.fmt_duration(eta),
+                     avg["acc_t2a"], avg["logit_scale"], avg["lr"], avg["grad_norm"], sps, eps_dev,
+                     flops_lib.fmt_duration(eta),
                      f"{100 * mfu:.1f}%" if mfu else "n/a",
                      f" | skipped {int(m['nan_total'])}" if m["nan_total"] else "")
             window.clear()
