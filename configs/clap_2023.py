@@ -1,5 +1,6 @@
 # python -m clap_jax.train --config configs/clap_2023.py:dirs=/data/tfr_a:/data/tfr_b --workdir $WORKDIR
-# variants: :fsdp  |  :cosine  |  :batch_size=512  |  :random (synthetic data); combine with commas
+# variants: :fsdp  |  :cosine  |  :bf16  |  :remat  |  :batch_size=512  |  :epochs=N  |  :random (synthetic data);
+# combine with commas, e.g. configs/clap_2023.py:fsdp,bf16,dirs=/data/a:/data/b
 """The CLAP 2023 recipe: HTSAT + GPT-2, d_proj 1024, global batch 1536, Adam lr 1e-3, learnable temperature,
 reduce-on-plateau (x0.1 after 15 epochs without improvement). Warmup + cosine as an option (`:cosine`)."""
 from clap_jax.models import config as model_config
@@ -32,6 +33,10 @@ def get_config(arg: str = ""):
     if "fsdp" in args:
         c.mesh.data, c.mesh.fsdp = 1, -1
         c.sharding.rules = [(".*", "fsdp")]
+    if "bf16" in args:   # bfloat16 compute, float32 parameters and loss
+        c.model.dtype = "bfloat16"
+    if "remat" in args:  # rematerialise transformer blocks: less activation memory, ~1/3 more compute
+        c.model.remat = True
     c.loss.kind = "sharded"
     c.ckpt.every_steps = 1000
     c.log.every_steps = 50

@@ -86,7 +86,7 @@ def test_invalid_config_rejected_before_compute_naming_field(field, value, match
 
 def test_shipped_configs_validate():
     for name, arg in [("tiny", ""), ("tiny", "fsdp,sharded_loss"), ("demo", ""), ("clap_2023", "fsdp,dirs=/tmp"),
-                      ("clap_2023", "cosine,random")]:
+                      ("clap_2023", "cosine,random,bf16,remat")]:
         c = load_config(name, arg)
         train.validate_config(c, num_devices=8)
     c = load_config("clap_2023", "dirs=/tmp")
