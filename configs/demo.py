@@ -3,8 +3,8 @@
 """The README's main job: a tiny CLAP on 8 simulated CPU devices (4 data x 2 FSDP mesh, row-sharded loss) learning
 to match tones with captions (synthetic pairs, 8 classes) in a few minutes; `:tfrecord,dirs=...` switches to real data.
 
-What to expect (measured on 2 shared CPU cores): compile ~1.5 min, then ~1 step/s; the loss falls from ln(32) = 3.47
-(chance) to ~1.7 by step 200. Its floor is ~ln(4) = 1.39 and the accuracies' ceiling ~0.25, because a batch of 32 holds
+What to expect (measured on 2 shared CPU cores): ~4 minutes in all (compile ~45 s, then ~1.5 steps/s); the loss
+falls from ln(32) = 3.47 (chance) to ~1.65 by step 200. Its floor is ~ln(4) = 1.39 and the accuracies' ceiling ~0.25, because a batch of 32 holds
 about 4 clips of each class whose captions are identical. Kill it and rerun the same command: it resumes."""
 from clap_jax.models import config as model_config
 from clap_jax.train.config_base import base
