@@ -47,6 +47,15 @@ def test_rules_fsdp_shards_largest_divisible_dim_and_replicates_small():
     assert all(s.spec == P() for s in jax.tree.leaves(sh_rep))
 
 
+def test_tensor_tactic_and_gather_spec_for_compute():
+    m = shd.make_mesh(_mesh_cfg(data=2, fsdp=2, tensor=2))
+    tree = {"k": jnp.zeros((8, 6)), "odd": jnp.zeros((8, 5))}
+    sh = shd.tree_shardings(tree, m, [("k", "tensor"), (".*", "fsdp")])
+    assert sh["k"].spec == P(None, "tensor") and sh["odd"].spec == P("fsdp", None)
+    assert shd.without_axis(sh["odd"], "fsdp").spec == P(None, None)
+    assert shd.without_axis(sh["k"], "fsdp").spec == P(None, "tensor")
+
+
 def test_optimizer_state_mirrors_param_sharding():
     import optax
     m = shd.make_mesh(_mesh_cfg(data=1, fsdp=-1))
