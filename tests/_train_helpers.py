@@ -1,6 +1,8 @@
 """Shared helpers of the trainer tests: load configs/*.py, build the model under test, a tiny batch."""
+import atexit
 import importlib.util
 import os
+import shutil
 import tempfile
 
 import jax
@@ -11,6 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The trainer tests build the same small programs many times (each run jits its own step): a compilation cache,
 # fresh per test session, lets identical programs compile once. Subprocess runs share it (see test_train_resume).
 COMPILE_CACHE = tempfile.mkdtemp(prefix="clap_jax_train_tests_cache_")
+atexit.register(shutil.rmtree, COMPILE_CACHE, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
