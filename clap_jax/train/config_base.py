@@ -1,0 +1,90 @@
+"""Defaults for every trainer field; `configs/*.py` start from `base()` and override. Every field is read."""
+from __future__ import annotations
+
+import ml_collections
+
+from clap_jax.models import config as model_config
+
+
+def base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = model_config.clap_2023()
+    c.batch_size = 1536                 # global, over all devices and processes
+    c.total_steps = 10_000
+    c.peak_flops_per_device = None      # override the device table for MFU (None: look up device kind)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.kind = "random"              # 'random' (synthetic, tests / benchmarks) | 'tfrecord' (real pipeline)
+    c.data.dirs = ()                    # TFRecord directories (kind='tfrecord')
+    c.data.clip_seconds = 7.0           # crop / pad length fed to the model
+    c.data.num_classes = 0              # 'random': >0 gives learnable tone/caption pairs (demo)
+    c.data.weights = None               # 'tfrecord': mixing weights, one per directory (None: one dataset)
+    c.data.seed = 0
+    c.data.num_workers = 0              # 'tfrecord': Grain worker processes per host
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1                    # within-slice sizes; one may be -1 (fills the rest)
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    c.mesh.dcn_data = 1                 # across slices (multi-slice TPU); product = number of slices
+    c.mesh.dcn_fsdp = 1
+    c.mesh.dcn_tensor = 1
+
+    c.sharding = ml_collections.ConfigDict()
+    c.sharding.rules = [(".*", "replicate")]   # (regex on param path, tactic); FSDP: [('.*', 'fsdp')]
+    c.sharding.fsdp_min_size = 2 ** 12  # arrays smaller than this stay replicated under 'fsdp'
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.kind = "global"              # 'global' | 'sharded' (row-sharded logits, memory-lean)
+    c.loss.max_log_scale = 4.605170185988092  # ln(100)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adam"               # 'adam' | 'adamw'
+    c.optim.lr = 1e-3
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.0
+    c.optim.no_decay = r"(bias|scale|logit_scale|ln_|norm|bn|embedding|wpe|wte)"  # never decayed (also all 1-D)
+    c.optim.grad_clip_norm = None
+    c.optim.schedule = "reduce_on_plateau"    # 'constant' | 'warmup_cosine' | 'reduce_on_plateau'
+    c.optim.warmup_steps = 0
+    c.optim.min_lr_ratio = 0.0          # warmup_cosine end value / lr
+    c.optim.grad_accum_steps = 1        # micro-batches per step (negatives come from the micro-batch only)
+    c.optim.plateau = ml_collections.ConfigDict()
+    c.optim.plateau.factor = 0.1
+    c.optim.plateau.patience = 15       # windows of `accumulation_size` steps (one window = one epoch)
+    c.optim.plateau.accumulation_size = 1000
+    c.optim.plateau.rtol = 1e-4
+    c.optim.plateau.atol = 0.0
+    c.optim.plateau.cooldown = 0
+    c.optim.plateau.min_scale = 0.0
+    c.optim.towers = ml_collections.ConfigDict()
+    for t in ("audio_encoder", "caption_encoder", "logit_scale"):
+        c.optim.towers[t] = ml_collections.ConfigDict({"lr_mult": 1.0, "freeze": False})
+
+    c.init = ml_collections.ConfigDict()
+    c.init.clap_jax = None              # clap_jax run dir: params of its latest checkpoint
+    c.init.msclap = None                # msclap CLAP_weights_2023.pth
+    c.init.audio_encoder = None         # clap_jax run dir: audio encoder only
+    c.init.hf_gpt2 = None               # HF GPT-2 dir (model.safetensors / pytorch_model.bin)
+
+    c.ckpt = ml_collections.ConfigDict()
+    c.ckpt.every_steps = 1000           # 0: only at the end
+    c.ckpt.keep = 3
+    c.ckpt.async_save = True
+
+    c.log = ml_collections.ConfigDict()
+    c.log.every_steps = 50
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_steps = 0              # 0: never; else call the eval function every N steps
+    c.eval.fn = None                    # 'module:function', called as fn(variables, step) -> {name: value}
+    c.eval.data_root = None             # else: clap_jax.eval zero-shot tasks under this directory
+    c.eval.tasks = "builtin"
+    c.eval.batch_size = 32
+
+    c.nan = ml_collections.ConfigDict()
+    c.nan.max_consecutive = 10          # skipped (non-finite) steps in a row before the run stops
+    return c

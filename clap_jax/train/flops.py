@@ -1,0 +1,79 @@
+"""Analytic FLOPs of one CLAP training example (for MFU), and peak FLOP/s per device kind.
+
+Counts multiply-adds of the matmuls and convolutions as 2 FLOPs; element-wise work, softmax and norms are left
+out (the usual convention). Training = 3 x forward (forward + backward of activations and weights); the extra
+forward of rematerialisation is not counted, as is customary for MFU.
+"""
+from __future__ import annotations
+
+import math
+
+
+def gpt2_forward_flops(t, seq_len: int) -> float:
+    d, L = t.n_embd, t.n_layer
+    per_token = 2 * 12 * d * d * L + 4 * seq_len * d * L        # qkv/proj/mlp + QK^T and AV
+    return per_token * seq_len
+
+
+def frontend_flops(a, num_samples: int) -> float:
+    """STFT (two matmuls with fixed kernels) + mel filterbank: forward only, nothing upstream needs gradients."""
+    frames = num_samples // a.hop_size + 1
+    n_freq = a.n_fft // 2 + 1
+    return 2 * frames * a.n_fft * n_freq * 2 + 2 * frames * n_freq * a.mel_bins
+
+
+def htsat_forward_flops(a, num_samples: int) -> float:
+    """Swin part of HTSAT (after the front end)."""
+    flops = 0
+    grid = a.spec_size // a.patch_size
+    tokens = grid * grid
+    flops += 2 * tokens * a.patch_size ** 2 * a.embed_dim       # patch embedding (1 input channel)
+    win2 = a.window_size ** 2
+    for i, depth in enumerate(a.depths):
+        c = a.embed_dim * 2 ** i
+        n = tokens // 4 ** i
+        w2 = min(win2, n)
+        flops += depth * (2 * 12 * c * c * n + 4 * w2 * c * n)
+        if i < len(a.depths) - 1:
+            flops += 2 * (n // 4) * (4 * c) * (2 * c)           # patch merging 4C -> 2C
+    c_last = a.embed_dim * 2 ** (len(a.depths) - 1)
+    n_last = tokens // 4 ** (len(a.depths) - 1)
+    flops += 2 * n_last * c_last * a.num_classes * 3             # tscam conv head (kernel (F, 3))
+    return flops
+
+
+def clap_train_flops_per_example(model_cfg, num_samples: int) -> float:
+    """3 x (HTSAT + GPT-2 + both projections) forward FLOPs for one (clip, caption) pair, plus the front end once."""
+    a, t, dp = model_cfg.audio, model_cfg.text, model_cfg.d_proj
+    c_last = a.embed_dim * 2 ** (len(a.depths) - 1)
+    proj = 2 * (c_last * dp + dp * dp) + 2 * (t.n_embd * dp + dp * dp)
+    return (frontend_flops(a, num_samples)
+            + 3.0 * (htsat_forward_flops(a, num_samples) + gpt2_forward_flops(t, t.max_length) + proj))
+
+
+# Dense bf16 peak FLOP/s per chip (vendor figures).
+PEAK_FLOPS = {
+    "h100": 989e12, "h200": 989e12, "a100": 312e12, "l4": 121e12, "gh200": 989e12,
+    "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12, "tpu v5": 459e12,
+    "tpu v6 lite": 918e12, "tpu v6e": 918e12,
+}
+
+
+def peak_flops(device_kind: str, override: float | None = None) -> float | None:
+    """Peak FLOP/s for a `jax.Device.device_kind`, or None if unknown (CPU): then MFU is not reported."""
+    if override:
+        return float(override)
+    kind = device_kind.lower()
+    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
+        if key in kind:
+            return PEAK_FLOPS[key]
+    return None
+
+
+def fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -1,0 +1,635 @@
+"""CLAP contrastive pretraining on a device mesh.
+
+    python -m clap_jax.train --config configs/tiny.py --workdir /tmp/clap_tiny
+    python -m clap_jax.train --config configs/clap_2023.py:batch_size=256 --workdir gs://bucket/run1 \
+        --config.optim.lr=3e-4
+
+Read top to bottom: config checks, logging, distributed init, mesh, input pipeline, model and optimizer
+(shape-first init), update step (compiled once, up front), checkpoint load / weight initialisation, evals,
+train loop. A `--workdir` holding checkpoints is resumed from its latest step, iterator included.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import math
+import os
+import re
+import signal
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import metrics as clu_metrics
+
+from clap_jax.models import config as model_config
+from clap_jax.train import checkpoint as ckpt_lib
+from clap_jax.train import flops as flops_lib
+from clap_jax.train import loss as loss_lib
+from clap_jax.train import optim as optim_lib
+from clap_jax.train import sharding as shd
+from clap_jax.train.synthetic import SyntheticBatches
+
+log = logging.getLogger("clap_jax.train")
+
+
+BATCH_KEYS = ("audio", "input_ids", "attention_mask")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite steps."""
+
+
+# ============================================================================================ config checks
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Reject an invalid config before any compute, with a message naming the field."""
+    def need(ok, field, msg):
+        if not ok:
+            raise ValueError(f"config.{field}: {msg}")
+
+    model_config.validate(config.model)
+    need(config.total_steps > 0, "total_steps", f"must be positive, got {config.total_steps}")
+    need(config.batch_size > 0, "batch_size", f"must be positive, got {config.batch_size}")
+    need(config.data.kind in ("random", "tfrecord"), "data.kind",
+         f"unknown data kind {config.data.kind!r} ('random' or 'tfrecord')")
+    need(config.data.clip_seconds > 0, "data.clip_seconds", "must be positive")
+    if config.data.kind == "tfrecord":
+        need(bool(config.data.dirs), "data.dirs", "needs at least one directory of TFRecords")
+        need(not config.data.weights or len(config.data.weights) == len(config.data.dirs), "data.weights",
+             f"needs one weight per directory ({len(config.data.dirs)})")
+        need(config.batch_size % jax.process_count() == 0, "batch_size",
+             f"must be divisible by the number of processes ({jax.process_count()})")
+    need(config.loss.kind in ("global", "sharded"), "loss.kind", f"unknown {config.loss.kind!r} (global, sharded)")
+    need(config.ckpt.every_steps >= 0, "ckpt.every_steps", "must be >= 0 (0 = only at the end)")
+    need(config.ckpt.keep >= 1, "ckpt.keep", "must be >= 1")
+    need(config.log.every_steps >= 1, "log.every_steps", "must be >= 1")
+    need(config.eval.every_steps >= 0, "eval.every_steps", "must be >= 0 (0 = never)")
+    need(config.nan.max_consecutive >= 1, "nan.max_consecutive", "must be >= 1")
+    optim_lib.validate(config.optim)
+    shd.validate_rules(config.sharding.rules)
+    for key in ("clap_jax", "msclap", "hf_gpt2", "audio_encoder"):
+        path = config.init.get(key)
+        if path and "://" not in str(path):
+            need(os.path.exists(path), f"init.{key}", f"path does not exist: {path}")
+    if config.eval.get("data_root") and "://" not in str(config.eval.data_root):
+        need(os.path.isdir(config.eval.data_root), "eval.data_root", f"not a directory: {config.eval.data_root}")
+    n = num_devices if num_devices is not None else jax.device_count()
+    ici, dcn = shd.mesh_shape(config.mesh, n, int(np.prod([config.mesh.get(f"dcn_{a}", 1) for a in shd.AXES])))
+    shards = (ici[0] * dcn[0]) * (ici[1] * dcn[1])
+    accum = config.optim.grad_accum_steps
+    need(config.batch_size % (shards * accum) == 0, "batch_size",
+         f"{config.batch_size} must be divisible by batch shards ({shards} = data x fsdp) x "
+         f"optim.grad_accum_steps ({accum})")
+
+
+def num_samples(config) -> int:
+    return int(round(config.data.clip_seconds * config.model.audio.sample_rate))
+
+
+# ============================================================================================ logging
+
+class MetricWriter:
+    """Scalars to TensorBoard event files (clu writers when TensorFlow is present, else tensorboard's own event
+    writer) and to the Python log. Only process 0 writes; other processes get a no-op."""
+
+    def __init__(self, workdir: str | None):
+        self._clu = self._tb = None
+        if workdir is None or jax.process_index() != 0:
+            return
+        try:
+            from clu import metric_writers  # needs tensorflow
+            self._clu = metric_writers.create_default_writer(workdir, just_logging=False, asynchronous=False)
+        except ImportError:
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+            self._tb = EventFileWriter(workdir)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self._clu is not None:
+            self._clu.write_scalars(step, values)
+        elif self._tb is not None:
+            from tensorboard.compat.proto import event_pb2, summary_pb2
+            summ = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+                                              for k, v in values.items()])
+            self._tb.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summ))
+
+    def flush(self):
+        if self._clu is not None:
+            self._clu.flush()
+        elif self._tb is not None:
+            self._tb.flush()
+
+    def close(self):
+        if self._clu is not None:
+            self._clu.close()
+        elif self._tb is not None:
+            self._tb.close()
+
+
+def setup_logging() -> None:
+    """Our progress lines at INFO on process 0 only; library chatter (orbax, absl) at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname).1s %(message)s", force=True)
+    try:
+        from absl import logging as absl_logging
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    except ImportError:
+        pass
+    log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
+
+
+# ============================================================================================ distributed
+
+def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None, mode: str = "auto") -> None:
+    """One process per host. Explicit coordinator flags win; else TPU pods and SLURM are detected from the
+    environment and `jax.distributed.initialize()` finds its peers; else single process."""
+    if coordinator:
+        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+        return
+    if mode == "none":
+        return
+    env = os.environ
+    multi_tpu = "," in env.get("TPU_WORKER_HOSTNAMES", "")
+    slurm = int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env
+    if mode == "force" or multi_tpu or slurm or "JAX_COORDINATOR_ADDRESS" in env:
+        jax.distributed.initialize()
+
+
+# ============================================================================================ input pipeline
+
+def make_real_pipeline(config, mesh, sharding) -> Iterator[dict]:
+    """=== THE REAL PIPELINE (config.data.kind == 'tfrecord'): clap_jax.data.pipeline ===
+
+    Returns an iterator of dict batches {'audio': (B, samples) f32, 'input_ids': (B, L) i32,
+    'attention_mask': (B, L) i32} as global jax Arrays split over ('data', 'fsdp') (= `sharding`), where
+    B = config.batch_size, with `get_state()` / `set_state()` (Grain DatasetIterator protocol) so that the checkpoint
+    holds its position. Each process reads its own share of the records (per-host batch B / process_count).
+    """
+    from clap_jax.data import pipeline
+    del sharding  # make_iterator builds the same NamedSharding(mesh, P(('data', 'fsdp')))
+    per_host = config.batch_size // jax.process_count()
+    dc = config.data
+    return pipeline.make_iterator(
+        list(dc.dirs), per_host_batch_size=per_host, mesh=mesh, data_axes=shd.BATCH_AXES,
+        weights=list(dc.weights) if dc.weights else None, seed=dc.seed, num_epochs=None,
+        sample_rate=config.model.audio.sample_rate, duration=dc.clip_seconds, worker_count=dc.num_workers)
+
+
+def make_data_iterator(config, mesh) -> Iterator[dict]:
+    sharding = shd.batch_sharding(mesh)
+    if config.data.kind == "random":
+        return SyntheticBatches(batch_size=config.batch_size, num_samples=num_samples(config),
+                                text_len=config.model.text.max_length, num_classes=config.data.num_classes,
+                                seed=config.data.seed, sharding=sharding)
+    return make_real_pipeline(config, mesh, sharding)
+
+
+# ============================================================================================ model & optimizer
+
+def make_model(config):
+    from clap_jax.models.clap import CLAPModel
+    return CLAPModel(config.model)
+
+
+def _dummy_inputs(config, batch: int = 1):
+    L = config.model.text.max_length
+    return (jnp.zeros((batch, num_samples(config)), jnp.float32), jnp.zeros((batch, L), jnp.int32),
+            jnp.ones((batch, L), jnp.int32))
+
+
+def make_init_fn(model, tx, config) -> Callable[[jax.Array], dict]:
+    def init(rng):
+        variables = model.init({"params": rng}, *_dummy_inputs(config), train=False)
+        params = variables["params"]
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "batch_stats": variables.get("batch_stats", {}),
+            "constants": variables.get("constants", {}),
+            "opt_state": tx.init(params),
+            "nan_streak": jnp.zeros((), jnp.int32),
+            "nan_total": jnp.zeros((), jnp.int32),
+        }
+    return init
+
+
+def abstract_setup(model, config, mesh):
+    """Shape-first: (tx, schedule, init_fn, abstract_state with shardings, state shardings). Nothing is
+    allocated; `jax.jit(init_fn, out_shardings=state_sh)(rng)` then creates every array in place."""
+    abstract_params = jax.eval_shape(
+        lambda r: model.init({"params": r}, *_dummy_inputs(config), train=False)["params"], jax.random.PRNGKey(0))
+    tx, schedule = make_optimizer_from(config, abstract_params)
+    init_fn = make_init_fn(model, tx, config)
+    abstract_state = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+    state_sh = state_shardings(abstract_state, mesh, config)
+    abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                  abstract_state, state_sh)
+    return tx, schedule, init_fn, abstract_state, state_sh
+
+
+def state_shardings(abstract_state: dict, mesh, config) -> dict:
+    """Params by the rules; optimizer state mirrors params; everything else replicated."""
+    rep = shd.replicated(mesh)
+    p_sh = shd.tree_shardings(abstract_state["params"], mesh, config.sharding.rules, config.sharding.fsdp_min_size)
+    out = jax.tree.map(lambda _: rep, abstract_state)
+    out["params"] = p_sh
+    out["opt_state"] = shd.mirror_shardings(abstract_state["opt_state"], abstract_state["params"], p_sh, mesh)
+    return out
+
+
+# ============================================================================================ update step
+
+def _microbatches(batch: dict, k: int) -> dict:
+    """(B, ...) -> (k, B/k, ...) where micro-batch j takes rows j, j+k, ... : each device keeps its own rows,
+    so no data moves (rows are split over devices in contiguous blocks)."""
+    def split(x):
+        return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
+    return jax.tree.map(split, batch)
+
+
+def make_grad_fn(model, config, mesh, param_shardings=None) -> Callable:
+    """value_and_grad of the contrastive loss: fn(params, batch_stats, constants, batch, rng) ->
+    ((loss, (metrics, new_batch_stats)), grads). Frozen towers get no backward pass.
+
+    FSDP: with `param_shardings` given, parameters stored split over 'fsdp' are gathered for the forward pass
+    (a sharding constraint to the same spec without 'fsdp'); the transpose of that gather reduce-scatters the
+    gradients back to the storage layout. Without it, the compiler propagates the weights' split into the
+    activations and has to rematerialise them."""
+    loss_fn = loss_lib.make_loss_fn(config.loss.kind, mesh, shd.BATCH_AXES, config.loss.max_log_scale)
+    frozen = set(optim_lib.frozen_towers(config.optim))
+    compute_sh = None
+    if mesh is not None and param_shardings is not None and mesh.shape["fsdp"] > 1:
+        compute_sh = jax.tree.map(lambda s: shd.without_axis(s, "fsdp"), param_shardings)
+
+    def forward_loss(params, batch_stats, constants, batch, rng):
+        if compute_sh is not None:
+            params = jax.lax.with_sharding_constraint(params, compute_sh)
+        if frozen:
+            params = {k: jax.lax.stop_gradient(v) if k in frozen else v for k, v in params.items()}
+        k_drop, k_aug = jax.random.split(rng)
+        variables = {"params": params, "batch_stats": batch_stats, "constants": constants}
+        (a, t, ls), upd = model.apply(variables, batch["audio"], batch["input_ids"], batch["attention_mask"],
+                                      train=True, rngs={"dropout": k_drop, "augment": k_aug},
+                                      mutable=["batch_stats"])
+        loss, metrics = loss_fn(a, t, ls)
+        return loss, (metrics, upd.get("batch_stats", batch_stats))
+
+    return jax.value_and_grad(forward_loss, has_aux=True)
+
+
+def make_train_step(model, tx, config, mesh, schedule, param_shardings=None) -> Callable:
+    """One optimizer update: (state, global batch) -> (state, metrics). A non-finite loss or gradient leaves
+    params, batch stats and optimizer state unchanged (the step counter still advances) and is counted."""
+    grad_fn = make_grad_fn(model, config, mesh, param_shardings)
+    accum = config.optim.grad_accum_steps
+    base_rng = jax.random.PRNGKey(config.seed + 1)
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(base_rng, state["step"])
+        params = state["params"]
+        if accum == 1:
+            (loss, (metrics, new_bs)), grads = grad_fn(params, state["batch_stats"], state["constants"], batch, rng)
+        else:
+            def body(carry, xs):
+                g_acc, bs, m_acc = carry
+                mb, i = xs
+                (_, (m, bs)), g = grad_fn(params, bs, state["constants"], mb, jax.random.fold_in(rng, i))
+                return (jax.tree.map(jnp.add, g_acc, g), bs, jax.tree.map(jnp.add, m_acc, m)), None
+            zeros_g = jax.tree.map(jnp.zeros_like, params)
+            m_shape = jax.eval_shape(lambda: grad_fn(params, state["batch_stats"], state["constants"],
+                                                     jax.tree.map(lambda x: x[0], _microbatches(batch, accum)),
+                                                     rng)[0][1][0])
+            zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+            (grads, new_bs, metrics), _ = jax.lax.scan(
+                body, (zeros_g, state["batch_stats"], zeros_m), (_microbatches(batch, accum), jnp.arange(accum)))
+            grads = jax.tree.map(lambda g: g / accum, grads)
+            metrics = jax.tree.map(lambda m: m / accum, metrics)
+            loss = metrics["loss"]
+
+        updates, new_opt = tx.update(grads, state["opt_state"], params, value=loss)
+        new_params = optax.apply_updates(params, updates)
+        grad_norm = optax.tree.norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+        new_state = {
+            "step": state["step"] + 1,
+            "params": keep(new_params, params),
+            "batch_stats": keep(new_bs, state["batch_stats"]),
+            "constants": state["constants"],
+            "opt_state": keep(new_opt, state["opt_state"]),
+            "nan_streak": jnp.where(ok, 0, state["nan_streak"] + 1),
+            "nan_total": state["nan_total"] + (~ok).astype(jnp.int32),
+        }
+        lr = schedule(state["step"])
+        plateau = optim_lib.plateau_scale(new_opt)
+        if plateau is not None:
+            lr = lr * plateau
+        metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.tree.norm(params),
+                       update_norm=optax.tree.norm(updates), lr=lr, finite=ok.astype(jnp.float32),
+                       nan_streak=new_state["nan_streak"], nan_total=new_state["nan_total"])
+        return new_state, metrics
+
+    return train_step
+
+
+def compile_train_step(train_step, abstract_state, state_sh, mesh, config):
+    """jit with explicit shardings and donated state, lowered and compiled once, before step 1."""
+    batch_sh = shd.batch_sharding(mesh)
+    L = config.model.text.max_length
+    B = config.batch_size
+    abstract_batch = {
+        "audio": jax.ShapeDtypeStruct((B, num_samples(config)), jnp.float32, sharding=batch_sh),
+        "input_ids": jax.ShapeDtypeStruct((B, L), jnp.int32, sharding=batch_sh),
+        "attention_mask": jax.ShapeDtypeStruct((B, L), jnp.int32, sharding=batch_sh),
+    }
+    jitted = jax.jit(train_step, in_shardings=(state_sh, {k: batch_sh for k in abstract_batch}),
+                     out_shardings=(state_sh, shd.replicated(mesh)), donate_argnums=(0,))
+    t0 = time.time()
+    compiled = jitted.lower(abstract_state, abstract_batch).compile()
+    info = {"compile_s": time.time() - t0}
+    try:
+        mem = compiled.memory_analysis()
+        if mem is not None:
+            info.update(argument_gb=mem.argument_size_in_bytes / 1e9, output_gb=mem.output_size_in_bytes / 1e9,
+                        temp_gb=mem.temp_size_in_bytes / 1e9)
+    except Exception:  # noqa: BLE001 - backend may not implement it
+        pass
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        if cost and "flops" in cost:
+            info["xla_flops_per_device"] = float(cost["flops"])
+    except Exception:  # noqa: BLE001
+        pass
+    return compiled, info
+
+
+# ============================================================================================ weight init
+
+def _check_tree(name: str, loaded: Any, expected: Any) -> None:
+    """Same paths and shapes, else a ValueError listing the first differences."""
+    lp = {shd.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(loaded)}
+    ep = {shd.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(expected)}
+    missing, extra = sorted(set(ep) - set(lp)), sorted(set(lp) - set(ep))
+    bad = sorted(k for k in set(ep) & set(lp) if ep[k] != lp[k])
+    if missing or extra or bad:
+        raise ValueError(f"config.init.{name}: weights do not fit the model: missing {missing[:5]}, unexpected "
+                         f"{extra[:5]}, shape mismatch {[(k, lp[k], ep[k]) for k in bad[:5]]}")
+
+
+def load_initial_weights(config, state: dict, abstract_state: dict, state_sh: dict) -> dict:
+    """Initialise from pretrained weights (only for a fresh run), in order: clap_jax run dir, msclap .pth,
+    audio-encoder-only clap_jax checkpoint, HF GPT-2. Each is validated against the model's parameter tree."""
+    ic = config.init
+    params = state["params"]
+    abstract_params = abstract_state["params"]
+
+    def put(tree, sh):
+        return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32) if np.asarray(x).dtype.kind == "f"
+                                                        else np.asarray(x), s), tree, sh)
+
+    colls = ("params", "batch_stats", "constants")
+    if ic.get("clap_jax"):
+        loaded = ckpt_lib.restore_variables(ic.clap_jax, {k: abstract_state[k] for k in colls})
+        for k in colls:
+            _check_tree(f"clap_jax({k})", loaded[k], abstract_state[k])
+        params = loaded["params"]
+        state = dict(state, batch_stats=loaded["batch_stats"], constants=loaded["constants"])
+        log.info("init: params, batch_stats, constants from clap_jax checkpoint %s", ic.clap_jax)
+    if ic.get("msclap"):
+        from clap_jax.convert import msclap as convert
+        variables, _ = convert.load_msclap_checkpoint(ic.msclap, config.model)
+        _check_tree("msclap", variables["params"], abstract_params)
+        params = put(variables["params"], state_sh["params"])
+        if "batch_stats" in variables:
+            _check_tree("msclap(batch_stats)", variables["batch_stats"], abstract_state["batch_stats"])
+            state["batch_stats"] = put(variables["batch_stats"], state_sh["batch_stats"])
+        if "constants" in variables:
+            _check_tree("msclap(constants)", variables["constants"], abstract_state["constants"])
+            state["constants"] = put(variables["constants"], state_sh["constants"])
+        log.info("init: params, batch_stats, constants from msclap %s", ic.msclap)
+    if ic.get("audio_encoder"):
+        want = {k: {"audio_encoder": abstract_state[k]["audio_encoder"]} for k in colls
+                if "audio_encoder" in abstract_state[k]}
+        loaded = ckpt_lib.restore_variables(ic.audio_encoder, want)
+        for k in want:
+            _check_tree(f"audio_encoder({k})", loaded[k], want[k])
+        params = dict(params, audio_encoder=loaded["params"]["audio_encoder"])
+        for k in ("batch_stats", "constants"):
+            if k in want:
+                state = dict(state, **{k: dict(state[k], audio_encoder=loaded[k]["audio_encoder"])})
+        log.info("init: audio encoder (params, batch_stats, constants) from %s", ic.audio_encoder)
+    if ic.get("hf_gpt2"):
+        from clap_jax.convert.hf_gpt2 import load_hf_gpt2
+        text, _ = load_hf_gpt2(ic.hf_gpt2, config.model.text)
+        _check_tree("hf_gpt2", text, abstract_params["caption_encoder"]["base"])
+        cap = dict(params["caption_encoder"])
+        cap["base"] = put(text, state_sh["params"]["caption_encoder"]["base"])
+        params = dict(params, caption_encoder=cap)
+        log.info("init: GPT-2 text encoder from %s", ic.hf_gpt2)
+    if params is not state["params"]:
+        state = dict(state, params=params,
+                     opt_state=jax.jit(lambda p: make_optimizer_from(config, abstract_params)[0].init(p),
+                                       out_shardings=state_sh["opt_state"])(params))
+    return state
+
+
+def make_optimizer_from(config, abstract_params):
+    return optim_lib.make_optimizer(config.optim, abstract_params, config.total_steps)
+
+
+# ============================================================================================ evals
+
+def resolve_eval_fn(config) -> Callable | None:
+    """The periodic eval: `config.eval.fn = 'module:function'` (called as function(variables, step) -> {name:
+    value}), else zero-shot tasks of clap_jax.eval under `config.eval.data_root`, else None."""
+    ec = config.eval
+    if ec.get("fn"):
+        mod, _, fn = ec.fn.partition(":")
+        return getattr(importlib.import_module(mod), fn)
+    if ec.get("data_root"):
+        from clap_jax.eval.hook import make_eval_fn
+        return make_eval_fn(ec.data_root, config.model, tasks=ec.tasks, batch_size=ec.batch_size,
+                            log=lambda msg: log.warning("%s", msg))
+    return None
+
+
+# ============================================================================================ train loop
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop saves and exits at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._prev = None
+
+    def install(self):
+        try:
+            self._prev = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not the main thread
+            self._prev = None
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def uninstall(self):
+        if self._prev is not None:
+            signal.signal(signal.SIGTERM, self._prev)
+
+    def any_process(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+        return bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *, model=None, data_iter=None,
+                       eval_fn: Callable | None = None, mesh=None) -> dict:
+    """Train (resuming from `workdir` if it holds checkpoints). Returns a summary dict with per-step losses.
+
+    `model`, `data_iter`, `eval_fn`, `mesh` override what the config would build (tests, notebooks)."""
+    # ---------------------------------------------------------------------------------------- config checks
+    validate_config(config)
+    setup_logging()
+    log.info("processes %d, devices %d (%d local), kind %s", jax.process_count(), jax.device_count(),
+             jax.local_device_count(), jax.devices()[0].device_kind)
+
+    # ---------------------------------------------------------------------------------------- mesh
+    mesh = mesh if mesh is not None else shd.make_mesh(config.mesh)
+    log.info("mesh %s", dict(mesh.shape))
+    n_dev = mesh.size
+
+    # ---------------------------------------------------------------------------------------- input pipeline
+    own_iter = data_iter is None
+    data_iter = data_iter if data_iter is not None else make_data_iterator(config, mesh)
+
+    # ---------------------------------------------------------------------------------------- model & optimizer
+    model = model if model is not None else make_model(config)
+    tx, schedule, init_fn, abstract_state, state_sh = abstract_setup(model, config, mesh)
+    rng = jax.random.PRNGKey(config.seed)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state["params"]))
+    log.info("params %.2fM; sharding: %s", n_params / 1e6,
+             shd.describe(state_sh["params"], abstract_state["params"]))
+
+    # ---------------------------------------------------------------------------------------- update step
+    train_step = make_train_step(model, tx, config, mesh, schedule, state_sh["params"])
+    step_fn, compile_info = compile_train_step(train_step, abstract_state, state_sh, mesh, config)
+    log.info("train step compiled: %s", {k: round(v, 3) for k, v in compile_info.items()})
+
+    # ---------------------------------------------------------------------------------------- checkpoint load
+    mngr = None
+    if workdir is not None:
+        mngr = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), keep=config.ckpt.keep,
+                                     save_every=config.ckpt.every_steps or config.total_steps,
+                                     async_save=config.ckpt.async_save)
+    latest = mngr.latest_step() if mngr is not None else None
+    if latest is not None:
+        state = ckpt_lib.restore(mngr, latest, abstract_state, data_iter)
+        log.info("resumed from %s at step %d", workdir, latest)
+    else:
+        state = jax.jit(init_fn, out_shardings=state_sh)(rng)
+        state = load_initial_weights(config, state, abstract_state, state_sh)
+    start = int(state["step"])
+
+    # ---------------------------------------------------------------------------------------- evals
+    eval_fn = eval_fn if eval_fn is not None else resolve_eval_fn(config)
+
+    def run_eval(step):
+        nonlocal t_window
+        variables = {"params": state["params"], "batch_stats": state["batch_stats"], "constants": state["constants"]}
+        t0 = time.time()
+        res = eval_fn(variables, step) or {}
+        t_window += time.time() - t0  # eval time is not training time (steps/s, ETA)
+        writer.scalars(step, {f"eval/{k}": v for k, v in res.items()})
+        log.info("eval step %d (%.1fs): %s", step, time.time() - t0, {k: round(float(v), 4) for k, v in res.items()})
+        summary["evals"].append((step, res))
+
+    # ---------------------------------------------------------------------------------------- train loop
+    writer = MetricWriter(workdir)
+    flops_ex = flops_lib.clap_train_flops_per_example(config.model, num_samples(config))
+    peak = flops_lib.peak_flops(jax.devices()[0].device_kind, config.get("peak_flops_per_device"))
+    preempt = _Preemption()
+    preempt.install()
+    summary = {"losses": {}, "evals": [], "start_step": start, "stopped": "done", "compile": compile_info}
+    window: dict[str, clu_metrics.Average] = {}
+    t_window, steps_window = time.time(), 0
+    pending = None  # metrics of the last step, read one step late so the host never stalls the device
+
+    def handle(step, metrics):
+        nonlocal t_window, steps_window
+        m = jax.device_get(metrics)
+        summary["losses"][step] = float(m["loss"])
+        for k, v in m.items():  # clu metrics: running averages over the log window
+            avg_k = clu_metrics.Average.from_model_output(np.asarray(v, np.float32))
+            window[k] = window[k].merge(avg_k) if k in window else avg_k
+        steps_window += 1
+        if int(m["nan_streak"]) >= config.nan.max_consecutive:
+            raise NonFiniteError(
+                f"{int(m['nan_streak'])} consecutive non-finite steps at step {step} (config.nan.max_consecutive="
+                f"{config.nan.max_consecutive}); stopping. The last checkpoint holds the last good state.")
+        if step % config.log.every_steps == 0 or step == config.total_steps:
+            dt = time.time() - t_window
+            sps = steps_window / dt if dt > 0 else float("nan")
+            avg = {k: float(v.compute()) for k, v in window.items()}
+            avg.update(nan_streak=float(m["nan_streak"]), nan_total=float(m["nan_total"]))
+            eps_dev = sps * config.batch_size / n_dev
+            mfu = eps_dev * flops_ex / peak if peak else None
+            eta = (config.total_steps - step) / sps if sps > 0 else float("inf")
+            writer.scalars(step, {**{f"train/{k}": v for k, v in avg.items()}, "perf/steps_per_s": sps,
+                                  "perf/examples_per_s_per_device": eps_dev, **({"perf/mfu": mfu} if mfu else {})})
+            log.info("step %d/%d | loss %.4f acc a2t %.3f t2a %.3f | scale %.2f lr %.2e gnorm %.3g | %.2f steps/s "
+                     "%.1f ex/s/dev | ETA %s | MFU %s%s", step, config.total_steps, avg["loss"], avg["acc_a2t"],
+                     avg["acc_t2a"], avg["logit_scale"], avg["lr"], avg["grad_norm"], sps, eps_dev,
+                     flops_lib.fmt_duration(eta),
+                     f"{100 * mfu:.1f}%" if mfu else "n/a",
+                     f" | skipped {int(m['nan_total'])}" if m["nan_total"] else "")
+            window.clear()
+            t_window, steps_window = time.time(), 0
+
+    try:
+        if eval_fn is not None and start == 0 and config.eval.every_steps:
+            run_eval(0)
+        t_window = time.time()
+        for step in range(start + 1, config.total_steps + 1):
+            batch = next(data_iter)
+            batch = {k: batch[k] for k in BATCH_KEYS}  # pipelines may carry more (ids, dataset index)
+            state, metrics = step_fn(state, batch)
+            if pending is not None:
+                handle(*pending)
+            pending = (step, metrics)
+            if mngr is not None and config.ckpt.every_steps and step % config.ckpt.every_steps == 0:
+                ckpt_lib.save(mngr, step, state, data_iter)
+            if eval_fn is not None and config.eval.every_steps and step % config.eval.every_steps == 0:
+                run_eval(step)
+            if preempt.any_process():
+                handle(*pending)
+                pending = None
+                log.warning("SIGTERM: saving checkpoint at step %d and exiting", step)
+                if mngr is not None:
+                    ckpt_lib.save(mngr, step, state, data_iter, force=True)
+                summary["stopped"] = "preempted"
+                break
+        if pending is not None:
+            handle(*pending)
+        if mngr is not None and summary["stopped"] == "done":
+            ckpt_lib.save(mngr, int(state["step"]), state, data_iter, force=True)
+    except NonFiniteError:
+        summary["stopped"] = "nonfinite"
+        raise
+    finally:
+        if mngr is not None:
+            mngr.wait_until_finished()
+            mngr.close()
+        writer.flush()
+        writer.close()
+        preempt.uninstall()
+        if own_iter and hasattr(data_iter, "close"):  # Grain worker processes
+            data_iter.close()
+    summary["end_step"] = int(state["step"])
+    summary["state"] = state
+    return summary
