@@ -18,6 +18,7 @@ CORE = [
     "crc32c>=2.4",
     "tqdm",
     "matplotlib",
+    "tensorboard",  # TensorBoard event files (without TensorFlow)
 ]
 TORCH = ["torch==2.13.0"]  # always pin: an unpinned torch pulls a multi-GB CUDA build
 TEST = TORCH + ["pytest>=8", "pyyaml", "scikit-learn", "pycocoevalcap==1.2"]  # CIDEr-D cross-check
