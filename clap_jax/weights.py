@@ -4,6 +4,8 @@ Formats:
   * clap_jax checkpoint: a directory with `config.json` (the model config) and `model.safetensors` (variables,
     keys like 'params/audio_encoder/base/patch_embed/proj/kernel'). Written by `save_checkpoint` and by export.
   * msclap checkpoint: `.pth` ({'model': state_dict}) or `.safetensors` with msclap's keys (`CLAP_weights_2023.pth`).
+  * a training work directory (`python -m clap_jax.train --workdir DIR`): `DIR/model_config.json` and the orbax
+    checkpoints in `DIR/checkpoints/`; the newest step's params, batch_stats and constants are read.
 """
 from __future__ import annotations
 
@@ -18,6 +20,14 @@ from clap_jax.models import config as model_config
 
 CONFIG_FILE = "config.json"
 VARIABLES_FILE = "model.safetensors"
+WORKDIR_CONFIG_FILE = "model_config.json"
+
+
+def write_model_config(path: str, config: ml_collections.ConfigDict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(config.to_dict(), f, indent=1, default=list)
+    os.replace(tmp, path)
 
 
 def save_checkpoint(directory: str, variables, config: ml_collections.ConfigDict) -> str:
@@ -30,8 +40,7 @@ def save_checkpoint(directory: str, variables, config: ml_collections.ConfigDict
     os.makedirs(tmp, exist_ok=True)
     flat = {"/".join(p): np.asarray(jax.device_get(v)) for p, v in _flatten(dict(variables))}
     save_file(flat, os.path.join(tmp, VARIABLES_FILE), metadata={"format": "clap_jax"})
-    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-        json.dump(config.to_dict(), f, indent=1, default=list)
+    write_model_config(os.path.join(tmp, CONFIG_FILE), config)
     if os.path.isdir(directory):
         import shutil
 
@@ -77,6 +86,27 @@ def load_checkpoint(directory: str):
     return variables, cfg
 
 
+def load_workdir(workdir: str, step: int | None = None):
+    """Training workdir -> (variables, config) of its newest checkpoint (or `step`), on this host's first device."""
+    import jax
+
+    from clap_jax.convert.msclap import variable_shapes
+    from clap_jax.train import checkpoint as ckpt_lib
+
+    try:
+        cfg = config_from_dict(json.load(open(os.path.join(workdir, WORKDIR_CONFIG_FILE))))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{workdir}/{WORKDIR_CONFIG_FILE}: invalid JSON ({e})") from e
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev),
+                            dict(variable_shapes(cfg)))
+    try:
+        variables = ckpt_lib.restore_variables(os.path.join(workdir, "checkpoints"), abstract, step)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{workdir}: {e}") from e
+    return jax.device_get(variables), cfg
+
+
 def check_variables(variables, cfg, source: str) -> None:
     """Raise CheckpointError naming every variable that is missing, unexpected or of the wrong shape."""
     from clap_jax.convert.msclap import variable_shapes
@@ -97,7 +127,10 @@ def load_weights(path: str, config: ml_collections.ConfigDict | None = None):
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, CONFIG_FILE)):
             return load_checkpoint(path)
-        raise CheckpointError(f"{path}: a directory without {CONFIG_FILE}: not a clap_jax checkpoint")
+        if os.path.isfile(os.path.join(path, WORKDIR_CONFIG_FILE)):
+            return load_workdir(path)
+        raise CheckpointError(f"{path}: a directory without {CONFIG_FILE} or {WORKDIR_CONFIG_FILE}: neither a "
+                              f"clap_jax checkpoint nor a training workdir")
     if path.endswith((".pth", ".pt", ".safetensors", ".bin")):
         return load_msclap_checkpoint(path, config)
     raise CheckpointError(f"{path}: unknown weights format (expected a clap_jax checkpoint directory, a training "

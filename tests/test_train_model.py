@@ -61,3 +61,12 @@ def test_real_tiny_model_from_msclap_checkpoint_trains_fsdp_sharded_loss(tmp_pat
     assert any("fsdp" in str(s) for s in specs) and any(s == P() for s in specs)
     assert set(summary["state"]["constants"]) and set(summary["state"]["batch_stats"])
     assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2" / "state")
+    # the run's workdir is a weights source: CLAP(workdir), the eval and the converter read its newest step
+    from clap_jax.convert.msclap import to_msclap_state_dict
+    from clap_jax.weights import load_weights
+    variables, cfg = load_weights(str(tmp_path / "run"))
+    assert cfg.to_dict() == config.model.to_dict()
+    for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(jax.device_get(st["params"]))):
+        np.testing.assert_array_equal(a, b)
+    sd = to_msclap_state_dict(variables, cfg)
+    assert "audio_encoder.base.htsat.patch_embed.proj.weight" in sd

@@ -2,6 +2,7 @@
 
   python -m clap_jax.convert msclap-to-jax CLAP_weights_2023.pth ckpt/          # -> config.json + model.safetensors
   python -m clap_jax.convert jax-to-msclap ckpt/ exported.pth                   # + exported.safetensors twin
+  python -m clap_jax.convert jax-to-msclap runs/demo/train exported.pth          # a training workdir's newest step
   python -m clap_jax.convert hf-gpt2 gpt2_dir/ ckpt_out/ [--base ckpt/]         # HF GPT-2 into the text tower
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ def main(argv=None) -> int:
     a = sub.add_parser("msclap-to-jax", help="msclap .pth/.safetensors -> clap_jax checkpoint directory")
     a.add_argument("src"), a.add_argument("dst")
     a.add_argument("--n-head", type=int, default=None, help="GPT-2 heads (not stored in weights; default 12 at 768)")
-    b = sub.add_parser("jax-to-msclap", help="clap_jax checkpoint directory -> msclap .pth (+ .safetensors twin)")
+    b = sub.add_parser("jax-to-msclap", help="clap_jax checkpoint or training workdir -> msclap .pth (+ .safetensors)")
     b.add_argument("src"), b.add_argument("dst")
     b.add_argument("--no-safetensors", action="store_true", help="do not write the .safetensors twin")
     c = sub.add_parser("hf-gpt2", help="put HF GPT-2 weights (dir with model.safetensors) into the text tower")
@@ -38,9 +39,9 @@ def main(argv=None) -> int:
             print(f"wrote {args.dst} (clap_jax checkpoint, {_count(variables['params'])/1e6:.1f} M params)")
         elif args.cmd == "jax-to-msclap":
             from clap_jax.convert.msclap import save_msclap
-            from clap_jax.weights import load_checkpoint
+            from clap_jax.weights import load_weights
 
-            variables, cfg = load_checkpoint(args.src)
+            variables, cfg = load_weights(args.src)
             save_msclap(variables, cfg, args.dst)
             print(f"wrote {args.dst}")
             if not args.no_safetensors and not args.dst.endswith(".safetensors"):

@@ -524,6 +524,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     # ---------------------------------------------------------------------------------------- checkpoint load
     mngr = None
     if workdir is not None:
+        if jax.process_index() == 0:  # lets `CLAP(workdir)`, the eval and the converter read this run's weights
+            from clap_jax.weights import WORKDIR_CONFIG_FILE, write_model_config
+
+            os.makedirs(workdir, exist_ok=True)
+            write_model_config(os.path.join(workdir, WORKDIR_CONFIG_FILE), config.model)
         mngr = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), keep=config.ckpt.keep,
                                      save_every=config.ckpt.every_steps or config.total_steps,
                                      async_save=config.ckpt.async_save)
