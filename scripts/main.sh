@@ -5,7 +5,7 @@
 #
 #   bash scripts/main.sh                 # -> runs/demo/{data,train,eval,export,report.png,report.md}
 #   RUN_DIR=/tmp/x bash scripts/main.sh  # elsewhere
-#   QUICK=1 bash scripts/main.sh         # smoke run (~3-4 min, runs/demo_quick): tiny data, 60 steps, no accuracy goal
+#   QUICK=1 bash scripts/main.sh         # smoke run (runs/demo_quick): 400 clips, 60 steps, no accuracy goal
 #   SKIP_SETUP=1 bash scripts/main.sh    # do not run scripts/setup.sh
 #   STEPS=600 bash scripts/main.sh       # override the number of training steps
 #
