@@ -14,10 +14,11 @@ tower is a 2-layer GPT-2 of width 64 (the 50257 x 64 token embedding is most of 
 spectrogram to the same image, so a model must be evaluated at the duration it was trained at
 (`python -m clap_jax.eval --duration 2.5`, which main.sh passes).
 
-Measured (2 shared CPU cores, bash scripts/main.sh, installed machine): 7.6 min in all, training 500 steps in 6.5 min
-(compile ~40 s, ~1.2 steps/s); loss 4.37 -> 1.60 (chance ln 64 = 4.16), in-batch accuracy 0.37. Held-out zero-shot:
-sound 8-way 64.2% (chance 12.5%), pitch 69.2% (33.3%), loudness 53.8%, rhythm 58.0% (50%); retrieval R@10
-audio->text 55.5%, text->audio 68.6% (2.5%). Compared, at 500 steps: spec 256 / batch 32: 8.9 min, sound 66.5% but
+Measured (2 shared CPU cores, bash scripts/main.sh on an installed machine; add 1-2 min for a fresh install): 700
+steps (default): 9.0 min in all, training 8.4 min (compile ~40 s, ~1.4 steps/s); held-out zero-shot sound 8-way 66.8%
+(chance 12.5%), pitch 82.8% (33.3%), rhythm 79.0% (50%), loudness 51.0% (50%); retrieval R@10 audio->text 68.8%,
+text->audio 80.2% (2.5%). 500 steps: 7.6 min, loss 4.37 -> 1.60 (chance ln 64 = 4.16), sound 64.2%, pitch 69.2%,
+rhythm 58.0%, retrieval R@10 55.5% / 68.6%. Compared at 500 steps: spec 256 / batch 32: 8.9 min, sound 66.5% but
 pitch/loudness/rhythm at chance and retrieval R@10 24-29%; spec 128 / batch 32 / lr 3e-3: sound 62%.
 Kill it and rerun the same command: it resumes from the newest checkpoint."""
 from clap_jax.models import config as model_config
@@ -48,7 +49,7 @@ def get_config(arg: str = ""):
     m.d_proj = 64
     m.proj_dropout = 0.1
     c.batch_size = int(args.get("batch", 64))
-    c.total_steps = int(args.get("steps", 500))
+    c.total_steps = int(args.get("steps", 700))
     c.data.kind = "tfrecord"
     c.data.dirs = tuple(args.get("dirs", "runs/demo/data/tfrecords").split(":"))
     c.data.clip_seconds = CLIP_SECONDS
