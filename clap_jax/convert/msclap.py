@@ -166,6 +166,9 @@ def save_msclap(variables, cfg, path: str) -> None:
         import torch
 
         torch.save({"model": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}}, tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; give both files the usual permissions
     os.replace(tmp, path)
 
 

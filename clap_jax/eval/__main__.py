@@ -87,7 +87,8 @@ def parser():
     ap.add_argument("--seed", type=int, default=0, help="seed for --crop seeded")
     ap.add_argument("--channels", default="mean", choices=["mean", "flatten"],
                     help="mean = mono down-mix; flatten = msclap's reshape(-1) of stereo")
-    ap.add_argument("--duration", type=float, default=7.0)
+    ap.add_argument("--duration", type=float, default=None,
+                    help="clip seconds (default: the model's own config.audio.duration; 7 s for msclap 2023)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="decoding threads")
     ap.add_argument("--cache-dir", default=None, help=f"embedding cache (default {default_cache_dir()})")
@@ -113,11 +114,17 @@ def main(argv=None) -> int:
     if not args.weights:
         raise SystemExit("--weights is required (or use --list)")
     config = build_config(args)
-    loader = LoaderConfig(duration=args.duration, crop=args.crop, channels=args.channels, seed=args.seed)
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     runs = []
     for i, w in enumerate(args.weights):
         embedder = load_embedder(w)
+        # A model is evaluated at the clip length and rate it was built for (HTSAT stretches every clip to one
+        # image, so a 2.5 s model fed 7 s of repeat-padded audio sees a different time scale).
+        audio_cfg = getattr(getattr(embedder, "config", None), "audio", None)
+        duration = args.duration or (float(audio_cfg.duration) if audio_cfg is not None else 7.0)
+        rate = int(audio_cfg.sample_rate) if audio_cfg is not None else 44100
+        loader = LoaderConfig(sample_rate=rate, duration=duration, crop=args.crop, channels=args.channels,
+                              seed=args.seed)
         r = evaluate(embedder, args.data_root, tasks=args.tasks, config=config, cache_dir=cache_dir, loader=loader,
                      batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
                      skip_bad_clips=args.skip_bad_clips)

@@ -15,10 +15,15 @@ from clap_jax.eval.runner import evaluate, summary
 
 
 def make_eval_fn(data_root: str, model_config=None, tasks: str = "builtin", batch_size: int = 32, workers: int = 4,
-                 loader: LoaderConfig = LoaderConfig(), log: Optional[Callable] = None,
+                 loader: Optional[LoaderConfig] = None, log: Optional[Callable] = None,
                  model_factory: Optional[Callable] = None) -> Callable:
     """fn(variables, step) -> {"<task>/<metric>": value}. model_factory(variables) -> Embedder defaults to
-    clap_jax.inference.CLAP(config=model_config, variables=variables)."""
+    clap_jax.inference.CLAP(config=model_config, variables=variables). The clip loader defaults to the model's own
+    clip length and sample rate."""
+    if loader is None:
+        a = getattr(model_config, "audio", None)
+        loader = (LoaderConfig(sample_rate=int(a.sample_rate), duration=float(a.duration)) if a is not None
+                  else LoaderConfig())
 
     def default_factory(variables):
         from clap_jax.inference import CLAP
