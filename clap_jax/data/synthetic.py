@@ -213,12 +213,14 @@ def captions(attrs: dict, rng: np.random.Generator, k: int = 2) -> list[str]:
         w = lambda table: table[int(rng.integers(len(table)))]  # noqa: E731
         snd, pitch = w(_SOUND_WORDS[attrs["sound"]]).format(word=attrs.get("word", "")), w(_PITCH_WORDS[attrs["pitch"]])
         loud, rhythm = w(_LOUD_WORDS[attrs["loudness"]]), w(_RHYTHM_WORDS[attrs["rhythm"]])
-        form = int(rng.integers(3))
+        form = int(rng.integers(4))
         art = "an" if loud[0] in "aeiou" else "a"
         if form == 0:
             c = f"{art} {loud}, {pitch} {snd} {rhythm}"
         elif form == 1:
             c = f"{pitch} {snd}, {loud} and {rhythm}"
+        elif form == 2:  # the paper's label-template style ("this is a sound of ..."), as in AudioSet captions
+            c = f"this is a sound of {snd}, {loud} and {pitch}, {rhythm}"
         else:
             c = f"you can hear {art} {loud} {snd} at a {w(_PITCH_NOUNS[attrs['pitch']])} pitch, {rhythm}"
         c = c[0].upper() + c[1:]
