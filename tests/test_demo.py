@@ -44,7 +44,6 @@ def _fake_run(tmp_path):
 
 
 def test_report_from_fake_run(tmp_path, capsys):
-    pytest.importorskip("matplotlib")
     run = _fake_run(tmp_path)
     assert demo_report.main([str(run)]) == 0
     png, md = run / "report.png", (run / "report.md").read_text()
