@@ -85,3 +85,27 @@ def test_invalid_config_names_the_field(field, value, match):
     node[leaf] = value
     with pytest.raises(ValueError, match=match):
         model_config.validate(cfg)
+
+
+def test_init_gives_moderate_gradients_on_partly_silent_audio(tiny_cfg):
+    """Regression: a zero-initialised patch-embedding bias made LayerNorm see constant vectors on silent patches
+    (gradient norm ~1e6 at step 0). msclap's convs use PyTorch's default init; so do ours."""
+    n = 44100
+    v = init_variables(tiny_cfg, 0, n)
+    t = np.arange(n) / 44100
+    wav = np.stack([0.3 * np.sin(2 * np.pi * f * t) * (t < d) for f, d in ((300, 0.3), (900, 0.5), (2000, 0.2),
+                                                                            (500, 0.4))]).astype(np.float32)
+    ids = jnp.asarray(np.random.default_rng(0).integers(1, 5000, (4, 77)), jnp.int32)
+    m = CLAPModel(tiny_cfg)
+
+    def loss(params):
+        (a, t_, s), _ = m.apply({**v, "params": params}, wav, ids, jnp.ones_like(ids), train=True,
+                                rngs={"dropout": jax.random.PRNGKey(0), "augment": jax.random.PRNGKey(1)},
+                                mutable=["batch_stats"])
+        a = a / jnp.linalg.norm(a, axis=-1, keepdims=True)
+        t_ = t_ / jnp.linalg.norm(t_, axis=-1, keepdims=True)
+        return -jnp.mean(jnp.diag(jax.nn.log_softmax(jnp.exp(s) * a @ t_.T, axis=1)))
+
+    g = jax.jit(jax.grad(loss))(v["params"])
+    norm = float(jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(g))))
+    assert np.isfinite(norm) and norm < 1e3, norm

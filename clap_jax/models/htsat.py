@@ -30,6 +30,17 @@ def _dense(features, name, use_bias=True, dtype=jnp.float32):
                     kernel_init=nn.initializers.truncated_normal(0.02), bias_init=nn.initializers.zeros)
 
 
+def _torch_conv_init(fan_in: int):
+    """PyTorch's default Conv2d init (msclap's HTSAT leaves its convs at it): kernel and bias U(+-1/sqrt(fan_in)).
+    A zero bias here would make LayerNorm see constant vectors on silent patches: huge first-step gradients."""
+    bound = fan_in ** -0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
 def _ln(name, dtype=jnp.float32):
     return nn.LayerNorm(epsilon=LN_EPS, name=name, dtype=dtype)
 
@@ -83,8 +94,9 @@ class PatchEmbed(nn.Module):
     @nn.compact
     def __call__(self, img):
         p = self.patch_size
+        init = _torch_conv_init(p * p)
         x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", name="proj", dtype=self.dtype,
-                    kernel_init=nn.initializers.lecun_normal())(img[..., None])   # (B, H/p, W/p, C)
+                    kernel_init=init, bias_init=init)(img[..., None])   # (B, H/p, W/p, C)
         b, h, w, c = x.shape
         return _ln("norm", self.dtype)(x.reshape(b, h * w, c))
 
@@ -237,8 +249,10 @@ class HTSAT(nn.Module):
         self.num_features = c.embed_dim * 2 ** (n - 1)
         self.norm = _ln("norm", self.dtype)
         sf = c.spec_size // 2 ** (n - 1) // c.patch_size // self.freq_ratio
+        fan_in = self.num_features * sf * 3
         self.tscam_conv = nn.Conv(c.num_classes, (sf, 3), padding=((0, 0), (1, 1)), name="tscam_conv",
-                                  dtype=self.dtype)
+                                  dtype=self.dtype, kernel_init=_torch_conv_init(fan_in),
+                                  bias_init=_torch_conv_init(fan_in))
         # msclap registers `head` but never applies it on the tscam path; kept so every weight has a home.
         self.head = nn.Dense(c.num_classes, name="head")
 
