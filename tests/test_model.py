@@ -69,7 +69,51 @@ def test_remat_and_bf16_options(tiny_cfg, setup):
     assert cos.min() > 0.98
 
 
+def test_fft_stft_option_gives_the_same_model(tiny_cfg, setup):
+    v, wav, ids = setup
+    ref = CLAPModel(tiny_cfg).apply(v, wav, ids, jnp.ones_like(ids))
+    cfg = tiny_cfg.copy_and_resolve_references()
+    cfg.audio.stft = "fft"
+    out = CLAPModel(cfg).apply(v, wav, ids, jnp.ones_like(ids))
+    np.testing.assert_allclose(out[0], ref[0], rtol=1e-4, atol=1e-5)
+    # the stored DFT kernels are what 'matmul' reads: zeroing them changes 'matmul' but not 'fft'
+    base = v["constants"]["audio_encoder"]["base"]
+    zeroed = {**v, "constants": {**v["constants"], "audio_encoder": {"base": {
+        **base, "stft_real": jnp.zeros_like(base["stft_real"]), "stft_imag": jnp.zeros_like(base["stft_imag"])}}}}
+    np.testing.assert_array_equal(CLAPModel(cfg).apply(zeroed, wav, ids, jnp.ones_like(ids))[0], out[0])
+    assert not np.allclose(CLAPModel(tiny_cfg).apply(zeroed, wav, ids, jnp.ones_like(ids))[0], ref[0])
+
+
+def test_specaug_widths_come_from_the_config(tiny_cfg, setup):
+    v, wav, ids = setup
+    cfg = tiny_cfg.copy_and_resolve_references()
+    cfg.audio.specaug_time_stripes = cfg.audio.specaug_freq_stripes = 0   # no stripes: the same as no SpecAugment
+    (a0, _, _), _ = _train_apply(cfg, v, wav, ids, 0)
+    cfg.audio.specaug = False
+    (a1, _, _), _ = _train_apply(cfg, v, wav, ids, 0)
+    np.testing.assert_allclose(a0, a1, rtol=1e-6, atol=1e-6)
+    cfg.audio.specaug = True
+    cfg.audio.specaug_time_stripes, cfg.audio.specaug_time_width = 2, 60   # wide stripes: a different embedding
+    (a2, _, _), _ = _train_apply(cfg, v, wav, ids, 0)
+    assert not np.allclose(a2, a1, atol=1e-4)
+
+
+def test_eval_crops_scale_with_a_smaller_image(tiny_cfg):
+    """Clips longer than the image's frames are averaged over crops in eval; the crop sizes follow the target
+    (msclap's 689/344 frames for its 1024), so a 128-frame model evaluates a clip of 130 frames."""
+    cfg = tiny_cfg.copy_and_resolve_references()
+    cfg.audio.spec_size, cfg.audio.mel_bins = 64, 32            # target: 64 * 2 = 128 frames
+    n = 130 * cfg.audio.hop_size                                  # 131 frames > 128
+    v = init_variables(cfg, 0, n)
+    wav = jax.random.normal(jax.random.PRNGKey(3), (2, n)) * 0.1
+    ids = jnp.ones((2, cfg.text.max_length), jnp.int32)
+    a, t, s = CLAPModel(cfg).apply(v, wav, ids, jnp.ones_like(ids))
+    assert a.shape == (2, cfg.d_proj) and np.isfinite(np.asarray(a)).all()
+
+
 @pytest.mark.parametrize("field,value,match", [
+    ("audio.stft", "dct", "audio.stft"),
+    ("audio.specaug_freq_width", 0, "audio.specaug_time_width/freq_width"),
     ("audio.num_heads", (1, 2, 3, 4), r"audio.num_heads\[2\]"),
     ("audio.depths", (1, 1, 1), "audio.depths/num_heads"),
     ("text.n_head", 5, "text.n_head"),

@@ -61,6 +61,15 @@ def power_spectrogram(x: jax.Array, real_k: jax.Array, imag_k: jax.Array, hop: i
     return re * re + im * im
 
 
+def power_spectrogram_fft(x: jax.Array, n_fft: int, hop: int) -> jax.Array:
+    """(B, N) -> (B, T, n_fft//2+1) |STFT|^2 by FFT: the same periodic-Hann STFT as `power_spectrogram` with
+    `stft_kernels(n_fft)` (equal to float32 rounding), without the O(n_fft^2) DFT matmuls (~2x faster on CPU)."""
+    n = np.arange(n_fft)
+    window = jnp.asarray(0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft), jnp.float32)
+    spec = jnp.fft.rfft(frame(x, n_fft, hop) * window, axis=-1)
+    return spec.real * spec.real + spec.imag * spec.imag
+
+
 def log_mel(power: jax.Array, mel_w: jax.Array, amin: float = 1e-10) -> jax.Array:
     """(B, T, F) power -> (B, T, n_mels) dB (ref 1.0, no top_db)."""
     mel = jnp.einsum("btf,fm->btm", power, mel_w, precision=jax.lax.Precision.HIGHEST)

@@ -114,7 +114,7 @@ def variable_shapes(cfg: ml_collections.ConfigDict) -> dict:
     import jax.numpy as jnp
 
     model = CLAPModel(cfg)
-    wav = jax.ShapeDtypeStruct((1, 44100), jnp.float32)
+    wav = jax.ShapeDtypeStruct((1, int(round(cfg.audio.duration * cfg.audio.sample_rate))), jnp.float32)
     ids = jax.ShapeDtypeStruct((1, cfg.text.max_length), jnp.int32)
     return jax.eval_shape(lambda w, i: model.init({"params": jax.random.PRNGKey(0)}, w, i, i), wav, ids)
 

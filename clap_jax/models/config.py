@@ -17,10 +17,16 @@ def audio_2023() -> ml_collections.ConfigDict:
     c.n_fft = 1024
     c.hop_size = 320
     c.mel_bins = 64
+    c.stft = "matmul"              # 'matmul': torchlibrosa's conv STFT with the stored DFT kernels (msclap exact);
+                                   # 'fft': the same transform by rFFT (faster; the stored kernels are not read)
     c.mel_sr = 32000               # sr used to build the filterbank (msclap quirk, see spec section 0)
     c.fmin = 50.0
     c.fmax = 14000.0
-    c.specaug = True               # SpecAugment in training mode (2 time stripes <= 64, 2 freq stripes <= 8)
+    c.specaug = True               # SpecAugment in training mode (msclap: 2 time stripes <= 64, 2 freq stripes <= 8)
+    c.specaug_time_width = 64      # stripe widths are drawn from U{0..width-1} frames / mel bins
+    c.specaug_time_stripes = 2
+    c.specaug_freq_width = 8
+    c.specaug_freq_stripes = 2
     # Swin / HTSAT.
     c.spec_size = 256
     c.patch_size = 4
@@ -95,6 +101,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
         res = grid // 2 ** i
         win = min(a.window_size, res)
         need(res % win == 0, "audio.window_size", f"must divide stage {i} resolution {res}")
+    need(a.specaug_time_width >= 1 and a.specaug_freq_width >= 1, "audio.specaug_time_width/freq_width",
+         "must be >= 1 (set audio.specaug=False to turn SpecAugment off)")
+    need(a.specaug_time_stripes >= 0 and a.specaug_freq_stripes >= 0, "audio.specaug_time_stripes/freq_stripes",
+         "must be >= 0")
+    need(a.specaug_freq_width <= a.mel_bins, "audio.specaug_freq_width", f"exceeds mel_bins={a.mel_bins}")
+    need(a.stft in ("matmul", "fft"), "audio.stft", f"unknown STFT implementation {a.stft!r} ('matmul', 'fft')")
     need(t.n_embd % t.n_head == 0, "text.n_head", f"must divide n_embd={t.n_embd}")
     need(t.max_length <= t.n_positions, "text.max_length", f"exceeds n_positions={t.n_positions}")
     need(c.dtype in ("float32", "bfloat16", "float16"), "dtype", f"unknown dtype {c.dtype!r}")

@@ -259,8 +259,12 @@ class HTSAT(nn.Module):
     # -- front end ------------------------------------------------------------------------------------------------
     def log_mel(self, wav):
         """(B, N) float32 -> (B, T, mel_bins) dB."""
-        power = frontend.power_spectrogram(wav.astype(jnp.float32), self.stft_real.value, self.stft_imag.value,
-                                           self.config.hop_size)
+        c = self.config
+        if c.get("stft", "matmul") == "fft":  # same transform; the stored DFT kernels are not read
+            power = frontend.power_spectrogram_fft(wav.astype(jnp.float32), c.n_fft, c.hop_size)
+        else:
+            power = frontend.power_spectrogram(wav.astype(jnp.float32), self.stft_real.value, self.stft_imag.value,
+                                               c.hop_size)
         return frontend.log_mel(power, self.mel_w.value)
 
     def image(self, mel):
@@ -298,7 +302,8 @@ class HTSAT(nn.Module):
         x = self.log_mel(wav)                                           # (B, T, F)
         x = self.bn0(x, use_running_average=not train)
         if train and c.specaug:
-            x = frontend.spec_augment(self.make_rng("augment"), x)
+            x = frontend.spec_augment(self.make_rng("augment"), x, c.specaug_time_width, c.specaug_time_stripes,
+                                      c.specaug_freq_width, c.specaug_freq_stripes)
         target = c.spec_size * self.freq_ratio
         t = x.shape[1]
         if t <= target:
@@ -307,7 +312,8 @@ class HTSAT(nn.Module):
             starts = jax.random.randint(self.make_rng("augment"), (x.shape[0],), 0, t - target)
             x = jax.vmap(lambda e, s: jax.lax.dynamic_slice_in_dim(e, s, target, 0))(x, starts)
             return self.forward_features(self.image(x), train)
-        # eval: average over 689-frame crops every 344 frames (msclap hard-codes these numbers)
-        crop, hop = 689, 344
+        # eval: average over crops of 689 frames every 344 frames (msclap hard-codes these numbers for its
+        # 1024-frame target; other targets scale them: the same 0.67 / 0.34 fractions of the target)
+        crop, hop = target * 689 // 1024, max(1, target * 344 // 1024)
         outs = [self.forward_features(self.image(x[:, p:p + crop]), train) for p in range(0, t - crop - 1, hop)]
         return jax.tree.map(lambda *v: sum(v) / len(v), *outs)

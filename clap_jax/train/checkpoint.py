@@ -14,11 +14,18 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+
+
+def _path(directory) -> epath.Path:
+    """orbax wants absolute local paths: a relative one ('runs/x/checkpoints') is made absolute; URLs pass."""
+    d = str(directory)
+    return epath.Path(d if "://" in d else os.path.abspath(d))
 
 
 # ------------------------------------------------------------------------------------- iterator-state item
@@ -70,7 +77,7 @@ class IteratorStateRestore(ocp.args.CheckpointArgs):
 def make_manager(directory: str, *, keep: int, save_every: int, async_save: bool = True) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save, create=True)
-    return ocp.CheckpointManager(epath.Path(directory), options=options, item_names=("state", "data"))
+    return ocp.CheckpointManager(_path(directory), options=options, item_names=("state", "data"))
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any | None, *, force: bool = False) -> bool:
@@ -98,11 +105,12 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
 def restore_variables(directory: str, abstract: dict, step: int | None = None) -> dict:
     """Some top-level entries of a clap_jax checkpoint's train state (e.g. {'params': ..., 'batch_stats': ...},
     given as ShapeDtypeStructs with shardings), from its latest step unless given; nothing else is read."""
-    with ocp.CheckpointManager(epath.Path(directory), item_names=("state", "data")) as mngr:
+    directory = _path(directory)
+    with ocp.CheckpointManager(directory, item_names=("state", "data")) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no clap_jax checkpoint under {directory}")
-    path = epath.Path(directory) / str(step) / "state"
+    path = directory / str(step) / "state"
     restore_args = jax.tree.map(
         lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), abstract)
     with ocp.PyTreeCheckpointer() as ckptr:
