@@ -36,6 +36,39 @@ def test_captions_mention_every_attribute():
             assert any(w in low for w in synthetic._RHYTHM_WORDS[attrs["rhythm"]])
 
 
+def _mentions(low, attrs):
+    """Which attributes a lower-cased caption names (only the clip's own values count)."""
+    return {"pitch": any(w in low for w in synthetic._PITCH_WORDS[attrs["pitch"]] +
+                         synthetic._PITCH_NOUNS[attrs["pitch"]]),
+            "loudness": any(w in low for w in synthetic._LOUD_WORDS[attrs["loudness"]]),
+            "rhythm": any(w in low for w in synthetic._RHYTHM_WORDS[attrs["rhythm"]])}
+
+
+def test_partial_captions_name_the_sound_and_only_true_attributes():
+    rng = np.random.default_rng(2)
+    named = []
+    for _ in range(200):
+        attrs = synthetic.sample_attributes(rng)
+        for c in synthetic.captions(attrs, rng, partial=1.0):
+            low = c.lower()
+            assert any(w in low for w in synthetic._SOUND_WORDS[attrs["sound"]]), c
+            for other in synthetic.LOUDNESS:  # never a wrong loudness word
+                if other != attrs["loudness"]:
+                    assert not any(w in low.replace(",", "").split() for w in synthetic._LOUD_WORDS[other]), c
+            named.append(sum(_mentions(low, attrs).values()))
+    counts = np.bincount(named, minlength=4)
+    assert counts[0] > 0 and counts[3] > 0 and counts[1] + counts[2] > counts[0]  # subsets of every size
+    # the dataset: a share of training captions is partial, held-out captions are all complete
+    partial = 0
+    for i in range(60):
+        a, _, caps = synthetic.make_clip(0, "train", i, 0.1, SR)
+        partial += sum(sum(_mentions(c.lower(), a).values()) < 3 for c in caps)
+    assert 0 < partial < 120 * 0.6, partial
+    for i in range(40):
+        a, _, caps = synthetic.make_clip(0, "eval", i, 0.1, SR)
+        assert all(all(_mentions(c.lower(), a).values()) for c in caps)
+
+
 def test_attributes_are_acoustically_distinct():
     rng = np.random.default_rng(1)
     peaks = {"quiet": [], "loud": []}

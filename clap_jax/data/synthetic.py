@@ -12,7 +12,11 @@ Every clip has four independent attributes, each acoustically distinct on a log-
 * ``loudness``: quiet (peak ~0.08) or loud (peak ~0.65).
 
 Captions are templated from the attributes with synonyms ("a loud, shrill rising whistle repeating several
-times"); each clip has two different captions. Everything is a pure function of (seed, split, clip number).
+times"); each clip has two different captions. 30 % of the *training* captions name the sound and only a random
+subset of the other attributes ("a shrill rising whistle"), as real captions do; without them a small model learns
+the four attributes as one entangled code and a prompt naming the sound alone lands between classes (the demo's
+held-out 8-way accuracy went from 58-76 % to 94-97 %). Held-out captions always describe all four.
+Everything is a pure function of (seed, split, clip number).
 
 Output directory::
 
@@ -89,6 +93,7 @@ TASKS = [
     {"name": "retrieval", "type": "retrieval", "caption_key": "captions"},
 ]
 _SPLIT_IDS = {"train": 0, "eval": 1}
+PARTIAL_CAPTIONS = 0.3  # share of training captions that name the sound and only some of the other attributes
 
 
 def sound_classes(speech: bool = False) -> tuple[str, ...]:
@@ -206,8 +211,10 @@ def render(attrs: dict, rng: np.random.Generator, seconds: float = 2.5, sample_r
     return np.clip(x, -1, 1).astype(np.float32)
 
 
-def captions(attrs: dict, rng: np.random.Generator, k: int = 2) -> list[str]:
-    """``k`` different natural captions describing all four attributes."""
+def captions(attrs: dict, rng: np.random.Generator, k: int = 2, partial: float = 0.0) -> list[str]:
+    """``k`` different natural captions. Each describes all four attributes, except that with probability
+    ``partial`` a caption names the sound and only a random subset (maybe none) of the other three, as real
+    captions do ("a shrill rising whistle", "rapid clicking, heard once")."""
     out: list[str] = []
     for _ in range(20 * k):
         w = lambda table: table[int(rng.integers(len(table)))]  # noqa: E731
@@ -215,7 +222,13 @@ def captions(attrs: dict, rng: np.random.Generator, k: int = 2) -> list[str]:
         loud, rhythm = w(_LOUD_WORDS[attrs["loudness"]]), w(_RHYTHM_WORDS[attrs["rhythm"]])
         form = int(rng.integers(4))
         art = "an" if loud[0] in "aeiou" else "a"
-        if form == 0:
+        if partial and rng.random() < partial:
+            keep = rng.random(3) < 0.4                   # loudness, pitch, rhythm: each kept with p = 0.4
+            pre = ", ".join(x for x, kept in ((loud, keep[0]), (pitch, keep[1])) if kept)
+            head = f"{pre} {snd}" if pre else snd
+            c = f"{'an' if head[0] in 'aeiou' else 'a'} {head}" if form % 2 else head
+            c = f"{c} {rhythm}" if keep[2] else c
+        elif form == 0:
             c = f"{art} {loud}, {pitch} {snd} {rhythm}"
         elif form == 1:
             c = f"{pitch} {snd}, {loud} and {rhythm}"
@@ -241,7 +254,9 @@ def make_clip(seed: int, split: str, i: int, seconds: float, sample_rate: int, s
     classes = sound_classes(speech)
     attrs = sample_attributes(rng, classes[i % len(classes)] if split == "eval" else None, speech)
     wave = render(attrs, rng, seconds, sample_rate)
-    return attrs, wave, captions(attrs, rng)
+    # training captions sometimes leave attributes out (PARTIAL_CAPTIONS); held-out captions describe everything,
+    # so that retrieval on them has one right answer per attribute combination
+    return attrs, wave, captions(attrs, rng, partial=PARTIAL_CAPTIONS if split == "train" else 0.0)
 
 
 def write(out: str, num_train: int, num_eval: int, seed: int = 0, seconds: float = 2.5, sample_rate: int = 44100,
