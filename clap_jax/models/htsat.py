@@ -260,7 +260,7 @@ class HTSAT(nn.Module):
     def log_mel(self, wav):
         """(B, N) float32 -> (B, T, mel_bins) dB."""
         c = self.config
-        if c.get("stft", "matmul") == "fft":  # same transform; the stored DFT kernels are not read
+        if c.stft == "fft":  # same transform; the stored DFT kernels are not read
             power = frontend.power_spectrogram_fft(wav.astype(jnp.float32), c.n_fft, c.hop_size)
         else:
             power = frontend.power_spectrogram(wav.astype(jnp.float32), self.stft_real.value, self.stft_imag.value,
