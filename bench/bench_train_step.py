@@ -7,6 +7,8 @@ msclap's PyTorch model (forward + backward + Adam) on the same machine, shapes a
 Both sides: symmetric contrastive loss over the batch, Adam lr 1e-3, synthetic audio (B, seconds * 44.1 kHz) and
 77-token captions. Timing excludes compilation / the first step and blocks on the result of every step.
 On an accelerator it also prints examples/s/device and MFU from the analytic FLOP count (clap_jax/train/flops.py).
+Host memory: the script re-executes itself with glibc's huge-page malloc (clap_jax/hostmem.py; both sides run in
+that one process); `--no-hugepages` measures glibc's default instead.
 """
 from __future__ import annotations
 
@@ -115,12 +117,17 @@ def main():
     p.add_argument("--loss", default="global", choices=["global", "sharded"])
     p.add_argument("--no-torch", action="store_true", help="skip the msclap PyTorch side")
     p.add_argument("--torch-threads", type=int, default=0)
+    p.add_argument("--no-hugepages", action="store_true",
+                   help="keep glibc's default malloc (4 KiB pages); by default the run is re-executed with "
+                        "GLIBC_TUNABLES=glibc.malloc.hugetlb=1, which both sides share (clap_jax/hostmem.py)")
     a = p.parse_args()
     a.batch = a.batch or 2 * jax.device_count()
     c = make_config(a)
     dev = jax.devices()[0]
     print(f"devices: {jax.device_count()} x {dev.device_kind} ({dev.platform}); model {a.size}, batch {a.batch}, "
           f"clip {a.seconds}s, dtype {a.dtype}, remat {a.remat}, fsdp {a.fsdp}, loss {a.loss}")
+    from clap_jax import hostmem
+    print(f"host memory: {hostmem.describe()} (same process for both sides)")
     t_jax, loss_jax, info, n_dev = bench_jax(c, a.steps)
     ex_s = a.batch / t_jax
     fl = flops_lib.clap_train_flops_per_example(c.model, train.num_samples(c))
@@ -139,4 +146,7 @@ def main():
 
 
 if __name__ == "__main__":
+    if "--no-hugepages" not in sys.argv:
+        from clap_jax import hostmem
+        hostmem.reexec_with_hugepages()
     main()

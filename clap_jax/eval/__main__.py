@@ -142,4 +142,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from clap_jax import hostmem
+
+    hostmem.reexec_with_hugepages()
     sys.exit(main())

@@ -38,5 +38,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from clap_jax import hostmem
+
+    hostmem.reexec_with_hugepages()  # 2 MiB pages for XLA's per-step host buffers (see clap_jax/hostmem.py)
     flags.mark_flags_as_required(["config"])
     app.run(main)

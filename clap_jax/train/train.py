@@ -498,6 +498,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     setup_logging()
     log.info("processes %d, devices %d (%d local), kind %s", jax.process_count(), jax.device_count(),
              jax.local_device_count(), jax.devices()[0].device_kind)
+    if jax.devices()[0].platform == "cpu":
+        from clap_jax import hostmem
+        log.info("%s", hostmem.describe())
 
     # ---------------------------------------------------------------------------------------- mesh
     mesh = mesh if mesh is not None else shd.make_mesh(config.mesh)
