@@ -103,7 +103,7 @@ def test_reduce_on_plateau_cuts_lr_by_factor_after_patience():
 
 
 @pytest.mark.parametrize("field,value", [("name", "sgd"), ("lr", -1.0), ("schedule", "linear"),
-                                         ("grad_accum_steps", 0)])
+                                         ("grad_accum_steps", 0), ("grad_accum_mode", "gradcache")])
 def test_invalid_optim_config_names_field(field, value):
     oc = _oc()
     oc[field] = value

@@ -1,5 +1,6 @@
 """The train step on 8 simulated devices: gradients equal a single-device float64 reference (data-parallel and
-FSDP layouts), non-finite steps are skipped, gradient accumulation averages micro-batch gradients."""
+FSDP layouts), non-finite steps are skipped; gradient accumulation: 'cached' equals the whole batch's gradient,
+'independent' averages micro-batch gradients."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,9 +95,10 @@ def test_nonfinite_step_is_skipped_and_counted():
     assert changed
 
 
-def test_grad_accumulation_averages_microbatch_gradients():
+def test_grad_accumulation_independent_averages_microbatch_gradients():
     config = load_config("tiny")
     config.optim.grad_accum_steps = 2
+    config.optim.grad_accum_mode = "independent"
     config.optim.name = "adam"
     model = make_model(config, deterministic=True)
     m = mesh((8, 1, 1))
@@ -121,3 +123,88 @@ def test_grad_accumulation_averages_microbatch_gradients():
     np.testing.assert_allclose(float(met["loss"]), np.mean(losses), rtol=1e-5)
     for x, y in zip(jax.tree.leaves(jax.device_get(state["params"])), jax.tree.leaves(expect)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def _flat(tree):
+    return {shd.path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(jax.device_get(tree))}
+
+
+def _microbatch_reference(model, config, params, bs, consts, batch, rng, k):
+    """One loss over the concatenated embeddings of k micro-batches (rows j::k under key fold_in(rng, j)), each
+    embedded in its own forward pass as the accumulation does (batch norm sees micro-batch statistics)."""
+    from clap_jax.train import loss as loss_lib
+    embed = train.make_embed_fn(model, config, None)
+
+    def reference_loss(params):
+        outs, new_bs = [], bs
+        for j in range(k):
+            mb = {key: v[j::k] for key, v in batch.items()}
+            out, new_bs = embed(params, new_bs, consts, mb, jax.random.fold_in(rng, j))
+            outs.append(out)
+        a = jnp.concatenate([o[0] for o in outs])
+        t = jnp.concatenate([o[1] for o in outs])
+        loss, met = loss_lib.clip_loss(a, t, outs[0][2])
+        return loss, (met, new_bs)
+    return jax.jit(jax.value_and_grad(reference_loss, has_aux=True))(params)
+
+
+@pytest.mark.parametrize("loss_kind", ["global", "sharded"])
+def test_cached_grad_accumulation_equals_one_loss_over_all_microbatches(loss_kind):
+    """4 micro-batches through the gradient cache on 8 devices: the loss, accuracies and gradient of one
+    contrastive loss over all of them (every negative of the batch), for both loss implementations."""
+    config = load_config("tiny", "" if loss_kind == "global" else "sharded_loss")
+    config.optim.grad_accum_steps = 4
+    model = make_model(config, deterministic=True)
+    m = mesh((8, 1, 1))
+    _, _, init_fn, abstract_state, state_sh = train.abstract_setup(model, config, m)
+    state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(0))
+    batch = _batch(config)
+    rng = jax.random.PRNGKey(3)
+    args = (state["params"], state["batch_stats"], state["constants"],
+            jax.device_put(batch, NamedSharding(m, P(shd.BATCH_AXES))), rng)
+    (loss4, (met4, bs4)), g4 = jax.jit(train.make_cached_accum_grad_fn(model, config, m))(*args)
+    host = jax.device_get(args[:3])
+    (ref_loss, (ref_met, ref_bs)), ref_g = _microbatch_reference(model, config, *host, batch, rng, 4)
+    np.testing.assert_allclose(float(loss4), float(ref_loss), rtol=1e-6)
+    assert float(loss4) > np.log(config.batch_size) - 1.0   # B-way, not (B/4)-way, at init
+    np.testing.assert_allclose(float(met4["acc_a2t"]), float(ref_met["acc_a2t"]))
+    f4, fr = _flat(g4), _flat(ref_g)
+    assert f4.keys() == fr.keys() and len(fr) > 3
+    for k in fr:
+        scale = np.abs(fr[k]).max() + 1e-12
+        np.testing.assert_allclose(f4[k], fr[k], rtol=1e-4, atol=1e-5 * scale, err_msg=k)
+    assert np.abs(fr["logit_scale"]) > 0   # counted once, not once per micro-batch
+    for x, y in zip(jax.tree.leaves(jax.device_get(bs4)), jax.tree.leaves(ref_bs)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_cached_grad_accumulation_is_exact_with_dropout_and_augmentation():
+    """With dropout, SpecAugment-like noise and batch norm: the cached step equals the gradient of one loss over
+    the concatenated embeddings of the micro-batches (micro-batch j under key fold_in(rng, j)), and the train
+    step applies it as one update."""
+    config = load_config("tiny")
+    config.optim.grad_accum_steps = 2
+    config.optim.name = "adam"
+    model = make_model(config, deterministic=False)
+    m = mesh((8, 1, 1))
+    fn, state, tx, state_sh = _compiled(config, model, m)
+    params0, opt0 = jax.device_get(state["params"]), jax.device_get(state["opt_state"])
+    bs0, c0 = jax.device_get(state["batch_stats"]), jax.device_get(state["constants"])
+    batch = _batch(config)
+    state, met = fn(state, jax.device_put(batch, NamedSharding(m, P(shd.BATCH_AXES))))
+
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), 0)
+    (ref_loss, (_, ref_bs)), g = _microbatch_reference(model, config, params0, bs0, c0, batch, rng, 2)
+    np.testing.assert_allclose(float(met["loss"]), float(ref_loss), rtol=1e-5)
+    upd, _ = tx.update(g, opt0, params0, value=ref_loss)
+    expect = _flat(jax.tree.map(lambda p, u: p + u, params0, upd))
+    got = _flat(state["params"])
+    for k in expect:
+        np.testing.assert_allclose(got[k], expect[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    for x, y in zip(jax.tree.leaves(jax.device_get(state["batch_stats"])), jax.tree.leaves(ref_bs)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    # and it is not the independent-micro-batch update
+    config.optim.grad_accum_mode = "independent"
+    fn_i, state_i, _, _ = _compiled(config, model, m)
+    state_i, met_i = fn_i(state_i, jax.device_put(batch, NamedSharding(m, P(shd.BATCH_AXES))))
+    assert float(met_i["loss"]) < float(met["loss"]) - 1e-3   # fewer negatives, lower loss

@@ -51,7 +51,10 @@ def base() -> ml_collections.ConfigDict:
     c.optim.schedule = "reduce_on_plateau"    # 'constant' | 'warmup_cosine' | 'reduce_on_plateau'
     c.optim.warmup_steps = 0
     c.optim.min_lr_ratio = 0.0          # warmup_cosine end value / lr
-    c.optim.grad_accum_steps = 1        # micro-batches per step (negatives come from the micro-batch only)
+    c.optim.grad_accum_steps = 1        # micro-batches per step (activations held for one at a time)
+    c.optim.grad_accum_mode = "cached"  # 'cached': loss over the whole batch (all its negatives), exact, one
+    #                                     extra forward pass; 'independent': each micro-batch its own loss and
+    #                                     negatives, gradients averaged (cheaper, a smaller effective batch)
     c.optim.plateau = ml_collections.ConfigDict()
     c.optim.plateau.factor = 0.1
     c.optim.plateau.patience = 15       # windows of `accumulation_size` steps (one window = one epoch)

@@ -41,6 +41,8 @@ def validate(oc) -> None:
     need(oc.weight_decay >= 0, "weight_decay", "must be >= 0")
     need(oc.grad_clip_norm is None or oc.grad_clip_norm >= 0, "grad_clip_norm", "must be >= 0 or None")
     need(oc.grad_accum_steps >= 1, "grad_accum_steps", "must be >= 1")
+    need(oc.get("grad_accum_mode", "cached") in ("cached", "independent"), "grad_accum_mode",
+         f"unknown {oc.get('grad_accum_mode')!r} ('cached' or 'independent')")
     need(0 < oc.plateau.factor < 1, "plateau.factor", "must be in (0, 1)")
     need(oc.plateau.patience >= 1, "plateau.patience", "must be >= 1")
     need(oc.plateau.accumulation_size >= 1, "plateau.accumulation_size", "must be >= 1")

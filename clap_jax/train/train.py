@@ -252,34 +252,95 @@ def _microbatches(batch: dict, k: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def make_grad_fn(model, config, mesh, param_shardings=None) -> Callable:
-    """value_and_grad of the contrastive loss: fn(params, batch_stats, constants, batch, rng) ->
-    ((loss, (metrics, new_batch_stats)), grads). Frozen towers get no backward pass.
+def make_embed_fn(model, config, mesh, param_shardings=None) -> Callable:
+    """The training forward pass: fn(params, batch_stats, constants, batch, rng) -> ((audio_emb, text_emb,
+    logit_scale_log), new_batch_stats). Frozen towers are cut from the backward pass.
 
     FSDP: with `param_shardings` given, parameters stored split over 'fsdp' are gathered for the forward pass
     (a sharding constraint to the same spec without 'fsdp'); the transpose of that gather reduce-scatters the
     gradients back to the storage layout. Without it, the compiler propagates the weights' split into the
     activations and has to rematerialise them."""
-    loss_fn = loss_lib.make_loss_fn(config.loss.kind, mesh, shd.BATCH_AXES, config.loss.max_log_scale)
     frozen = set(optim_lib.frozen_towers(config.optim))
     compute_sh = None
     if mesh is not None and param_shardings is not None and mesh.shape["fsdp"] > 1:
         compute_sh = jax.tree.map(lambda s: shd.without_axis(s, "fsdp"), param_shardings)
 
-    def forward_loss(params, batch_stats, constants, batch, rng):
+    def embed(params, batch_stats, constants, batch, rng):
         if compute_sh is not None:
             params = jax.lax.with_sharding_constraint(params, compute_sh)
         if frozen:
             params = {k: jax.lax.stop_gradient(v) if k in frozen else v for k, v in params.items()}
         k_drop, k_aug = jax.random.split(rng)
         variables = {"params": params, "batch_stats": batch_stats, "constants": constants}
-        (a, t, ls), upd = model.apply(variables, batch["audio"], batch["input_ids"], batch["attention_mask"],
-                                      train=True, rngs={"dropout": k_drop, "augment": k_aug},
-                                      mutable=["batch_stats"])
+        out, upd = model.apply(variables, batch["audio"], batch["input_ids"], batch["attention_mask"],
+                               train=True, rngs={"dropout": k_drop, "augment": k_aug}, mutable=["batch_stats"])
+        return out, upd.get("batch_stats", batch_stats)
+
+    return embed
+
+
+def make_grad_fn(model, config, mesh, param_shardings=None) -> Callable:
+    """value_and_grad of the contrastive loss: fn(params, batch_stats, constants, batch, rng) ->
+    ((loss, (metrics, new_batch_stats)), grads). See `make_embed_fn` for frozen towers and FSDP."""
+    loss_fn = loss_lib.make_loss_fn(config.loss.kind, mesh, shd.BATCH_AXES, config.loss.max_log_scale)
+    embed = make_embed_fn(model, config, mesh, param_shardings)
+
+    def forward_loss(params, batch_stats, constants, batch, rng):
+        (a, t, ls), new_bs = embed(params, batch_stats, constants, batch, rng)
         loss, metrics = loss_fn(a, t, ls)
-        return loss, (metrics, upd.get("batch_stats", batch_stats))
+        return loss, (metrics, new_bs)
 
     return jax.value_and_grad(forward_loss, has_aux=True)
+
+
+def make_cached_accum_grad_fn(model, config, mesh, param_shardings=None) -> Callable:
+    """Gradient accumulation that keeps the global batch's negatives (the gradient-cache method of Gao et al.
+    2021, open_clip's `--accum-freq`): the same signature and result as `make_grad_fn` on the whole batch, with
+    activations held for one micro-batch at a time.
+
+      1. forward every micro-batch without gradients: embeddings of the whole batch (B x d_proj each, small);
+      2. loss over the whole batch from them, and its gradient w.r.t. every embedding and the logit scale;
+      3. per micro-batch, forward again (same dropout / augmentation keys, so the same embeddings) and pull
+         that micro-batch's slice of the embedding gradient back to the parameters (a VJP); sum.
+
+    Exact: sum_j J_j^T dL/de_j is the full-batch gradient. Costs one extra forward pass per step. Micro-batch j
+    holds rows j, j+k, ... (see `_microbatches`); running batch-norm statistics advance once per micro-batch."""
+    k = config.optim.grad_accum_steps
+    loss_fn = loss_lib.make_loss_fn(config.loss.kind, mesh, shd.BATCH_AXES, config.loss.max_log_scale)
+    embed = make_embed_fn(model, config, mesh, param_shardings)
+
+    def join(x):     # (k, B/k, ...) micro-batch stacks -> (B, ...) in the batch's own row order
+        return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
+
+    def split(x):    # inverse of join
+        return jnp.swapaxes(x.reshape((-1, k) + x.shape[1:]), 0, 1)
+
+    def grad_fn(params, batch_stats, constants, batch, rng):
+        mbs, idx = _microbatches(batch, k), jnp.arange(k)
+
+        def embed_only(_, xs):
+            mb, i = xs
+            (a, t, ls), _ = embed(params, batch_stats, constants, mb, jax.random.fold_in(rng, i))
+            return None, (a, t, ls)
+        _, (a, t, ls) = jax.lax.scan(embed_only, None, (mbs, idx))
+        (loss, metrics), (g_a, g_t, g_ls) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True)(
+            join(a), join(t), ls[0])
+        g_a, g_t = split(g_a), split(g_t)
+
+        def backward(carry, xs):
+            g_acc, bs = carry
+            mb, i, ga, gt = xs
+            (a_j, t_j, ls_j), vjp_fn, bs = jax.vjp(
+                lambda p: embed(p, bs, constants, mb, jax.random.fold_in(rng, i)), params, has_aux=True)
+            # the logit scale enters the loss once: its cotangent goes with micro-batch 0 only
+            (g,) = vjp_fn((ga.astype(a_j.dtype), gt.astype(t_j.dtype),
+                           jnp.where(i == 0, g_ls, jnp.zeros_like(g_ls)).astype(ls_j.dtype)))
+            return (jax.tree.map(jnp.add, g_acc, g), bs), None
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (grads, new_bs), _ = jax.lax.scan(backward, (zeros, batch_stats), (mbs, idx, g_a, g_t))
+        return (loss, (metrics, new_bs)), grads
+
+    return grad_fn
 
 
 def make_train_step(model, tx, config, mesh, schedule, param_shardings=None) -> Callable:
@@ -287,6 +348,9 @@ def make_train_step(model, tx, config, mesh, schedule, param_shardings=None) -> 
     params, batch stats and optimizer state unchanged (the step counter still advances) and is counted."""
     grad_fn = make_grad_fn(model, config, mesh, param_shardings)
     accum = config.optim.grad_accum_steps
+    if accum > 1 and config.optim.get("grad_accum_mode", "cached") == "cached":
+        grad_fn = make_cached_accum_grad_fn(model, config, mesh, param_shardings)
+        accum = 1   # one call covers the whole batch
     base_rng = jax.random.PRNGKey(config.seed + 1)
 
     def train_step(state, batch):
