@@ -74,7 +74,28 @@ class IteratorStateRestore(ocp.args.CheckpointArgs):
 
 # ------------------------------------------------------------------------------------------------ manager
 
+_cpu_handler_set = False
+
+
+def _no_replica_parallel_on_cpu() -> None:
+    """orbax splits each replicated array across its replicas for saving ("replica-parallel", its default off
+    GPU) by slicing it with a jitted `slice_in_dim`: one compilation per array shape, 13 s on the first save of
+    the 8-simulated-device demo (~260 shapes), for no gain on one host's CPU. On CPU backends every replica
+    lives in host memory, so one replica writes each shard instead (orbax's own choice on GPU). TPU keeps
+    orbax's default."""
+    global _cpu_handler_set
+    if _cpu_handler_set or jax.devices()[0].platform != "cpu":
+        return
+    default = ocp.type_handlers.get_type_handler(jax.Array)
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(
+            use_replica_parallel=False, array_metadata_store=getattr(default, "_array_metadata_store", None)),
+        override=True)
+    _cpu_handler_set = True
+
+
 def make_manager(directory: str, *, keep: int, save_every: int, async_save: bool = True) -> ocp.CheckpointManager:
+    _no_replica_parallel_on_cpu()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save, create=True)
     return ocp.CheckpointManager(_path(directory), options=options, item_names=("state", "data"))
