@@ -295,15 +295,16 @@ def make_grad_fn(model, config, mesh, param_shardings=None) -> Callable:
 
 def make_cached_accum_grad_fn(model, config, mesh, param_shardings=None) -> Callable:
     """Gradient accumulation that keeps the global batch's negatives (the gradient-cache method of Gao et al.
-    2021, open_clip's `--accum-freq`): the same signature and result as `make_grad_fn` on the whole batch, with
-    activations held for one micro-batch at a time.
+    2021, open_clip's `--accum-freq`): `make_grad_fn`'s signature, and the gradient of one contrastive loss over
+    the whole batch, with activations held for one micro-batch at a time. (Each micro-batch is embedded in its
+    own forward pass, so batch norm uses micro-batch statistics and dropout draws per micro-batch keys.)
 
       1. forward every micro-batch without gradients: embeddings of the whole batch (B x d_proj each, small);
       2. loss over the whole batch from them, and its gradient w.r.t. every embedding and the logit scale;
       3. per micro-batch, forward again (same dropout / augmentation keys, so the same embeddings) and pull
          that micro-batch's slice of the embedding gradient back to the parameters (a VJP); sum.
 
-    Exact: sum_j J_j^T dL/de_j is the full-batch gradient. Costs one extra forward pass per step. Micro-batch j
+    Exact: sum_j J_j^T dL/de_j is the gradient of that loss. Costs one extra forward pass per step. Micro-batch j
     holds rows j, j+k, ... (see `_microbatches`); running batch-norm statistics advance once per micro-batch."""
     k = config.optim.grad_accum_steps
     loss_fn = loss_lib.make_loss_fn(config.loss.kind, mesh, shd.BATCH_AXES, config.loss.max_log_scale)
