@@ -17,11 +17,16 @@ import os
 import sys
 import time
 
-import jax
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from clap_jax import hostmem  # noqa: E402
+
+if __name__ == "__main__" and "--no-hugepages" not in sys.argv:
+    hostmem.reexec_with_hugepages()  # before importing jax; both sides share the process (clap_jax/hostmem.py)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 from clap_jax.models import config as model_config  # noqa: E402
 from clap_jax.train import flops as flops_lib  # noqa: E402
@@ -126,7 +131,6 @@ def main():
     dev = jax.devices()[0]
     print(f"devices: {jax.device_count()} x {dev.device_kind} ({dev.platform}); model {a.size}, batch {a.batch}, "
           f"clip {a.seconds}s, dtype {a.dtype}, remat {a.remat}, fsdp {a.fsdp}, loss {a.loss}")
-    from clap_jax import hostmem
     print(f"host memory: {hostmem.describe()} (same process for both sides)")
     t_jax, loss_jax, info, n_dev = bench_jax(c, a.steps)
     ex_s = a.batch / t_jax
@@ -146,7 +150,4 @@ def main():
 
 
 if __name__ == "__main__":
-    if "--no-hugepages" not in sys.argv:
-        from clap_jax import hostmem
-        hostmem.reexec_with_hugepages()
     main()

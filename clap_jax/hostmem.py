@@ -7,9 +7,10 @@ regions for 2 MiB transparent huge pages: 512x fewer faults. Numerics are unchan
 Measured on 2 CPU cores (bench/bench_train_step.py, full size, batch 2): 2.43 -> 1.13 s per train step; the
 8-device demo 2.07 -> 2.40 steps/s. PyTorch (msclap) gains too (2.90 -> 2.16 s), less.
 
-glibc reads tunables once at process start, so the entry points (`python -m clap_jax.train`, `.eval`, the bench
-scripts) call `reexec_with_hugepages()` first: it re-executes the same command line with the tunable added (same
-PID, so signals and launchers are unaffected). Opt out with `CLAP_JAX_HUGEPAGES=0`.
+glibc reads tunables once at process start, so the entry points (`python -m clap_jax.train`, `.eval`,
+`bench/bench_train_step.py`) call `reexec_with_hugepages()` before their heavy imports: it re-executes the same
+command line with the tunable added (same PID, so signals and launchers are unaffected). Opt out with
+`CLAP_JAX_HUGEPAGES=0`.
 """
 from __future__ import annotations
 

@@ -1,6 +1,11 @@
 """`python -m clap_jax.train --config configs/<name>.py[:args] --workdir DIR [--config.field=value ...]`"""
 import sys
 
+if __name__ == "__main__":  # before the heavy imports below: the re-exec would otherwise pay for them twice
+    from clap_jax import hostmem
+
+    hostmem.reexec_with_hugepages()  # 2 MiB pages for XLA's per-step host buffers (clap_jax/hostmem.py)
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -38,8 +43,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from clap_jax import hostmem
-
-    hostmem.reexec_with_hugepages()  # 2 MiB pages for XLA's per-step host buffers (see clap_jax/hostmem.py)
     flags.mark_flags_as_required(["config"])
     app.run(main)

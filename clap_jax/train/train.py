@@ -347,11 +347,12 @@ def make_cached_accum_grad_fn(model, config, mesh, param_shardings=None) -> Call
 def make_train_step(model, tx, config, mesh, schedule, param_shardings=None) -> Callable:
     """One optimizer update: (state, global batch) -> (state, metrics). A non-finite loss or gradient leaves
     params, batch stats and optimizer state unchanged (the step counter still advances) and is counted."""
-    grad_fn = make_grad_fn(model, config, mesh, param_shardings)
     accum = config.optim.grad_accum_steps
     if accum > 1 and config.optim.get("grad_accum_mode", "cached") == "cached":
         grad_fn = make_cached_accum_grad_fn(model, config, mesh, param_shardings)
-        accum = 1   # one call covers the whole batch
+        accum = 1   # one call covers the whole batch (its micro-batches are scanned inside)
+    else:
+        grad_fn = make_grad_fn(model, config, mesh, param_shardings)
     base_rng = jax.random.PRNGKey(config.seed + 1)
 
     def train_step(state, batch):
