@@ -17,6 +17,8 @@ import warnings
 
 import numpy as np
 
+from clap_jax.errors import UserError
+
 # librosa's fallback chatter for files soundfile cannot open (the AudioError that follows names the file). Set
 # once at import: warnings.catch_warnings is not thread-safe and the eval loader decodes in threads.
 warnings.filterwarnings("ignore", message="PySoundFile failed", category=UserWarning)
@@ -26,7 +28,7 @@ CHANNEL_MODES = ("mean", "concat", "first")
 CROP_MODES = ("center", "start", "random")
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """An audio file or array that cannot be used; the message names it."""
 
 

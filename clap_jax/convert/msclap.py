@@ -23,10 +23,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from clap_jax.errors import UserError
 from clap_jax.models import config as model_config
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be converted; the message names the file and the keys."""
 
 

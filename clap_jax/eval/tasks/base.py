@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional
 
+from clap_jax.errors import UserError
+
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".au", ".aiff", ".aif", ".m4a")
 
 SINGLE = "single_label"
@@ -23,7 +25,7 @@ RETRIEVAL = "retrieval"
 CAPTIONING = "captioning"
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A dataset is present but cannot be read: the message names the file and what is wrong."""
 
 
