@@ -36,9 +36,13 @@ DEFAULT_PROMPT = "this is a sound of "
 class CLAP:
     def __init__(self, weights: str | None = None, config: ml_collections.ConfigDict | None = None, *,
                  variables=None, tokenizer: str | None = None, channel_mode: str = "mean", crop: str = "center",
-                 seed: int = 0, batch_size: int = 16):
+                 seed: int = 0, batch_size: int = 16, mesh: Mesh | None = None):
         """`weights`: clap_jax checkpoint dir or msclap .pth/.safetensors. With neither `weights` nor `variables`
-        the model is randomly initialised from `config` (a baseline; a warning says so)."""
+        the model is randomly initialised from `config` (a baseline; a warning says so).
+
+        `mesh`: embed on this (possibly multi-host) mesh, batches split over all its axes and `variables` kept in
+        the shardings they have (the trainer's periodic eval passes its own mesh and FSDP-sharded params).
+        Default: a 1-D mesh over this host's devices, variables replicated."""
         if channel_mode not in audio_io.CHANNEL_MODES:
             raise ValueError(f"channel_mode must be one of {audio_io.CHANNEL_MODES}, got {channel_mode!r}")
         if crop not in audio_io.CROP_MODES:
@@ -59,12 +63,29 @@ class CLAP:
         self.batch_size = batch_size
         self._rng = np.random.default_rng(seed)
         self.tokenizer = ClapTokenizer(tokenizer, max_length=config.text.max_length)
-        devices = np.array(jax.local_devices())
-        self._mesh = Mesh(devices, ("data",))
-        self._batch_sharding = NamedSharding(self._mesh, P("data"))
-        self.variables = jax.device_put(variables, NamedSharding(self._mesh, P()))
-        self._audio_fn = jax.jit(lambda v, w: self.model.apply(v, w, method=self.model.encode_audio))
-        self._text_fn = jax.jit(lambda v, i, m: self.model.apply(v, i, m, method=self.model.encode_text))
+        self._own_mesh = mesh is None
+        self._mesh = Mesh(np.array(jax.local_devices()), ("data",)) if mesh is None else mesh
+        self._batch_sharding = NamedSharding(self._mesh, P(tuple(self._mesh.axis_names)))
+        replicated = NamedSharding(self._mesh, P())
+        self.set_variables(variables)
+        model = self.model
+
+        # Outputs replicated: every host of a multi-host mesh reads whole results.
+        def encode_audio(v, wave):
+            return model.apply(v, wave, method=model.encode_audio)
+
+        def encode_text(v, ids, mask):
+            return model.apply(v, ids, mask, method=model.encode_text)
+
+        self._audio_fn = jax.jit(encode_audio, out_shardings=replicated)
+        self._text_fn = jax.jit(encode_text, out_shardings=replicated)
+
+    def set_variables(self, variables) -> None:
+        """Swap in new weights of the same shapes; the compiled towers are reused (no recompilation while the
+        shardings stay the same). On a caller's mesh, arrays already on it keep their sharding."""
+        if self._own_mesh or not all(isinstance(x, jax.Array) for x in jax.tree.leaves(variables)):
+            variables = jax.device_put(variables, NamedSharding(self._mesh, P()))
+        self.variables = variables
 
     # -- properties ---------------------------------------------------------------------------------------------
     @property
@@ -93,6 +114,12 @@ class CLAP:
         return np.stack(clips) if clips else np.zeros((0, self.clip_samples), np.float32)
 
     # -- batched, sharded execution -----------------------------------------------------------------------------
+    def _put_batch(self, x: np.ndarray) -> jax.Array:
+        """Host batch (the same on every process) -> global array split over the mesh."""
+        if self._own_mesh:
+            return jax.device_put(x, self._batch_sharding)
+        return jax.make_array_from_callback(x.shape, self._batch_sharding, lambda idx: x[idx])
+
     def _run_batched(self, fn, arrays: Sequence[np.ndarray], batch_size: int):
         n = arrays[0].shape[0]
         ndev = self._mesh.size
@@ -103,7 +130,7 @@ class CLAP:
             k = chunk[0].shape[0]
             if k < bs:  # pad the last batch so the jitted function sees one shape
                 chunk = [np.concatenate([c, np.repeat(c[-1:], bs - k, 0)]) for c in chunk]
-            chunk = [jax.device_put(c, self._batch_sharding) for c in chunk]
+            chunk = [self._put_batch(c) for c in chunk]
             res = fn(self.variables, *chunk)
             outs.append(jax.tree.map(lambda x: np.asarray(x)[:k], res))
         if not outs:

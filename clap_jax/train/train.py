@@ -511,9 +511,9 @@ def make_optimizer_from(config, abstract_params):
 
 # ============================================================================================ evals
 
-def resolve_eval_fn(config) -> Callable | None:
+def resolve_eval_fn(config, mesh=None) -> Callable | None:
     """The periodic eval: `config.eval.fn = 'module:function'` (called as function(variables, step) -> {name:
-    value}), else zero-shot tasks of clap_jax.eval under `config.eval.data_root`, else None."""
+    value}), else zero-shot tasks of clap_jax.eval under `config.eval.data_root` embedded on `mesh`, else None."""
     ec = config.eval
     if ec.get("fn"):
         mod, _, fn = ec.fn.partition(":")
@@ -521,7 +521,7 @@ def resolve_eval_fn(config) -> Callable | None:
     if ec.get("data_root"):
         from clap_jax.eval.hook import make_eval_fn
         return make_eval_fn(ec.data_root, config.model, tasks=ec.tasks, batch_size=ec.batch_size,
-                            log=lambda msg: log.warning("%s", msg))
+                            log=lambda msg: log.warning("%s", msg), mesh=mesh)
     return None
 
 
@@ -611,7 +611,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     start = int(state["step"])
 
     # ---------------------------------------------------------------------------------------- evals
-    eval_fn = eval_fn if eval_fn is not None else resolve_eval_fn(config)
+    eval_fn = eval_fn if eval_fn is not None else resolve_eval_fn(config, mesh)
 
     def run_eval(step):
         nonlocal t_window
