@@ -3,9 +3,8 @@
 XLA's CPU runtime allocates each execution's temporaries (1.7 GB for a full-size CLAP train step at batch 2) and
 every non-donated output with malloc; above 32 MB glibc serves those with a fresh mmap, so every step pays a page
 fault and a page zeroing per 4 KiB touched. With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` glibc madvises those
-regions for 2 MiB transparent huge pages: 512x fewer faults. Numerics are unchanged (same program, same bits).
-Measured on 2 CPU cores (bench/bench_train_step.py, full size, batch 2): 2.43 -> 1.13 s per train step; the
-8-device demo 2.07 -> 2.40 steps/s. PyTorch (msclap) gains too (2.90 -> 2.16 s), less.
+regions for 2 MiB transparent huge pages: 512x fewer faults. Numerics are unchanged (same program, same bits);
+`bench/bench_train_step.py --no-hugepages` measures the difference.
 
 glibc reads tunables once at process start, so the entry points (`python -m clap_jax.train`, `.eval`,
 `bench/bench_train_step.py`) call `reexec_with_hugepages()` before their heavy imports: it re-executes the same

@@ -103,7 +103,7 @@ stage_done export
 
 banner "6/6 report"
 printf 'total\t%s\n' "$(($(date +%s) - T_ALL))" >> "$TIMINGS"
-$PY -m clap_jax.demo_report "$RUN_DIR"
+$PY -m clap_jax.eval.demo_report "$RUN_DIR"
 echo
 echo "plot:   $RUN_DIR/report.png"
 echo "report: $RUN_DIR/report.md   (full eval: $RUN_DIR/eval/report.md)"

@@ -1,4 +1,4 @@
-"""clap_jax.demo_report on a fake run directory: curves from a real TensorBoard event file (as the trainer writes
+"""clap_jax.eval.demo_report on a fake run directory: curves from a real TensorBoard event file (as the trainer writes
 them), eval numbers from a results.json, chance levels, exit status. No training, a few seconds."""
 import json
 import math
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from clap_jax import demo_report
+from clap_jax.eval import demo_report
 
 
 def _write_events(workdir, points):

@@ -42,10 +42,6 @@ def stft_kernels(n_fft: int) -> tuple[np.ndarray, np.ndarray]:
             (np.sin(angle) * window[:, None]).astype(np.float32))
 
 
-def num_frames(num_samples: int, hop: int) -> int:
-    return num_samples // hop + 1
-
-
 def frame(x: jax.Array, n_fft: int, hop: int) -> jax.Array:
     """(B, N) -> (B, T, n_fft) frames of the reflect-padded signal (center=True)."""
     pad = n_fft // 2

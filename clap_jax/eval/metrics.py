@@ -1,4 +1,4 @@
-"""Metrics of the CLAP 2023 zero-shot suite (see ../shared/spec/eval_suite.md, section 3).
+"""Metrics of the CLAP 2023 zero-shot suite (the metrics the CLAP 2023 paper reports per task).
 
 All functions take plain numpy arrays and return Python floats (or dicts of floats):
 

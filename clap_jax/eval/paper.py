@@ -1,5 +1,5 @@
 """The paper's numbers: CLAP 2023 (arXiv 2309.05767) Table 2, its benchmark column, random baselines and
-literature anchors, as reconstructed in ../shared/spec/eval_suite.md (section 1, 4 and 6).
+literature anchors as the paper cites them.
 
 Each Table-2 cell is an Entry keyed by (task, metric): `task` is the harness task name (a Task's paper_key),
 `metric` the key under which zeroshot.score_task reports the number.
@@ -65,26 +65,9 @@ AVERAGES = {
     "table1_HTSAT-22+GPT2_119k_pairs_16_tasks": {"clap2023": 0.480},
 }
 
-# Zero-shot anchors from other models (M2D-CLAP Interspeech 2024 Table 5 and papers), per task, in [0, 1].
-ANCHORS = {
-    "esc50": {"WavCaps": 0.948, "LAION-CLAP (fold 1)": 0.910, "Pengi": 0.9195, "CLAP 2022": 0.826},
-    "us8k": {"WavCaps": 0.8142, "LAION-CLAP": 0.770, "Pengi": 0.7185},
-    "fsd50k": {"WavCaps": 0.5296, "LAION-CLAP": 0.4585, "Pengi": 0.4676},
-    "audioset": {"WavCaps": 0.196, "Pengi": 0.1635, "M2D-CLAP": 0.2724},
-    "crema_d": {"WavCaps": 0.1986, "LAION-CLAP": 0.2308, "Pengi": 0.1846},
-    "gtzan_genres": {"WavCaps": 0.4552, "LAION-CLAP": 0.4724, "Pengi": 0.3525, "M2D-CLAP": 0.7517},
-    "nsynth_family": {"CLAP 2023 (EVAR measurement)": 0.5808, "Pengi": 0.5007},
-}
-
-
 def by_task() -> dict:
     """task -> list of its Table-2 entries."""
     out = {}
     for e in TABLE2:
         out.setdefault(e.task, []).append(e)
     return out
-
-
-def primary_metric(task: str) -> Optional[str]:
-    entries = by_task().get(task)
-    return entries[0].metric if entries else None

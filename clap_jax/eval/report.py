@@ -125,7 +125,7 @@ def markdown(results: list) -> str:
               "|---|---|---|---|---|"]
     for a in averages(results):
         lines.append(f"| {a['checkpoint']} | {a['n_cells']} | {_fmt(a['ours'])} | {_fmt(a['paper'])} | {_fmt(a['benchmark'])} |")
-    lines += ["", "Paper-level averages (spec section 1): "
+    lines += ["", "Paper-level averages (CLAP 2023, Table 2): "
               + "; ".join(f"{k}: " + ", ".join(f"{kk} {vv:.3f}" for kk, vv in v.items())
                           for k, v in paper.AVERAGES.items()), ""]
     lines += ["## Settings behind each number", ""]

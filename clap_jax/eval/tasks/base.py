@@ -58,7 +58,7 @@ class Task:
         return d
 
 
-# Default class prompts (spec section 2): msclap 2023's ESC50 template for ESC50, the CLAP 2022 templates
+# Default class prompts: msclap 2023's ESC50 template for ESC50, the CLAP 2022 templates
 # elsewhere (emotion, keyword spotting, speaker counting have their own). Overridable per task in the config.
 GENERIC_PROMPT = "this is a sound of {label}"
 PROMPTS = {

@@ -1,6 +1,6 @@
 """The main job's closing report: training curves + held-out zero-shot results, as a PNG and a short summary.
 
-    python -m clap_jax.demo_report RUN_DIR [--out DIR]
+    python -m clap_jax.eval.demo_report RUN_DIR [--out DIR]
 
 Reads what `scripts/main.sh` leaves in RUN_DIR (each part is optional; missing parts are reported as missing):
 
@@ -294,7 +294,7 @@ def plot(s: dict, path: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m clap_jax.demo_report", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m clap_jax.eval.demo_report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir")
     ap.add_argument("--out", help="where report.png / report.md go (default: RUN_DIR)")
