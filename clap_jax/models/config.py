@@ -19,7 +19,7 @@ def audio_2023() -> ml_collections.ConfigDict:
     c.mel_bins = 64
     c.stft = "matmul"              # 'matmul': torchlibrosa's conv STFT with the stored DFT kernels (msclap exact);
                                    # 'fft': the same transform by rFFT (faster; the stored kernels are not read)
-    c.mel_sr = 32000               # sr used to build the filterbank (msclap's HTSAT builds it for 32 kHz / 50-14000 Hz and applies it to a 44.1 kHz STFT)
+    c.mel_sr = 32000               # filterbank built for 32 kHz (msclap), applied to the 44.1 kHz STFT
     c.fmin = 50.0
     c.fmax = 14000.0
     c.specaug = True               # SpecAugment in training mode (msclap: 2 time stripes <= 64, 2 freq stripes <= 8)
