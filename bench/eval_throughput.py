@@ -3,7 +3,7 @@
     PYTHONPATH=. python3 bench/eval_throughput.py --weights CLAP_weights_2023.pth [--clips 256] [--batch-size 64]
 
 Ours: clap_jax.inference.CLAP(weights=...) driven by the harness (parallel decode + 7-s window in
-clap_jax.eval.audio, large jitted batches inside CLAP.get_audio_embeddings), cache disabled.
+clap_jax.eval.clips, large jitted batches inside CLAP.get_audio_embeddings), cache disabled.
 msclap: CLAPWrapper.get_audio_embeddings, (a) one file per call as examples/zero_shot_classification.py does,
 (b) batches of --batch-size paths. msclap is built offline: GPT-2 from GPT2Config (the .pth overwrites it), the
 tokenizer from clap_jax's bundled BPE files, and, since torchaudio cannot be installed beside torch 2.13 here,
@@ -97,7 +97,7 @@ def build_msclap(weights: str | None):
 
 
 def time_ours(model, paths, batch_size, workers):
-    from clap_jax.eval.audio import LoaderConfig
+    from clap_jax.eval.clips import LoaderConfig
     from clap_jax.eval.embed import EmbeddingCache, embed_audio
 
     nocache = EmbeddingCache(None, None)

@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from clap_jax.audio.io import CHANNEL_MODES, CROP_MODES
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m clap_jax.classify", description=__doc__,
@@ -23,8 +25,9 @@ def main(argv=None) -> int:
     g.add_argument("--labels-file", help="file with one class name per line")
     p.add_argument("--prompt", default="this is a sound of ", help="text put before each label")
     p.add_argument("--top", type=int, default=3, help="how many labels to print per file")
-    p.add_argument("--crop", default="center", choices=["center", "start", "random"], help="for clips over 7 s")
-    p.add_argument("--channel-mode", default="mean", choices=["mean", "concat", "first"])
+    p.add_argument("--crop", default="center", choices=list(CROP_MODES),
+                   help="window of clips longer than the model's clip")
+    p.add_argument("--channel-mode", default="mean", choices=list(CHANNEL_MODES))
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
 

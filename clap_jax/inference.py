@@ -10,7 +10,8 @@
 Differences from msclap, each with msclap's behaviour one argument away:
   * audio may be file paths or arrays (1-D, or (channels, samples)) with `sample_rate`;
   * channels are averaged (`channel_mode='concat'` is msclap's time concatenation);
-  * clips longer than 7 s are centre-cropped (`crop='random'` with `seed` is msclap's random crop);
+  * clips longer than the model's clip are centre-cropped (`crop='random'` draws the window from a generator seeded
+    by `seed`; `crop='unseeded'` is msclap's own random crop);
   * embeddings are computed in fixed-size jitted batches sharded over all local devices.
 """
 from __future__ import annotations
@@ -43,10 +44,8 @@ class CLAP:
         `mesh`: embed on this (possibly multi-host) mesh, batches split over all its axes and `variables` kept in
         the shardings they have (the trainer's periodic eval passes its own mesh and FSDP-sharded params).
         Default: a 1-D mesh over this host's devices, variables replicated."""
-        if channel_mode not in audio_io.CHANNEL_MODES:
-            raise ValueError(f"channel_mode must be one of {audio_io.CHANNEL_MODES}, got {channel_mode!r}")
-        if crop not in audio_io.CROP_MODES:
-            raise ValueError(f"crop must be one of {audio_io.CROP_MODES}, got {crop!r}")
+        audio_io.check_mode("channel_mode", channel_mode)
+        audio_io.check_mode("crop", crop)
         if weights is not None:
             from clap_jax.weights import load_weights
 
@@ -94,7 +93,7 @@ class CLAP:
 
     @property
     def clip_samples(self) -> int:
-        return int(round(self.config.audio.duration * self.config.audio.sample_rate))
+        return audio_io.num_samples(self.config.audio.duration, self.config.audio.sample_rate)
 
     @property
     def logit_scale(self) -> float:

@@ -8,7 +8,7 @@ import soundfile as sf
 import eval_fixtures as fx
 from clap_jax.eval import __main__ as cli
 from clap_jax.eval import report
-from clap_jax.eval.audio import LoaderConfig, fix_length, load_clip
+from clap_jax.eval.clips import LoaderConfig, load_clip
 from clap_jax.eval.fake import RandomEmbedder, ToneEmbedder
 from clap_jax.eval.runner import evaluate, load_tasks
 
@@ -16,19 +16,22 @@ QUIET = dict(progress=False, log=lambda *_: None)
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def test_fix_length_repeat_pads_and_crops_deterministically():
-    y = np.arange(5, dtype=np.float32)
-    assert fix_length(y, 12, "center").tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
-    long = np.arange(10, dtype=np.float32)
-    assert fix_length(long, 4, "start").tolist() == [0, 1, 2, 3]
-    assert fix_length(long, 4, "center").tolist() == [3, 4, 5, 6]
-    a = fix_length(long, 4, "seeded", seed=1, path="x.wav")
-    assert a.tolist() == fix_length(long, 4, "seeded", seed=1, path="x.wav").tolist()
-    starts = {fix_length(long, 4, "seeded", seed=s, path="x.wav")[0] for s in range(20)}
-    assert len(starts) > 1                                   # the seed matters
+def test_eval_clip_windows_repeat_pad_and_crop_deterministically(tmp_path):
+    sr = 1000
+    sf.write(tmp_path / "short.wav", (np.arange(5) / 100).astype(np.float32), sr, subtype="FLOAT")
+    sf.write(tmp_path / "long.wav", (np.arange(10) / 100).astype(np.float32), sr, subtype="FLOAT")
+    cfg = lambda crop, seed=0: LoaderConfig(sample_rate=sr, duration=0.004 if crop else 0.012,  # noqa: E731
+                                            crop=crop or "center", seed=seed)
+    got = lambda name, *a: np.round(load_clip(str(tmp_path / name), cfg(*a)) * 100).astype(int).tolist()  # noqa
+    assert got("short.wav", None) == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]
+    assert got("long.wav", "start") == [0, 1, 2, 3]
+    assert got("long.wav", "center") == [3, 4, 5, 6]
+    assert got("long.wav", "random", 1) == got("long.wav", "random", 1)   # seeded per clip: reproducible
+    starts = {got("long.wav", "random", s)[0] for s in range(20)}
+    assert len(starts) > 1 and starts <= set(range(7))                    # the seed matters; windows fit
 
 
-def test_load_clip_resamples_downmixes_or_flattens(tmp_path):
+def test_load_clip_resamples_downmixes_or_concatenates(tmp_path):
     sr = 16000
     left = np.full(sr, 0.5, np.float32)
     right = np.full(sr, -0.1, np.float32)
@@ -37,7 +40,7 @@ def test_load_clip_resamples_downmixes_or_flattens(tmp_path):
     mono = load_clip(str(p), LoaderConfig())
     assert mono.shape == (7 * 44100,) and mono.dtype == np.float32
     assert np.median(mono) == pytest.approx(0.2, abs=1e-3)   # mean of channels
-    flat = load_clip(str(p), LoaderConfig(channels="flatten", crop="start"))
+    flat = load_clip(str(p), LoaderConfig(channels="concat", crop="start"))
     assert flat.shape == (7 * 44100,)
     n = 2 * 44100                                             # msclap: [L..., R...] then tiled
     assert np.median(flat[1000:n // 2 - 1000]) == pytest.approx(0.5, abs=1e-3)

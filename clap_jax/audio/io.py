@@ -1,18 +1,27 @@
-"""Audio in: read a file (or take an array), make it mono, resample to the model rate, fit it to the clip length.
+"""Audio in, one loader for every user: decode a file (or take an array), resample, choose the channels, and cut
+or repeat-pad it to the clip length. Preprocessing, the training pipeline, the eval harness and the `CLAP` class
+all use the functions here, so a clip gets the same window whichever way it is read.
 
-msclap's behaviour and ours:
-  * channels: msclap concatenates channels in time (`reshape(-1)`); we average them (`channel_mode='mean'`) by
-    default, msclap's way is `channel_mode='concat'`.
-  * length: clips of n <= L samples are tiled ceil(L/n) times and cut to L (repeat-padding, as msclap); longer
-    clips are cropped: msclap takes a uniformly random start (`crop='random'`, seeded here), we default to the
-    centre (`crop='center'`) so embeddings are deterministic; `crop='start'` takes the beginning.
-  * resampling: msclap uses torchaudio's windowed-sinc; we use librosa (soxr 'soxr_hq'). Identical rates are never
-    touched, so 44.1 kHz input is bit-identical to msclap's path.
+Channel modes (`CHANNEL_MODES`):
+  mean      average the channels (default)
+  concat    msclap: the channels one after another in time (its `reshape(-1)`)
+  first     the first channel
+Crop modes for clips longer than the target (`CROP_MODES`); shorter clips are always repeat-padded (tiled
+ceil(L/n) times and cut to L samples, as msclap does):
+  center    the middle window (default for inference and eval: deterministic)
+  start     the first window
+  random    a uniformly random start in [0, n - L], drawn from the numpy Generator the caller passes (training
+            pipeline: seeded per example; eval: seeded per clip from (seed, path); `CLAP`: its own seeded rng)
+  unseeded  msclap's `random.randrange(n - L)` from Python's global generator (not reproducible)
+Resampling: librosa with soxr 'soxr_hq' (msclap uses torchaudio's windowed sinc). Identical rates are never
+touched, so 44.1 kHz input is bit-identical to msclap's path.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import random as _py_random
 import warnings
 
 import numpy as np
@@ -25,7 +34,7 @@ warnings.filterwarnings("ignore", message="PySoundFile failed", category=UserWar
 warnings.filterwarnings("ignore", message=r"librosa\.core\.audio\.__audioread_load", category=FutureWarning)
 
 CHANNEL_MODES = ("mean", "concat", "first")
-CROP_MODES = ("center", "start", "random")
+CROP_MODES = ("center", "start", "random", "unseeded")
 
 
 class AudioError(UserError, ValueError):
@@ -95,27 +104,78 @@ def resample(x: np.ndarray, sr: int, target_sr: int, res_type: str = "soxr_hq") 
     return librosa.resample(x, orig_sr=sr, target_sr=target_sr, res_type=res_type, axis=-1).astype(np.float32)
 
 
-def fit_length(x: np.ndarray, length: int, crop: str = "center", rng: np.random.Generator | None = None) -> np.ndarray:
-    """(n,) -> (length,): repeat-pad when n <= length (msclap), else crop per `crop`."""
+def num_samples(seconds: float, sample_rate: int) -> int:
+    """Samples in a clip of `seconds` at `sample_rate` (the one place this rounding is written)."""
+    return int(round(float(seconds) * int(sample_rate)))
+
+
+def check_mode(kind: str, value: str) -> str:
+    modes = {"crop": CROP_MODES, "channel_mode": CHANNEL_MODES}[kind]
+    if value not in modes:
+        raise ValueError(f"{kind} must be one of {modes}, got {value!r}")
+    return value
+
+
+def crop_start(n: int, length: int, crop: str = "center", rng: np.random.Generator | None = None) -> int:
+    """Start of the `length`-sample window of an `n`-sample clip (0 when the clip is not longer)."""
+    if n <= length:
+        return 0
+    if crop == "center":
+        return (n - length) // 2
+    if crop == "start":
+        return 0
+    if crop == "random":
+        if rng is None:
+            raise ValueError("crop='random' needs a numpy Generator (rng=...)")
+        return int(rng.integers(0, n - length + 1))
+    if crop == "unseeded":
+        return _py_random.randrange(n - length)
+    raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}")
+
+
+def clip_rng(seed: int, key: str) -> np.random.Generator:
+    """A Generator that depends only on (seed, key): reproducible random crops in any order or thread."""
+    h = hashlib.sha1(f"{seed}:{key}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(h[:8], "little"))
+
+
+def repeat_pad(x: np.ndarray, length: int) -> np.ndarray:
+    """(n,) -> (length,): tile a clip of n <= length samples ceil(length/n) times and cut (msclap); a longer
+    clip is cut to its first `length` samples."""
     n = x.shape[0]
     if n == 0:
         raise AudioError("cannot repeat-pad an empty clip")
-    if length >= n:
-        return np.tile(x, math.ceil(length / n))[:length]
-    if crop == "center":
-        start = (n - length) // 2
-    elif crop == "start":
-        start = 0
-    elif crop == "random":
-        start = int((rng or np.random.default_rng()).integers(0, n - length))  # msclap: randrange(n - L)
-    else:
-        raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}")
-    return x[start:start + length]
+    if n >= length:
+        return x[:length]
+    return np.tile(x, math.ceil(length / n))[:length]
+
+
+def fit_length(x: np.ndarray, length: int, crop: str = "center", rng: np.random.Generator | None = None) -> np.ndarray:
+    """(n,) -> (length,): the `crop` window of a longer clip, repeat-padding of a shorter one."""
+    start = crop_start(x.shape[0], length, crop, rng)
+    return repeat_pad(x[start:start + length], length)
+
+
+def decode(path: str, target_sr: int, channel_mode: str = "mean", *, max_seconds: float | None = None,
+           res_type: str = "soxr_hq") -> np.ndarray:
+    """A file -> float32 (n,) at `target_sr` in `channel_mode`. Raises AudioError naming `path`."""
+    data, sr = read_audio(path, max_seconds)
+    return _to_rate_and_mono(data, sr, target_sr, channel_mode, res_type)
+
+
+def _to_rate_and_mono(data: np.ndarray, sr: int, target_sr: int, channel_mode: str, res_type: str) -> np.ndarray:
+    if channel_mode == "mean":   # resampling is linear: down-mix first, one channel to resample
+        y = resample(to_mono(data, "mean"), sr, target_sr, res_type)
+    else:                        # msclap resamples the (C, N) tensor, then flattens
+        y = to_mono(resample(data, sr, target_sr, res_type), channel_mode)
+    return np.ascontiguousarray(y, np.float32)
 
 
 def load_clip(source, sample_rate: int | None, target_sr: int, length: int, *, channel_mode: str = "mean",
-              crop: str = "center", rng: np.random.Generator | None = None, name: str | None = None) -> np.ndarray:
-    """A file path, or an array with its `sample_rate`, -> (length,) float32 mono at `target_sr`."""
+              crop: str = "center", rng: np.random.Generator | None = None, name: str | None = None,
+              res_type: str = "soxr_hq") -> np.ndarray:
+    """A file path, or an array with its `sample_rate`, -> (length,) float32 at `target_sr`: decoded, resampled,
+    channels per `channel_mode`, cut or repeat-padded per `crop` (see the module docstring)."""
     if isinstance(source, (str, os.PathLike)):
         name = str(source)
         data, sr = read_audio(name)
@@ -130,5 +190,5 @@ def load_clip(source, sample_rate: int | None, target_sr: int, length: int, *, c
             raise AudioError(f"{name}: audio contains NaN/inf samples")
         if data.shape[1] == 0:
             raise AudioError(f"{name}: empty audio (0 samples)")
-    mono = to_mono(resample(data, sr, target_sr), channel_mode)  # resample per channel first, as msclap
-    return fit_length(mono, length, crop, rng).astype(np.float32)
+    y = _to_rate_and_mono(data, sr, target_sr, check_mode("channel_mode", channel_mode), res_type)
+    return fit_length(y, length, crop, rng)

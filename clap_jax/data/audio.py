@@ -1,4 +1,4 @@
-"""Audio helpers of the data layer: decode files, encode/decode record bytes, msclap crop / repeat-pad.
+"""Audio in records: decode files for preprocessing (through clap_jax.audio.io) and encode/decode record bytes.
 
 Waveforms are float32 mono arrays of shape (num_samples,) in [-1, 1].
 Stored formats: ``"pcm16"`` (little-endian int16, exact for 16-bit input) and ``"flac"`` (16-bit FLAC, lossless
@@ -7,7 +7,6 @@ w.r.t. 16-bit quantisation, i.e. within 1/32768 of the float input).
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 import soundfile as sf
@@ -26,14 +25,13 @@ def load_audio(path: str, sample_rate: int, *, max_seconds: float | None = None,
     ``trim_db`` trims leading/trailing audio quieter than ``trim_db`` below peak (librosa.effects.trim).
     Raises AudioError naming ``path`` for unreadable, empty or non-finite audio.
     """
-    data, sr = read_audio(path, max_seconds)
-    x = audio_io.resample(data.mean(axis=0), sr, sample_rate)
+    x = audio_io.decode(path, sample_rate, "mean", max_seconds=max_seconds)
     if trim_db is not None:
         import librosa
 
         x, _ = librosa.effects.trim(x, top_db=trim_db)
     if max_seconds is not None:
-        x = x[: int(round(max_seconds * sample_rate))]
+        x = x[: audio_io.num_samples(max_seconds, sample_rate)]
     return np.ascontiguousarray(x, np.float32)
 
 
@@ -73,16 +71,3 @@ def decode_audio(data: bytes, fmt: str, start: int = 0, length: int | None = Non
         x *= np.float32(1 / 32768)
         return x
     raise ValueError(f"unknown audio format {fmt!r}; use one of {FORMATS}")
-
-
-def crop_start(num_samples: int, target: int, rng: np.random.Generator) -> int:
-    """msclap crop: a uniformly random start in [0, num_samples - target] for long clips, 0 otherwise."""
-    return int(rng.integers(0, num_samples - target + 1)) if num_samples > target else 0
-
-
-def repeat_pad(x: np.ndarray, target: int) -> np.ndarray:
-    """msclap repeat-padding: a clip of n <= target samples is tiled ceil(target/n) times and cut to target.
-
-    (n,) -> (target,). Longer input is cut to its first ``target`` samples (crop beforehand for a random window).
-    """
-    return np.ascontiguousarray(audio_io.fit_length(x, target, crop="start"), np.float32)

@@ -15,9 +15,9 @@ pure function of (seed, position) and its state is one small JSON):
       -> make_global_batch                             jax.make_array_from_process_local_data, NamedSharding over
                                                        the mesh's data axes
 
-One element / host batch (B = per-host batch, L = round(duration * sample_rate))::
+One element / host batch (B = per-host batch, L = duration x sample_rate samples, T = text_length tokens)::
 
-    {'audio': float32 (B, L), 'input_ids': int32 (B, 77), 'attention_mask': int32 (B, 77),
+    {'audio': float32 (B, L), 'input_ids': int32 (B, T), 'attention_mask': int32 (B, T),
      'id': int32 (B,) (stable hash of the record id), 'dataset': int32 (B,) (index into ``data_dirs``)}
 
 A corrupt record (CRC/framing/parse/audio error) is skipped with a warning naming shard and record, and counted
@@ -49,12 +49,12 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from clap_jax.audio import io as audio_io
 from clap_jax.data import audio as audio_lib
 from clap_jax.data import tfrecord
 
 log = logging.getLogger(__name__)
-MAX_TEXT_LENGTH = 77
-CROPS = ("random", "start", "center")
+CROPS = tuple(c for c in audio_io.CROP_MODES if c != "unseeded")  # every crop here is reproducible
 
 
 def read_metadata(data_dir: str) -> dict | None:
@@ -159,16 +159,16 @@ _TOKENIZER_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=2)
-def _tokenizer(source: str | None):
+def _tokenizer(source: str | None, max_length: int):
     with _TOKENIZER_LOCK:  # transformers' lazy imports are not thread-safe; Grain reads in threads
         from clap_jax.text.tokenizer import ClapTokenizer
 
-        return ClapTokenizer(source)
+        return ClapTokenizer(source, max_length=max_length)
 
 
 @functools.lru_cache(maxsize=65536)
-def _tokenize(caption: str, source: str | None) -> tuple[np.ndarray, np.ndarray]:
-    ids, mask = _tokenizer(source)([caption])
+def _tokenize(caption: str, source: str | None, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    ids, mask = _tokenizer(source, max_length)([caption])
     return ids[0], mask[0]
 
 
@@ -206,14 +206,10 @@ class DecodeCrop(grain.transforms.RandomMap):
             if sr != self.sample_rate:
                 raise ValueError(f"record sample rate {sr} != pipeline sample rate {self.sample_rate}; "
                                  "preprocess with --sample-rate to match the model")
-            n = int(ex["num_samples"][0])
-            if self.crop == "random":
-                start = audio_lib.crop_start(n, self.num_samples, rng)
-            else:
-                start = max(n - self.num_samples, 0) // 2 if self.crop == "center" else 0
+            start = audio_io.crop_start(int(ex["num_samples"][0]), self.num_samples, self.crop, rng)
             wave = audio_lib.decode_audio(ex["audio"][0], bytes(ex["audio_format"][0]).decode(), start,
-                                          self.num_samples)
-            wave = audio_lib.repeat_pad(wave, self.num_samples)
+                                          self.num_samples)   # only the window is decoded
+            wave = audio_io.repeat_pad(wave, self.num_samples)
             caps = ex["captions"]
             pick = int(rng.integers(len(caps))) if len(caps) > 1 and self.caption == "random" else 0
             caption = bytes(caps[pick]).decode()
@@ -228,19 +224,21 @@ class DecodeCrop(grain.transforms.RandomMap):
 
 
 class Tokenize(grain.transforms.Map):
-    """Host batch with 'caption' (bytes (B,)) -> with 'input_ids', 'attention_mask' int32 (B, 77), no 'caption'.
+    """Host batch with 'caption' (bytes (B,)) -> with 'input_ids', 'attention_mask' int32 (B, max_length), no
+    'caption' (max_length is the model's text length).
 
     Runs in the main process after ``mp_prefetch`` (GPT-2 BPE is ~0.05 ms a caption, cached), so worker
     processes never import transformers.
     """
 
-    def __init__(self, tokenizer: str | None = None):
+    def __init__(self, tokenizer: str | None = None, max_length: int = 77):
         self.tokenizer = tokenizer
+        self.max_length = max_length
 
     def map(self, batch: dict) -> dict:
         batch = dict(batch)
         caps = batch.pop("caption")
-        rows = [_tokenize(c.decode(), self.tokenizer) for c in np.asarray(caps).reshape(-1)]
+        rows = [_tokenize(c.decode(), self.tokenizer, self.max_length) for c in np.asarray(caps).reshape(-1)]
         batch["input_ids"] = np.stack([r[0] for r in rows])
         batch["attention_mask"] = np.stack([r[1] for r in rows])
         return batch
@@ -251,7 +249,8 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
                   sample_rate: int = 44100, duration: float = 7.0, process_index: int | None = None,
                   process_count: int | None = None, worker_count: int = 0, worker_buffer_size: int = 2,
                   read_threads: int | None = None, drop_remainder: bool = True, tokenizer: str | None = None,
-                  shuffle: bool = True, crop: str = "random", caption: str = "random") -> grain.IterDataset:
+                  text_length: int = 77, shuffle: bool = True, crop: str = "random",
+                  caption: str = "random") -> grain.IterDataset:
     """The Grain dataset of host batches (see module docstring for the flow and the element layout).
 
     ``data_dirs``: one preprocessed directory, or several mixed by ``weights`` (then the stream is infinite, each
@@ -275,8 +274,8 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
         raise ValueError("mixing several datasets gives an infinite stream: use num_epochs=None")
     if weights is not None and len(weights) != len(data_dirs):
         raise ValueError(f"{len(weights)} weights for {len(data_dirs)} data_dirs")
-    num_samples = int(round(duration * sample_rate))
-    _tokenizer(tokenizer)  # load now: a missing vocabulary fails here, not at the first batch
+    num_samples = audio_io.num_samples(duration, sample_rate)
+    _tokenizer(tokenizer, text_length)  # load now: a missing vocabulary fails here, not at the first batch
     parts = []
     for i, d in enumerate(data_dirs):
         stored_sr = ((read_metadata(d) or {}).get("settings") or {}).get("sample_rate")
@@ -303,7 +302,7 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
     if worker_count > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
                                                          per_worker_buffer_size=worker_buffer_size))
-    return it.map(Tokenize(tokenizer))
+    return it.map(Tokenize(tokenizer, text_length))
 
 
 def _derive(seed: int, *parts: int) -> int:

@@ -55,6 +55,8 @@ import tempfile
 import numpy as np
 import soundfile as sf
 
+from clap_jax.audio import io as audio_io
+
 SOUNDS = ("steady tone", "rising chirp", "falling chirp", "noise burst", "click train", "buzzing sawtooth",
           "warbling siren", "ringing bell")
 PITCHES = {"low": 220.0, "medium": 660.0, "high": 1980.0}
@@ -189,7 +191,7 @@ def _event(sound: str, f0: float, m: int, sr: int, rng: np.random.Generator) -> 
 
 def render(attrs: dict, rng: np.random.Generator, seconds: float = 2.5, sample_rate: int = 44100) -> np.ndarray:
     """Synthesize one clip, float32 (round(seconds * sample_rate),), peak ~= the loudness level."""
-    n = int(round(seconds * sample_rate))
+    n = audio_io.num_samples(seconds, sample_rate)
     f0 = PITCHES[attrs["pitch"]] * rng.uniform(0.9, 1.1)
     x = np.zeros(n, np.float32)
     if attrs["sound"] == SPEECH:

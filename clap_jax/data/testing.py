@@ -7,12 +7,14 @@ import os
 import numpy as np
 import soundfile as sf
 
+from clap_jax.audio import io as audio_io
+
 
 def write_clip(path: str, seconds: float, sample_rate: int, seed: int = 0, channels: int = 1,
                subtype: str = "PCM_16") -> np.ndarray:
     """Write a tone + noise clip; returns the int16-exact float32 samples written, shape (n,) or (n, channels)."""
     rng = np.random.default_rng(seed)
-    n = int(round(seconds * sample_rate))
+    n = audio_io.num_samples(seconds, sample_rate)
     t = np.arange(n) / sample_rate
     x = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t) + 0.05 * rng.standard_normal(n)
     x = np.stack([x * (c + 1) / channels for c in range(channels)], 1) if channels > 1 else x

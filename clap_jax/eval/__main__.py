@@ -21,7 +21,8 @@ import os
 import sys
 from pathlib import Path
 
-from clap_jax.eval.audio import LoaderConfig
+from clap_jax.audio.io import CHANNEL_MODES, CROP_MODES
+from clap_jax.eval.clips import LoaderConfig
 
 
 def default_cache_dir() -> str:
@@ -87,11 +88,12 @@ def parser():
                                      "threshold_rule: {task: rule}, labels: {task: {word: replacement}}}")
     ap.add_argument("--prompt", action="append", help="TASK=TEMPLATE with {label}, e.g. esc50='a {label} sound'")
     ap.add_argument("--option", action="append", help="READER.KEY=VALUE, e.g. dcase17.split=testing")
-    ap.add_argument("--crop", default="center", choices=["center", "start", "seeded", "random"],
-                    help="7-s window of long clips (random = msclap's unseeded crop)")
-    ap.add_argument("--seed", type=int, default=0, help="seed for --crop seeded")
-    ap.add_argument("--channels", default="mean", choices=["mean", "flatten"],
-                    help="mean = mono down-mix; flatten = msclap's reshape(-1) of stereo")
+    ap.add_argument("--crop", default="center", choices=list(CROP_MODES),
+                    help="window of clips longer than the model's clip (random: seeded per clip by --seed; "
+                         "unseeded: msclap's own random crop)")
+    ap.add_argument("--seed", type=int, default=0, help="seed for --crop random")
+    ap.add_argument("--channels", default="mean", choices=list(CHANNEL_MODES),
+                    help="mean: mono down-mix; concat: msclap's channels one after another; first: channel 0")
     ap.add_argument("--duration", type=float, default=None,
                     help="clip seconds (default: the model's own config.audio.duration; 7 s for msclap 2023)")
     ap.add_argument("--batch-size", type=int, default=64)

@@ -22,7 +22,7 @@ from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 
-from clap_jax.eval.audio import LoaderConfig, iter_batches
+from clap_jax.eval.clips import LoaderConfig, iter_batches
 
 
 @runtime_checkable
@@ -103,7 +103,7 @@ def embed_audio(embedder, task_name: str, paths: list, cache: EmbeddingCache, lo
     kept_indices lists the clips that were embedded (all of them unless on_error dropped unreadable ones).
     """
     key = _hash([_clip_fingerprint(paths), loader.key()])
-    cacheable = loader.crop != "random"
+    cacheable = loader.cacheable
     if cacheable:
         hit = cache.get(task_name, "audio", key)
         if hit is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from clap_jax.eval.audio import LoaderConfig
+from clap_jax.eval.clips import LoaderConfig
 from clap_jax.eval.runner import evaluate, summary
 
 

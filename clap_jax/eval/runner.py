@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from clap_jax.eval import paper
-from clap_jax.eval.audio import ClipError, LoaderConfig
+from clap_jax.eval.clips import ClipError, LoaderConfig
 from clap_jax.eval.embed import EmbeddingCache, embed_audio, embed_texts
 from clap_jax.eval.tasks import REGISTRY, DatasetError
 from clap_jax.eval.zeroshot import score_task, texts_for

@@ -1,6 +1,6 @@
 """TUT Acoustic Scenes 2017 (DCASE2017 task 1). <dir>/meta.txt (tab separated: audio/<file>.wav, scene label[,
 source]) or <dir>/evaluation_setup/evaluate.txt, clips in <dir>/audio/. 10-s binaural stereo at 44.1 kHz: the
-loader down-mixes (msclap flattens; use --channels flatten to match it).
+loader down-mixes (msclap concatenates the channels; --channels concat matches it).
 Split default "evaluation" (TUT-acoustic-scenes-2017-evaluation, 1,620 clips) [U]; option split="development"
 scores the 4,680 development clips instead. 15 classes, '_' -> ' '."""
 from __future__ import annotations
