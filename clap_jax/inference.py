@@ -27,8 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from clap_jax.audio import io as audio_io
 from clap_jax.models import config as model_config
-from clap_jax.models.clap import CLAPModel, init_variables
-from clap_jax.text.tokenizer import ClapTokenizer
+from clap_jax.models import registry
 
 log = logging.getLogger(__name__)
 DEFAULT_PROMPT = "this is a sound of "
@@ -53,15 +52,15 @@ class CLAP:
         elif variables is None:
             config = config or model_config.clap_2023()
             log.warning("CLAP: no weights given: randomly initialised model (seed %d)", seed)
-            variables = init_variables(config, seed)
+            variables = registry.init_variables(config, seed)
         config = config or model_config.clap_2023()
         model_config.validate(config)
         self.config = config
-        self.model = CLAPModel(config)
+        self.model = registry.build_model(config)
         self.channel_mode, self.crop = channel_mode, crop
         self.batch_size = batch_size
         self._rng = np.random.default_rng(seed)
-        self.tokenizer = ClapTokenizer(tokenizer, max_length=config.text.max_length)
+        self.tokenizer = registry.tokenizer(config, tokenizer)
         self._own_mesh = mesh is None
         self._mesh = Mesh(np.array(jax.local_devices()), ("data",)) if mesh is None else mesh
         self._batch_sharding = NamedSharding(self._mesh, P(tuple(self._mesh.axis_names)))

@@ -7,7 +7,7 @@ import eval_fixtures as fx
 from clap_jax.eval.hook import make_eval_fn
 from clap_jax.inference import CLAP
 from clap_jax.models import config as model_config
-from clap_jax.models.clap import init_variables
+from clap_jax.models.registry import init_variables
 
 
 def _fsdp_sharded(variables, mesh):

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 
 from clap_jax.models import config as model_config
-from clap_jax.models.clap import CLAPModel, init_variables
+from clap_jax.models.clap import CLAPModel
+from clap_jax.models.registry import init_variables
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_cfg):
-    v = init_variables(tiny_cfg, 0, 44100)
+    v = init_variables(tiny_cfg, 0)
     wav = jax.random.normal(jax.random.PRNGKey(1), (4, 44100)) * 0.1
     ids = jnp.asarray(np.random.default_rng(0).integers(1, 5000, (4, 77)), jnp.int32)
     return v, wav, ids
@@ -104,7 +105,7 @@ def test_eval_crops_scale_with_a_smaller_image(tiny_cfg):
     cfg = tiny_cfg.copy_and_resolve_references()
     cfg.audio.spec_size, cfg.audio.mel_bins = 64, 32            # target: 64 * 2 = 128 frames
     n = 130 * cfg.audio.hop_size                                  # 131 frames > 128
-    v = init_variables(cfg, 0, n)
+    v = init_variables(cfg, 0)
     wav = jax.random.normal(jax.random.PRNGKey(3), (2, n)) * 0.1
     ids = jnp.ones((2, cfg.text.max_length), jnp.int32)
     a, t, s = CLAPModel(cfg).apply(v, wav, ids, jnp.ones_like(ids))
@@ -135,7 +136,7 @@ def test_init_gives_moderate_gradients_on_partly_silent_audio(tiny_cfg):
     """Regression: a zero-initialised patch-embedding bias made LayerNorm see constant vectors on silent patches
     (gradient norm ~1e6 at step 0). msclap's convs use PyTorch's default init; so do ours."""
     n = 44100
-    v = init_variables(tiny_cfg, 0, n)
+    v = init_variables(tiny_cfg, 0)
     t = np.arange(n) / 44100
     wav = np.stack([0.3 * np.sin(2 * np.pi * f * t) * (t < d) for f, d in ((300, 0.3), (900, 0.5), (2000, 0.2),
                                                                             (500, 0.4))]).astype(np.float32)

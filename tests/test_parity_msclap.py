@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from clap_jax.convert import msclap as cv
-from clap_jax.models.clap import CLAPModel, init_variables
+from clap_jax.models.clap import CLAPModel
+from clap_jax.models.registry import init_variables
 from clap_jax.text.tokenizer import ClapTokenizer
 from conftest import rel_err
 from msclap_oracle import build_msclap, msclap_audio_outputs, msclap_text_embeddings

@@ -11,13 +11,13 @@ Variable collections: 'params' (trainable), 'batch_stats' (HTSAT bn0), 'constant
 """
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from clap_jax.models import config as model_config
+from clap_jax.models import registry
 from clap_jax.models.gpt2 import GPT2
 from clap_jax.models.htsat import HTSAT
 from clap_jax.models.projection import Projection
@@ -79,11 +79,20 @@ class CLAPModel(nn.Module):
         return audio, text, self.logit_scale
 
 
-def init_variables(config: ml_collections.ConfigDict, rng: jax.Array | int = 0, num_samples: int = 44100):
-    """Random variables {'params', 'batch_stats', 'constants'} for `config` (built on the host)."""
-    if isinstance(rng, int):
-        rng = jax.random.PRNGKey(rng)
-    model = CLAPModel(config)
-    wav = jnp.zeros((1, num_samples), jnp.float32)
-    ids = jnp.zeros((1, config.text.max_length), jnp.int32)
-    return jax.jit(lambda r: model.init({"params": r}, wav, ids, ids, train=False))(rng)
+def _example_inputs(config: ml_collections.ConfigDict, batch: int) -> tuple:
+    """(waveform, input_ids, attention_mask) shapes of one batch at the config's clip and text length."""
+    n, t = model_config.clip_samples(config), config.text.max_length
+    return (jax.ShapeDtypeStruct((batch, n), jnp.float32), jax.ShapeDtypeStruct((batch, t), jnp.int32),
+            jax.ShapeDtypeStruct((batch, t), jnp.int32))
+
+
+def _tokenizer(config: ml_collections.ConfigDict, source: str | None = None):
+    from clap_jax.text.tokenizer import ClapTokenizer
+
+    return ClapTokenizer(source, max_length=config.text.max_length)
+
+
+registry.register(registry.Family(
+    name="msclap-2023",
+    configs={"msclap-2023": model_config.clap_2023, "msclap-2023-tiny": model_config.tiny},
+    build=CLAPModel, tokenizer=_tokenizer, example_inputs=_example_inputs))

@@ -1,10 +1,13 @@
-"""Model configurations: msclap 2023 (full size) and tiny variants for tests.
+"""Model configurations of the msclap-2023 family: full size and a tiny variant for tests (named in
+clap_jax.models.registry as 'msclap-2023' and 'msclap-2023-tiny').
 
 Every field here is read by the model; `validate` rejects inconsistent values before anything is built.
 """
 from __future__ import annotations
 
 import ml_collections
+
+from clap_jax.audio.io import num_samples
 
 
 def audio_2023() -> ml_collections.ConfigDict:
@@ -56,6 +59,7 @@ def text_2023() -> ml_collections.ConfigDict:
 
 def clap_2023() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.family = "msclap-2023"       # clap_jax.models.registry: how this config is built and tokenized
     c.audio = audio_2023()
     c.text = text_2023()
     c.d_proj = 1024
@@ -80,6 +84,12 @@ def tiny() -> ml_collections.ConfigDict:
     c.text.n_head = 2
     c.d_proj = 32
     return c
+
+
+def clip_samples(c: ml_collections.ConfigDict) -> int:
+    """Samples per clip fed to the model: audio.duration seconds at audio.sample_rate. The model config owns the
+    clip geometry (rate, seconds, text length); data, eval, inference and export derive theirs from it."""
+    return num_samples(c.audio.duration, c.audio.sample_rate)
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -112,3 +122,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(c.dtype in ("float32", "bfloat16", "float16"), "dtype", f"unknown dtype {c.dtype!r}")
     need(0.0 <= c.proj_dropout < 1.0, "proj_dropout", "must be in [0, 1)")
     need(a.sample_rate > 0 and a.duration > 0, "audio.sample_rate/duration", "must be positive")
+    from clap_jax.models import registry   # registry imports the family modules, which import this one
+
+    need(c.get("family", "msclap-2023") in registry.families(), "family",
+         f"unknown model family {c.get('family')!r} (known: {', '.join(registry.families())})")
