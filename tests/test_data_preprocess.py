@@ -1,13 +1,17 @@
-"""Preprocessing CLI: round trips, bad input reporting, label templates, determinism, restarts."""
+"""Preprocessing CLI: round trips, bad input reporting, label templates, determinism, restarts, jobs sharing an
+--out (refuse / --overwrite / --append), unsafe splits and paths, temp-file cleanup, full disk, damaged audio."""
 import json
+import errno
 import os
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from clap_jax.data import audio as audio_lib
 from clap_jax.data import preprocess, tfrecord
 from clap_jax.data.testing import make_manifest_dataset, write_clip
+from clap_jax.errors import UserError, run_cli
 
 SR = 8000
 
@@ -174,8 +178,11 @@ def test_shard_size_cap(tmp_path):
 
 
 def test_cli_missing_manifest_is_a_clear_error(tmp_path, capsys):
-    assert preprocess.main(["-m", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "o"), "--quiet"]) == 2
-    assert "nope.csv: file not found" in capsys.readouterr().err
+    # main raises UserError; run_cli (the module's entry point) turns it into one line and exit code 2
+    assert run_cli(preprocess.main, ["-m", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: manifest ") and "nope.csv: file not found" in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "o")  # nothing created on a bad invocation
 
 
 def test_clotho_style_caption_columns_max_seconds_and_trim(tmp_path):
@@ -196,3 +203,187 @@ def test_clotho_style_caption_columns_max_seconds_and_trim(tmp_path):
     _, recs2 = _records(out2)
     n = int(recs2["padded.wav"]["num_samples"][0])
     assert 2400 <= n <= 2400 + 2 * 2048 < 14400  # edge silence removed (librosa trims in 2048-sample frames)
+
+
+def test_another_job_is_refused_unless_overwrite_or_append(tmp_path):
+    a = make_manifest_dataset(str(tmp_path / "raw"), 4, 0.1, SR, source="aaa")
+    b = make_manifest_dataset(str(tmp_path / "raw"), 3, 0.1, SR, source="bbb", seed=1)
+    root, out = str(tmp_path / "raw"), str(tmp_path / "out")
+    opts = _opts(examples_per_shard=2)
+    preprocess.run([a], out, root, opts, progress=False)
+    built_a = _shard_bytes(out)
+    (tmp_path / "out" / "README.txt").write_text("not ours")  # never touched, whatever the mode
+    with pytest.raises(UserError, match=r"--out .*out already holds a dataset built by another preprocess job "
+                                        r"\(manifests aaa\.jsonl\).*--overwrite.*--append"):
+        preprocess.run([b], out, root, opts, progress=False)
+    assert _shard_bytes(out) == built_a  # refused before anything was deleted or written
+    # --append: B's shards beside A's under names of their own; dataset.json describes both
+    meta = preprocess.run([b], out, root, opts, progress=False, append=True)
+    assert meta["num_examples"] == 7 and len(meta["jobs"]) == 2
+    assert {k: v for k, v in _shard_bytes(out).items() if k in built_a} == built_a
+    tag = meta["jobs"][1]["tag"]
+    assert tag.startswith("j") and meta["splits"]["train"]["shards"] == sorted(n for n in built_a if n.endswith(
+        ".tfrecord")) + [f"train-{tag}-{i:05d}-of-00002.tfrecord" for i in range(2)]
+    assert set(_records(out)[1]) == {f"aaa-{i}" for i in range(4)} | {f"bbb-{i}" for i in range(3)}
+    # rerunning either job is the same job: nothing rewritten, the other job's shards kept
+    before = _shard_bytes(out)
+    mtimes = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in before}
+    for m in (a, b):
+        meta = preprocess.run([m], out, root, opts, progress=False)
+        assert meta["num_examples"] == 7
+    assert _shard_bytes(out) == before
+    assert all(os.stat(os.path.join(out, n)).st_mtime_ns == t for n, t in mtimes.items())
+    # --overwrite: only this job is left (the other jobs' shards are deleted, foreign files kept)
+    c = make_manifest_dataset(str(tmp_path / "raw"), 2, 0.1, SR, source="ccc", seed=2)
+    meta = preprocess.run([c], out, root, opts, progress=False, overwrite=True)
+    assert meta["num_examples"] == 2 and [j["manifests"] for j in meta["jobs"]] == [[os.path.realpath(c)]]
+    assert sorted(_shard_bytes(out)) == ["train-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord.index"]
+    assert (tmp_path / "out" / "README.txt").read_text() == "not ours"
+
+
+def test_append_needs_the_same_sample_rate(tmp_path):
+    a = make_manifest_dataset(str(tmp_path / "raw"), 1, 0.1, SR, source="aaa")
+    b = make_manifest_dataset(str(tmp_path / "raw"), 1, 0.1, SR, source="bbb", seed=1)
+    out = str(tmp_path / "out")
+    preprocess.run([a], out, str(tmp_path / "raw"), _opts(), progress=False)
+    with pytest.raises(UserError, match=r"--append: .* holds audio at 8000 Hz, this job writes 16000 Hz"):
+        preprocess.run([b], out, str(tmp_path / "raw"), _opts(sample_rate=16000), progress=False, append=True)
+
+
+def test_dataset_from_before_job_records_is_adopted_by_its_own_job(tmp_path):
+    # A dataset.json written before job records existed: rerunning its job must not be refused or redo shards.
+    man = make_manifest_dataset(str(tmp_path / "raw"), 3, 0.1, SR)
+    out = str(tmp_path / "out")
+    preprocess.run([man], out, str(tmp_path / "raw"), _opts(), progress=False)
+    meta = json.load(open(os.path.join(out, "dataset.json")))
+    for k in ("jobs", "altered", "num_altered", "problem_counts"):
+        del meta[k]
+    meta["format_version"] = 1
+    json.dump(meta, open(os.path.join(out, "dataset.json"), "w"))
+    shard = os.path.join(out, meta["splits"]["train"]["shards"][0])
+    t = os.stat(shard).st_mtime_ns
+    assert preprocess.run([man], out, str(tmp_path / "raw"), _opts(), progress=False)["num_examples"] == 3
+    assert os.stat(shard).st_mtime_ns == t
+    other = make_manifest_dataset(str(tmp_path / "raw2"), 1, 0.1, SR)
+    with pytest.raises(UserError, match="another preprocess job"):
+        preprocess.run([other], out, str(tmp_path / "raw2"), _opts(), progress=False)
+
+
+def test_split_names_are_checked_per_row(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    for i in range(5):
+        write_clip(str(root / f"c{i}.wav"), 0.1, SR, seed=i)
+    rows = [("c0.wav", "train"), ("c1.wav", "../evil"), ("c2.wav", "a/b"), ("c3.wav", ".hidden"), ("c4.wav", "val-1")]
+    (root / "m.jsonl").write_text("".join(json.dumps({"path": p, "caption": "x", "split": s}) + "\n" for p, s in rows))
+    out = tmp_path / "out"
+    meta = preprocess.run([str(root / "m.jsonl")], str(out), str(root), _opts(), progress=False)
+    assert sorted(meta["splits"]) == ["train", "val-1"] and meta["num_examples"] == 2
+    assert not list(tmp_path.glob("evil*")) and sorted(os.listdir(tmp_path)) == ["out", "root"]  # nothing outside
+    reasons = {s["where"].rsplit(":", 1)[1]: s["reason"] for s in meta["skipped"]}
+    assert sorted(reasons) == ["2", "3", "4"] and all("is not a plain name" in r for r in reasons.values())
+    assert "'../evil'" in reasons["2"] and meta["problem_counts"]["skipped"] == {"bad_split": 3}
+    assert "m.jsonl:3\tc2.wav\tsplit 'a/b' is not a plain name" in (out / "skipped.tsv").read_text()
+
+
+def test_paths_outside_root_are_refused_unless_allowed(tmp_path):
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    write_clip(str(root / "in.wav"), 0.1, SR)
+    write_clip(str(tmp_path / "outside.wav"), 0.1, SR, seed=1)
+    rows = ["in.wav", "sub/../in.wav", str(root / "in.wav"), "../outside.wav", str(tmp_path / "outside.wav")]
+    (root / "m.jsonl").write_text("".join(json.dumps({"path": p, "caption": "x", "id": str(i)}) + "\n"
+                                          for i, p in enumerate(rows)))
+    meta = preprocess.run([str(root / "m.jsonl")], str(tmp_path / "o1"), str(root), _opts(), progress=False)
+    assert meta["num_examples"] == 3 and sorted(_records(str(tmp_path / "o1"))[1]) == ["0", "1", "2"]
+    reasons = {s["where"].rsplit(":", 1)[1]: s["reason"] for s in meta["skipped"]}
+    assert sorted(reasons) == ["4", "5"] and all("outside --root" in r and "--allow-outside-root" in r
+                                                 for r in reasons.values())
+    meta = preprocess.run([str(root / "m.jsonl")], str(tmp_path / "o2"), str(root), _opts(), progress=False,
+                          allow_outside_root=True)
+    assert meta["num_examples"] == 5 and meta["num_skipped"] == 0
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    man = make_manifest_dataset(str(tmp_path / "raw"), 2, 0.1, SR)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = 4_000_000  # above Linux's pid_max: no such process
+    ours = [f"train-00000-of-00001.tfrecord.tmp-{dead}", f"train-00000-of-00001.tfrecord.index.tmp-{dead}",
+            f"train-00000-of-00001.tfrecord.json.tmp-{dead}", f"dataset.json.tmp-{dead}", f"skipped.tsv.tmp-{dead}"]
+    live = f"train-00000-of-00001.tfrecord.tmp-{os.getppid()}"  # a writer that is still running
+    foreign = ["notes.txt.tmp-12", f"mine.tmp-{dead}", "train-00000-of-00001.tfrecord.tmp-x"]
+    for n in ours + [live] + foreign:
+        (out / n).write_bytes(b"partial")
+    preprocess.run([man], str(out), str(tmp_path / "raw"), _opts(), progress=False)
+    left = set(os.listdir(out))
+    assert not left & set(ours) and {live, *foreign} <= left
+
+
+def test_disk_full_is_one_line_and_finished_shards_are_kept(tmp_path, capsys, monkeypatch):
+    man = make_manifest_dataset(str(tmp_path / "raw"), 6, 0.1, SR)
+    out = str(tmp_path / "out")
+    argv = ["-m", man, "--root", str(tmp_path / "raw"), "-o", out, "--quiet", "-j", "1", "--sample-rate", str(SR),
+            "--min-seconds", "0.05", "--examples-per-shard", "2"]
+    real_init, calls = tfrecord.ShardWriter.__init__, []
+
+    class FullDisk:  # the shard file: its third write (second shard) fails as file.write does, without a name
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            calls.append(1)
+            if len(calls) == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def init(self, path):
+        real_init(self, path)
+        self._f = FullDisk(self._f)
+
+    monkeypatch.setattr(tfrecord.ShardWriter, "__init__", init)
+    assert run_cli(preprocess.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: no space left on the device while writing ") and "train-00001-of-00003" in err
+    first = os.path.join(out, "train-00000-of-00003.tfrecord")
+    assert tfrecord.shard_is_complete(first) and os.path.isfile(first + ".json")
+    assert not [n for n in os.listdir(out) if ".tmp-" in n or n.startswith("train-00001")]
+    t = os.stat(first).st_mtime_ns
+    monkeypatch.setattr(tfrecord.ShardWriter, "__init__", real_init)
+    assert run_cli(preprocess.main, argv) == 0  # the rerun finishes the job, keeping the finished shard
+    assert os.stat(first).st_mtime_ns == t and len(_records(out)[1]) == 6
+
+
+def test_damaged_or_out_of_range_audio_is_counted_never_silently_altered(tmp_path):
+    root = tmp_path
+    loud = np.float32(0.5 * np.sin(np.arange(1600) / 3))
+    loud[100] = 2.0  # a float WAV beyond full scale
+    sf.write(str(root / "loud.wav"), loud, SR, subtype="FLOAT")
+    nan = loud.copy()
+    nan[5] = np.nan
+    sf.write(str(root / "nan.wav"), nan, SR, subtype="FLOAT")
+    write_clip(str(root / "full.wav"), 0.4, SR)
+    data = (root / "full.wav").read_bytes()
+    (root / "cut.wav").write_bytes(data[:44 + 2 * 1000])  # header declares 3200 frames, 1000 are there
+    (root / "gone.wav").write_bytes(data[:44])  # header only
+    (root / "m.csv").write_text("path,caption\n" + "".join(f"{n}.wav,{n}\n" for n in ("loud", "nan", "cut", "gone")))
+    out = str(tmp_path / "out")
+    meta = preprocess.run([str(root / "m.csv")], out, str(root), _opts(), progress=False)
+    _, recs = _records(out)
+    assert sorted(recs) == ["cut.wav", "loud.wav"]
+    stored = audio_lib.decode_audio(recs["loud.wav"]["audio"][0], "pcm16")
+    np.testing.assert_allclose(stored, loud / 2.0, atol=1 / 32768)  # scaled as a whole, not clipped
+    assert recs["cut.wav"]["num_samples"][0] == 1000
+    assert meta["problem_counts"] == {"skipped": {"non_finite": 1, "truncated": 1},
+                                      "altered": {"out_of_range": 1, "truncated": 1}, "warnings": {}}
+    altered = {a["path"].rsplit("/", 1)[1]: a["reason"] for a in meta["altered"]}
+    assert "peak 2" in altered["loud.wav"] and "scaled by 0.5" in altered["loud.wav"]
+    assert "declares 3200 frames, the file holds 1000" in altered["cut.wav"]
+    skipped = {s["path"].rsplit("/", 1)[1]: s["reason"] for s in meta["skipped"]}
+    assert "NaN/inf" in skipped["nan.wav"] and "holds 0" in skipped["gone.wav"]
+    tsv = open(os.path.join(out, "skipped.tsv")).read()
+    assert all(f"{n}.wav" in tsv for n in ("loud", "nan", "cut", "gone")) and meta["num_altered"] == 2

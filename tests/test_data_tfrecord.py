@@ -155,7 +155,109 @@ def test_truncated_shard(tmp_path):
         with pytest.raises(tfrecord.CorruptRecordError, match="truncated record"):
             tfrecord.read_record(fd, int(idx[i, 0]), int(idx[i, 1]), f"{path} record {i}")
     os.close(fd)
-    assert len(tfrecord.build_index(path)) == 7  # a sequential scan stops at the damaged tail
+    report = {}
+    assert len(tfrecord.build_index(path, report)) == 7  # the cut-off tail is not indexed...
+    assert report["records_lost"] == 1 and report["bytes_skipped"] == 20  # ...but counted
+
+
+def _flip(path, pos, mask=0x40):
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ mask]))
+
+
+@pytest.mark.parametrize("damage", ["length", "length_crc", "data", "two_headers", "zeros", "garbage_inserted"])
+def test_scan_resyncs_past_damage_and_counts_the_loss(tmp_path, damage, caplog):
+    # Without its index a shard is read front to back; one bad frame must not hide the records after it.
+    path = str(tmp_path / "s.tfrecord")
+    recs = _write_shard(path, n=12, seed=3)
+    idx = tfrecord.read_index(path)
+    os.remove(path + tfrecord.INDEX_SUFFIX)
+    off = [int(o) for o in idx[:, 0]]
+    lost = {3}
+    if damage == "length":
+        _flip(path, off[3] + 1)
+    elif damage == "length_crc":
+        _flip(path, off[3] + 9)
+    elif damage == "data":
+        _flip(path, off[3] + 12 + int(idx[3, 1]) // 2)
+    elif damage == "two_headers":  # two neighbouring records lose their length header
+        _flip(path, off[3] + 1)
+        _flip(path, off[4] + 1)
+        lost = {3, 4}
+    elif damage == "zeros":  # a block of zeros over records 3 and 4 (what a crash can leave on disk)
+        with open(path, "r+b") as f:
+            f.seek(off[3])
+            f.write(bytes(off[5] - off[3]))
+        lost = {3, 4}
+    else:  # 1000 stray bytes between records 2 and 3: nothing is lost, the bytes are skipped
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[:off[3]] + np.random.default_rng(0).bytes(1000) + data[off[3]:])
+        lost = set()
+    report = {}
+    with caplog.at_level("WARNING"):
+        got = list(tfrecord.iter_records(path, report))
+    assert got == [r for i, r in enumerate(recs) if i not in lost]
+    if damage == "garbage_inserted":
+        assert report["bytes_skipped"] == 1000 and report["damaged"][0][:2] == [off[3], off[3] + 1000]
+    else:  # bytes are exact; records in one damaged stretch cannot be told apart, so at least one is counted
+        assert report["bytes_skipped"] == sum(int(idx[i, 1]) + 16 for i in lost)
+        assert 1 <= report["records_lost"] <= len(lost) and report["records"] == 12 - len(lost)
+    assert "s.tfrecord: skipped" in caplog.text and "records lost" in caplog.text
+    with pytest.raises(tfrecord.CorruptRecordError, match=r"s\.tfrecord: damaged bytes"):
+        list(tfrecord.iter_records(path, strict=True))
+
+
+def _garbage_index(path, kind, tmp_path):
+    ipath = path + tfrecord.INDEX_SUFFIX
+    if kind == "pickle":  # numpy refuses pickles ("load it unsafely"); it must not crash the reader
+        import pickle
+
+        open(ipath, "wb").write(pickle.dumps({"not": "an index"}))
+    elif kind == "random":
+        open(ipath, "wb").write(np.random.default_rng(0).bytes(300))
+    elif kind == "empty":
+        open(ipath, "wb").close()
+    elif kind == "wrong_shape":
+        np.save(open(ipath, "wb"), np.zeros((3, 3), np.int64))
+    elif kind == "other_shard":  # a valid index of a different shard
+        other = str(tmp_path / "other.tfrecord")
+        _write_shard(other, n=12, seed=9)
+        os.replace(other + tfrecord.INDEX_SUFFIX, ipath)
+    elif kind == "stale":  # the index of an older, shorter version of the shard
+        idx = tfrecord.read_index(path)
+        tfrecord.write_index(path, idx[:5])
+
+
+@pytest.mark.parametrize("kind", ["pickle", "random", "empty", "wrong_shape", "other_shard", "stale"])
+def test_bad_index_is_treated_as_absent(tmp_path, kind, caplog):
+    path = str(tmp_path / "s.tfrecord")
+    recs = _write_shard(path)
+    good = tfrecord.read_index(path)
+    _garbage_index(path, kind, tmp_path)
+    with caplog.at_level("WARNING"):
+        idx = tfrecord.read_index(path)
+    np.testing.assert_array_equal(idx, good)  # rescanned
+    assert "s.tfrecord.index: offset index" in caplog.text and "rescanning" in caplog.text
+    with pytest.raises(tfrecord.CorruptRecordError, match=r"s\.tfrecord\.index"):
+        tfrecord.read_index(path, strict=True)
+    fd = os.open(path, os.O_RDONLY)
+    assert [tfrecord.read_record(fd, int(o), int(n)) for o, n in idx] == recs
+    os.close(fd)
+
+
+def test_index_of_a_truncated_shard_is_kept(tmp_path, caplog):
+    # The shard's own index still tells exactly which records the cut removed (they read as truncated).
+    path = str(tmp_path / "s.tfrecord")
+    _write_shard(path)
+    good = tfrecord.read_index(path)
+    with open(path, "r+b") as f:
+        f.truncate(int(good[-1, 0]) + 30)
+    with caplog.at_level("WARNING"):
+        np.testing.assert_array_equal(tfrecord.read_index(path), good)
+    assert "rescanning" not in caplog.text
 
 
 def test_audio_pcm16_exact_flac_within_codec_precision():

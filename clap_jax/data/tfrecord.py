@@ -11,11 +11,22 @@ offset of its frame and its payload length. With it, record ``i`` is one ``pread
 ``dict[str, list[bytes] | list[int] | list[float]]`` (``bytes_list`` / ``int64_list`` / ``float_list``).
 
 A shard is written to ``NAME.tfrecord.tmp-PID``, its index written atomically, then the shard renamed into place,
-so a finished shard is exactly "shard and index both exist"; a killed writer leaves only ``.tmp`` files.
+so a finished shard is exactly "shard and index both exist"; a killed writer leaves only ``.tmp-PID`` files
+(``TMP_RE`` matches them; ``clap_jax.data.preprocess`` removes them on its next run).
+
+Damage is never silent. ``read_index`` checks the index against the shard (shape, contiguous frames, the length
+header at every offset); an unreadable, garbage or mismatched index is treated as absent: a warning names it and
+the shard is rescanned. ``scan`` / ``build_index`` read a shard without its index: a frame whose data CRC fails is
+skipped whole; a damaged length header or a cut-off tail is skipped by resynchronising on the next position where
+both the length CRC and the data CRC check out. Every loss is counted (bytes skipped, records lost, where) and
+logged with the file name.
 """
 from __future__ import annotations
 
+import logging
+import mmap
 import os
+import re
 import struct
 from typing import Iterator, Mapping, Sequence, Union
 
@@ -29,9 +40,11 @@ try:
 except ImportError as _e:  # pragma: no cover - crc32c is an install requirement
     raise ImportError("clap_jax.data needs the `crc32c` package: pip install crc32c") from _e
 
+log = logging.getLogger(__name__)
 Feature = Union[Sequence[bytes], Sequence[int], Sequence[float], np.ndarray]
 _MASK_DELTA = 0xA282EAD8
 INDEX_SUFFIX = ".index"
+TMP_RE = re.compile(r"(.+)\.tmp-(\d+)")  # our temporary files: FINAL_NAME.tmp-PID
 
 
 class CorruptRecordError(IOError):
@@ -204,13 +217,25 @@ def frame(data: bytes) -> bytes:
     return n + struct.pack("<I", masked_crc(n)) + data + struct.pack("<I", masked_crc(data))
 
 
+def _with_path(e: OSError, path: str) -> OSError:
+    """``e`` with ``path`` as its file name (a failed ``write`` on an open file says only "No space left")."""
+    if e.filename is not None:
+        return e
+    return type(e)(e.errno, e.strerror or str(e), path) if e.errno is not None else e
+
+
 def _atomic_write(path: str, payload: bytes) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise _with_path(e, path) from e
 
 
 def write_index(path: str, index: np.ndarray) -> None:
@@ -222,15 +247,66 @@ def write_index(path: str, index: np.ndarray) -> None:
     _atomic_write(path + INDEX_SUFFIX, buf.getvalue())
 
 
-def read_index(path: str) -> np.ndarray:
-    """The (num_records, 2) int64 [offset, payload length] index of shard ``path``."""
+def _index_problem(path: str, idx: np.ndarray) -> str | None:
+    """Why ``idx`` does not describe shard ``path`` (None if it does).
+
+    Frames must be contiguous from byte 0 and the length header at each offset inside the file must equal the
+    indexed length. A file cut short inside the indexed frames is accepted (those records read as truncated and
+    are counted then); a file longer than the indexed frames means the index is stale.
+    """
+    if idx.ndim != 2 or idx.shape[1] != 2 or idx.dtype.kind not in "iu":
+        return f"has shape {idx.shape} and dtype {idx.dtype}, expected (N, 2) integers"
+    size = os.path.getsize(path)
+    if len(idx) == 0:
+        return None if size == 0 else f"lists no records but the shard has {size} bytes"
+    idx = idx.astype(np.int64)
+    off, n = idx[:, 0], idx[:, 1]
+    if (n < 0).any() or off[0] != 0 or (off[1:] != off[:-1] + n[:-1] + 16).any():
+        return "offsets are not the contiguous frames of a TFRecord file"
+    end = int(off[-1] + n[-1] + 16)
+    if end < size:
+        return f"covers {end} bytes but the shard has {size}"
+    inside = off[off + 8 <= size]
+    if len(inside):
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            b = np.frombuffer(mm, np.uint8)
+            heads = b[inside[:, None] + np.arange(8)].copy().view("<u8").ravel()
+            del b
+        finally:
+            mm.close()
+        bad = np.nonzero(heads != n[:len(inside)].astype(np.uint64))[0]
+        if len(bad):
+            k = int(bad[0])
+            return (f"record {k}: index says {int(n[k])} bytes, the length header at byte {int(inside[k])} says "
+                    f"{int(heads[k])} ({len(bad)} records disagree)")
+    return None
+
+
+def read_index(path: str, strict: bool = False, report: dict | None = None) -> np.ndarray:
+    """The (num_records, 2) int64 [offset, payload length] index of shard ``path``.
+
+    The index file is checked against the shard (``_index_problem``). One that is missing, unreadable, garbage or
+    does not match is treated as absent: a warning names it and the shard is rescanned (``build_index``; its
+    damage counts go to ``report``). ``strict=True`` raises CorruptRecordError instead.
+    """
+    ipath = path + INDEX_SUFFIX
     try:
-        idx = np.load(path + INDEX_SUFFIX, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise CorruptRecordError(f"{path}{INDEX_SUFFIX}: cannot read offset index ({e})") from e
-    if idx.ndim != 2 or idx.shape[1] != 2:
-        raise CorruptRecordError(f"{path}{INDEX_SUFFIX}: index has shape {idx.shape}, expected (N, 2)")
-    return idx
+        idx = np.load(ipath, allow_pickle=False)
+        problem = _index_problem(path, idx) if isinstance(idx, np.ndarray) else "is not a single .npy array"
+    except FileNotFoundError:
+        if not os.path.isfile(path):
+            raise
+        problem = "is missing"
+    except Exception as e:  # noqa: BLE001 - any parse failure means a garbage index; rescanning recovers it
+        problem = f"cannot be read ({type(e).__name__}: {str(e).strip()[:200]})"
+    if problem is None:
+        return idx.astype(np.int64, copy=False)
+    if strict:
+        raise CorruptRecordError(f"{ipath}: offset index {problem}")
+    log.warning("%s: offset index %s; ignoring it and rescanning %s", ipath, problem, path)
+    return build_index(path, report)
 
 
 class ShardWriter:
@@ -238,18 +314,26 @@ class ShardWriter:
 
     >>> with ShardWriter("/data/train-00000.tfrecord") as w:
     ...     w.write(encode_example({"id": [b"a"]}))
+
+    An OSError while writing (e.g. ENOSPC) is re-raised with the file name set; the temporary file is removed.
     """
 
     def __init__(self, path: str):
         self.path = path
         self._tmp = f"{path}.tmp-{os.getpid()}"
-        self._f = open(self._tmp, "wb")
+        try:
+            self._f = open(self._tmp, "wb")
+        except OSError as e:
+            raise _with_path(e, self._tmp) from e
         self._offsets: list[tuple[int, int]] = []
         self._pos = 0
 
     def write(self, record: bytes) -> None:
         fr = frame(record)
-        self._f.write(fr)
+        try:
+            self._f.write(fr)
+        except OSError as e:
+            raise _with_path(e, self._tmp) from e
         self._offsets.append((self._pos, len(record)))
         self._pos += len(fr)
 
@@ -257,14 +341,20 @@ class ShardWriter:
         return len(self._offsets)
 
     def close(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+        except OSError as e:
+            raise _with_path(e, self._tmp) from e
         write_index(self.path, np.array(self._offsets, np.int64).reshape(-1, 2))
         os.replace(self._tmp, self.path)  # last: the shard appears only when complete
 
     def abort(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:  # the close of a file whose last write failed (ENOSPC) fails again: nothing to keep
+            pass
         if os.path.exists(self._tmp):
             os.remove(self._tmp)
 
@@ -273,7 +363,11 @@ class ShardWriter:
 
     def __exit__(self, exc_type, *_):
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except BaseException:
+                self.abort()
+                raise
         else:
             self.abort()
 
@@ -283,24 +377,113 @@ def shard_is_complete(path: str) -> bool:
     return os.path.isfile(path) and os.path.isfile(path + INDEX_SUFFIX)
 
 
-def build_index(path: str) -> np.ndarray:
-    """Scan a TFRecord file sequentially and return its (N, 2) [offset, length] index (for foreign files).
+_OK, _BAD_DATA, _BAD_HEADER, _TRUNCATED = range(4)
+_CRC_OF_ZERO_LENGTH = None  # masked_crc(8 zero bytes): the header of an empty record (set on first use)
 
-    Stops at the first truncated frame (a partial tail is not indexed).
+
+def _frame_status(mv, pos: int, size: int) -> tuple[int, int]:
+    """(status, payload length) of the frame starting at byte ``pos``."""
+    if pos + 12 > size:
+        return _TRUNCATED, 0
+    (n,) = struct.unpack_from("<Q", mv, pos)
+    if struct.unpack_from("<I", mv, pos + 8)[0] != masked_crc(mv[pos:pos + 8]):
+        return _BAD_HEADER, n
+    if pos + 16 + n > size:
+        return _TRUNCATED, n
+    if struct.unpack_from("<I", mv, pos + 12 + n)[0] != masked_crc(mv[pos + 12:pos + 12 + n]):
+        return _BAD_DATA, n
+    return _OK, n
+
+
+def _resync(mv, start: int, size: int, chunk: int = 1 << 20) -> tuple[int | None, int]:
+    """First position >= ``start`` holding a fully valid frame (None if none), and how many positions before it had
+    a valid length header but damaged data (records lost in the stretch besides the first).
+
+    Candidates are filtered with numpy (the length must fit in the file; an empty record must carry the fixed
+    header CRC) so only plausible positions pay for a CRC check.
     """
-    out = []
+    global _CRC_OF_ZERO_LENGTH
+    if _CRC_OF_ZERO_LENGTH is None:
+        _CRC_OF_ZERO_LENGTH = masked_crc(bytes(8))
+    arr = np.frombuffer(mv, np.uint8)
+    headers = 0
+    p = start
+    while p + 16 <= size:
+        end = min(p + chunk, size - 15)  # candidate positions [p, end): a frame needs >= 16 bytes
+        m = end - p
+        win = np.lib.stride_tricks.sliding_window_view(arr[p:end + 11], 12)[:m]
+        n = win[:, :8].copy().view("<u8").ravel()
+        crc = win[:, 8:12].copy().view("<u4").ravel()
+        room = (size - 16 - p) - np.arange(m, dtype=np.int64)
+        plausible = (n <= room.astype(np.uint64)) & ((n != 0) | (crc == _CRC_OF_ZERO_LENGTH))
+        for c in np.nonzero(plausible)[0]:
+            q = p + int(c)
+            st, _ = _frame_status(mv, q, size)
+            if st == _OK:
+                return q, headers
+            if st == _BAD_DATA:
+                headers += 1
+        p = end
+    return None, headers
+
+
+def scan(path: str) -> tuple[np.ndarray, dict]:
+    """Read shard ``path`` front to back, checking every CRC; returns (index (N, 2) of the intact records, report).
+
+    ``report``: ``records`` (intact), ``bytes_skipped`` (exact), ``damaged`` ([start, end, reason] byte ranges),
+    ``records_lost``: a frame with a valid header but bad data is one record; a stretch without a valid header
+    counts one record plus every valid-header frame inside it (records whose headers are all gone cannot be told
+    apart, so several mangled together count as fewer; stray bytes between records count as one).
+    """
     size = os.path.getsize(path)
+    out: list[tuple[int, int]] = []
+    report = {"path": path, "records": 0, "records_lost": 0, "bytes_skipped": 0, "damaged": []}
+    if size == 0:
+        return np.zeros((0, 2), np.int64), report
     with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    mv = memoryview(mm)
+    try:
         pos = 0
-        while pos + 12 <= size:
-            head = f.read(12)
-            (n,) = struct.unpack("<Q", head[:8])
-            if pos + 16 + n > size:
-                break
-            out.append((pos, n))
-            pos += 16 + n
-            f.seek(pos)
-    return np.array(out, np.int64).reshape(-1, 2)
+        while pos < size:
+            st, n = _frame_status(mv, pos, size)
+            if st == _OK:
+                out.append((pos, n))
+                pos += 16 + n
+                continue
+            if st == _BAD_DATA:
+                end, lost, why = pos + 16 + n, 1, "CRC mismatch in record data"
+            else:
+                q, more = _resync(mv, pos + 1, size)
+                end, lost = (size if q is None else q), 1 + more
+                why = ("record cut off at the end of the file" if st == _TRUNCATED and q is None
+                       else "bad length header; resynchronised on the next valid record" if q is not None
+                       else "bad length header; no valid record after it")
+            report["records_lost"] += lost
+            report["bytes_skipped"] += end - pos
+            report["damaged"].append([pos, end, why])
+            pos = end
+    finally:
+        mv.release()
+        mm.close()
+    report["records"] = len(out)
+    if report["records_lost"]:
+        log.warning("%s: skipped %d damaged bytes in %d places (about %d records lost, %d intact records kept); "
+                    "first at byte %d: %s", path, report["bytes_skipped"], len(report["damaged"]),
+                    report["records_lost"], len(out), report["damaged"][0][0], report["damaged"][0][2])
+    return np.array(out, np.int64).reshape(-1, 2), report
+
+
+def build_index(path: str, report: dict | None = None) -> np.ndarray:
+    """The (N, 2) [offset, length] index of the intact records of ``path`` by a CRC-checked scan (``scan``).
+
+    Damaged frames are skipped and resynchronised past, not the end of the scan; their counts are logged and, if
+    ``report`` is given, written into it.
+    """
+    idx, rep = scan(path)
+    if report is not None:
+        report.update(rep)
+    return idx
 
 
 def read_record(fd: int, offset: int, length: int, where: str = "?") -> bytes:
@@ -337,11 +520,21 @@ def read_record_view(buf, offset: int, length: int, where: str = "?") -> memoryv
     return data
 
 
-def iter_records(path: str) -> Iterator[bytes]:
-    """Sequentially yield the CRC-checked payloads of a TFRecord file (raises CorruptRecordError on damage)."""
+def iter_records(path: str, report: dict | None = None, strict: bool = False) -> Iterator[bytes]:
+    """Sequentially yield the CRC-checked payloads of a TFRecord file.
+
+    Damaged stretches are skipped and counted (see ``scan``; counts in ``report`` if given, and logged);
+    ``strict=True`` raises CorruptRecordError naming the file and byte offset at the first damage instead.
+    """
+    idx, rep = scan(path)
+    if report is not None:
+        report.update(rep)
+    if strict and rep["damaged"]:
+        start, end, why = rep["damaged"][0]
+        raise CorruptRecordError(f"{path}: damaged bytes {start}-{end} ({why})")
     fd = os.open(path, os.O_RDONLY)
     try:
-        for i, (off, n) in enumerate(build_index(path)):
+        for i, (off, n) in enumerate(idx):
             yield read_record(fd, int(off), int(n), f"{path} record {i}")
     finally:
         os.close(fd)
