@@ -82,16 +82,6 @@ def _validate_values(config, num_devices):
         need(config.batch_size % jax.process_count() == 0, "batch_size",
              f"must be divisible by the number of processes ({jax.process_count()})")
         need(config.data.max_consecutive_bad_records >= 1, "data.max_consecutive_bad_records", "must be >= 1")
-        from clap_jax.data import pipeline
-        for d in config.data.dirs:  # missing or empty: say so now, not after compiling
-            if "://" in str(d):
-                continue
-            need(os.path.isdir(d), "data.dirs", f"{d}: not a directory (expected the --out of "
-                 "python -m clap_jax.data.preprocess)")
-            try:
-                pipeline.shard_paths(d)
-            except (OSError, ValueError) as e:
-                need(False, "data.dirs", str(e))
     need(config.loss.kind in ("global", "sharded"), "loss.kind", f"unknown {config.loss.kind!r} (global, sharded)")
     need(config.ckpt.every_steps >= 0, "ckpt.every_steps", "must be >= 0 (0 = only at the end)")
     need(config.ckpt.keep >= 1, "ckpt.keep", "must be >= 1")
@@ -181,6 +171,24 @@ def check_workdir(config, workdir: str | None) -> None:
     except OSError as e:
         raise UserError(f"--workdir {workdir}: cannot write to {probe_dir} ({e.strerror}); pass a writable "
                         f"directory") from e
+
+
+def check_data_dirs(config) -> None:
+    """Every TFRecord directory exists and holds shards: a missing or empty one is reported now, before the
+    compile, as a ConfigError naming it."""
+    if config.data.kind != "tfrecord":
+        return
+    from clap_jax.data import pipeline
+    for d in config.data.dirs:
+        if "://" in str(d):
+            continue
+        if not os.path.isdir(d):
+            raise ConfigError(f"config.data.dirs: {d}: not a directory (expected the --out of "
+                              f"python -m clap_jax.data.preprocess)")
+        try:
+            pipeline.shard_paths(d)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"config.data.dirs: {e}") from e
 
 
 def write_workdir_model_config(workdir: str, model_cfg) -> None:
@@ -302,7 +310,8 @@ def make_real_pipeline(config, mesh, sharding) -> Iterator[dict]:
     return pipeline.make_iterator(
         list(dc.dirs), per_host_batch_size=per_host, mesh=mesh, data_axes=shd.BATCH_AXES,
         weights=list(dc.weights) if dc.weights else None, seed=dc.seed, num_epochs=None,
-        sample_rate=config.model.audio.sample_rate, duration=dc.clip_seconds, worker_count=dc.num_workers)
+        sample_rate=config.model.audio.sample_rate, duration=dc.clip_seconds, worker_count=dc.num_workers,
+        max_consecutive_bad=dc.max_consecutive_bad_records)
 
 
 def make_data_iterator(config, mesh) -> Iterator[dict]:
@@ -733,6 +742,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     # ---------------------------------------------------------------------------------------- config checks
     validate_config(config)
     check_workdir(config, workdir)
+    if data_iter is None:
+        check_data_dirs(config)
     setup_logging()
     log.info("processes %d, devices %d (%d local), kind %s", jax.process_count(), jax.device_count(),
              jax.local_device_count(), jax.devices()[0].device_kind)
