@@ -5,8 +5,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from absl import app, flags  # noqa: E402
-
 from _train_standin import StandInCLAP  # noqa: E402
 from clap_jax.train import __main__ as cli  # noqa: E402
 from clap_jax.train import train  # noqa: E402
@@ -14,5 +12,4 @@ from clap_jax.train import train  # noqa: E402
 train.make_model = lambda config: StandInCLAP()
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
-    app.run(cli.main)
+    cli.run()

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+from clap_jax.audio import io as audio_io
 from clap_jax.data import audio as audio_lib
 from clap_jax.data import tfrecord
 
@@ -278,10 +279,10 @@ def test_audio_pcm16_exact_flac_within_codec_precision():
 
 def test_repeat_pad_and_crop_rules():
     x = np.arange(3, dtype=np.float32)
-    np.testing.assert_array_equal(audio_lib.repeat_pad(x, 8), [0, 1, 2, 0, 1, 2, 0, 1])
-    np.testing.assert_array_equal(audio_lib.repeat_pad(x, 3), x)
-    np.testing.assert_array_equal(audio_lib.repeat_pad(np.arange(10, dtype=np.float32), 4), [0, 1, 2, 3])
+    np.testing.assert_array_equal(audio_io.repeat_pad(x, 8), [0, 1, 2, 0, 1, 2, 0, 1])
+    np.testing.assert_array_equal(audio_io.repeat_pad(x, 3), x)
+    np.testing.assert_array_equal(audio_io.repeat_pad(np.arange(10, dtype=np.float32), 4), [0, 1, 2, 3])
     rng = np.random.default_rng(0)
-    starts = {audio_lib.crop_start(10, 4, rng) for _ in range(200)}
+    starts = {audio_io.crop_start(10, 4, "random", rng) for _ in range(200)}
     assert starts == set(range(7))
-    assert audio_lib.crop_start(4, 4, rng) == 0 and audio_lib.crop_start(3, 4, rng) == 0
+    assert audio_io.crop_start(4, 4, "random", rng) == 0 and audio_io.crop_start(3, 4, "random", rng) == 0

@@ -20,8 +20,10 @@ One element / host batch (B = per-host batch, L = duration x sample_rate samples
     {'audio': float32 (B, L), 'input_ids': int32 (B, T), 'attention_mask': int32 (B, T),
      'id': int32 (B,) (stable hash of the record id), 'dataset': int32 (B,) (index into ``data_dirs``)}
 
-A corrupt record (CRC/framing/parse/audio error) is skipped with a warning naming shard and record, and counted
-(``TFRecordDataSource.num_corrupt`` / ``DecodeCrop.num_bad`` in the process that read it).
+A corrupt record (CRC/framing/parse/audio error) is skipped and counted (``TFRecordDataSource.num_corrupt`` /
+``DecodeCrop.num_bad`` in the process that read it). The first few are logged one by one (shard and record), then
+one summary line at most every ``BadRecords.SUMMARY_EVERY_S`` seconds. ``max_consecutive_bad`` bad records in a row
+(nothing good in between) raise ``BadDataError`` naming the data: all-corrupt data stops, it does not spin forever.
 
 Typical use in a training loop (``mesh`` with a 'data' axis; orbax CheckpointManager ``mngr``)::
 
@@ -44,6 +46,7 @@ import logging
 import mmap
 import os
 import threading
+import time
 from typing import Any, Sequence
 
 import grain
@@ -52,6 +55,7 @@ import numpy as np
 from clap_jax.audio import io as audio_io
 from clap_jax.data import audio as audio_lib
 from clap_jax.data import tfrecord
+from clap_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 CROPS = tuple(c for c in audio_io.CROP_MODES if c != "unseeded")  # every crop here is reproducible
@@ -85,6 +89,61 @@ def shard_paths(data_dir: str, split: str = "train") -> list[str]:
     return [os.path.join(data_dir, n) for n in names]
 
 
+class BadDataError(UserError):
+    """Too many bad records in a row: the data is corrupt (or not what the pipeline expects)."""
+
+
+class BadRecords:
+    """Bad records of one dataset in this process: counts them, rate-limits their warnings, and raises
+    BadDataError after ``limit`` in a row. Shared by the dataset's source (corrupt bytes) and DecodeCrop
+    (undecodable records); thread-safe (Grain reads in threads), one per process after pickling."""
+
+    LOG_FIRST = 5          # bad records logged one by one
+    SUMMARY_EVERY_S = 30.0  # then one summary line at most this often
+
+    def __init__(self, where: str, paths: Sequence[str] = (), limit: int | None = 1000):
+        self.where, self.paths, self.limit = where, list(paths), limit
+        self.total = self.consecutive = self._since_summary = 0
+        self._last_summary = 0.0
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        del d["_lock"]
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self._lock = threading.Lock()
+
+    def good(self) -> None:
+        self.consecutive = 0  # (a racy reset only delays the error by a record or so)
+
+    def bad(self, what: str) -> None:
+        with self._lock:
+            self.total += 1
+            self.consecutive += 1
+            self._since_summary += 1
+            total, consecutive = self.total, self.consecutive
+            if total <= self.LOG_FIRST:
+                log.warning("skipping bad record (%d so far in this process%s): %s", total,
+                            "; further ones are summarised" if total == self.LOG_FIRST else "", what)
+                self._last_summary = time.monotonic()
+                self._since_summary = 0
+            elif time.monotonic() - self._last_summary >= self.SUMMARY_EVERY_S:
+                log.warning("skipped %d more bad records in %s (%d so far in this process; latest: %s)",
+                            self._since_summary, self.where, total, what)
+                self._last_summary = time.monotonic()
+                self._since_summary = 0
+        if self.limit and consecutive >= self.limit:
+            shards = ", ".join(os.path.basename(p) for p in self.paths[:3]) + (
+                f" and {len(self.paths) - 3} more" if len(self.paths) > 3 else "")
+            raise BadDataError(
+                f"{self.where}: {consecutive} bad records in a row ({total} bad in all in this process; shards "
+                f"{shards or '?'}; latest: {what}); the data looks corrupt: check or rebuild it with python -m "
+                f"clap_jax.data.preprocess (data.max_consecutive_bad_records={self.limit} sets this limit)")
+
+
 class TFRecordDataSource:
     """Random-access Grain data source over TFRecord shards with offset indexes.
 
@@ -94,8 +153,10 @@ class TFRecordDataSource:
     Picklable (shards are mapped again in each process). Shards must not change while being read.
     """
 
-    def __init__(self, paths: Sequence[str]):
+    def __init__(self, paths: Sequence[str], bad_records: BadRecords | None = None):
         self.paths = list(paths)
+        self.bad_records = bad_records if bad_records is not None else BadRecords(
+            os.path.dirname(self.paths[0]) if self.paths else "?", self.paths, limit=None)
         self._indexes = []
         for p in self.paths:
             if not os.path.isfile(p):
@@ -151,7 +212,7 @@ class TFRecordDataSource:
             return tfrecord.read_record_view(self._map(s), int(off), int(n), f"{self.paths[s]} record {r}")
         except tfrecord.CorruptRecordError as e:
             self.num_corrupt += 1
-            log.warning("skipping corrupt record (%d so far in this process): %s", self.num_corrupt, e)
+            self.bad_records.bad(f"corrupt: {e}")
             return None
 
 
@@ -184,7 +245,7 @@ class DecodeCrop(grain.transforms.RandomMap):
     """
 
     def __init__(self, sample_rate: int, num_samples: int, dataset_index: int = 0, where: str = "",
-                 crop: str = "random", caption: str = "random"):
+                 crop: str = "random", caption: str = "random", bad_records: BadRecords | None = None):
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
         if caption not in ("random", "first"):
@@ -196,6 +257,7 @@ class DecodeCrop(grain.transforms.RandomMap):
         self.crop = crop
         self.caption = caption
         self.num_bad = 0
+        self.bad_records = bad_records if bad_records is not None else BadRecords(where or "?", limit=None)
 
     def random_map(self, element: bytes | None, rng: np.random.Generator) -> dict | None:
         if element is None:
@@ -216,9 +278,9 @@ class DecodeCrop(grain.transforms.RandomMap):
             uid = int(ex["uid"][0])
         except Exception as e:  # noqa: BLE001 - a bad record is skipped and counted, never fatal
             self.num_bad += 1
-            log.warning("skipping undecodable record in %s (%d so far in this process): %s: %s", self.where,
-                        self.num_bad, type(e).__name__, e)
+            self.bad_records.bad(f"undecodable record in {self.where}: {type(e).__name__}: {e}")
             return None
+        self.bad_records.good()
         return {"audio": wave, "caption": np.bytes_(caption.encode()), "id": np.int32(uid),
                 "dataset": np.int32(self.dataset_index)}
 
@@ -250,7 +312,7 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
                   process_count: int | None = None, worker_count: int = 0, worker_buffer_size: int = 2,
                   read_threads: int | None = None, drop_remainder: bool = True, tokenizer: str | None = None,
                   text_length: int = 77, shuffle: bool = True, crop: str = "random",
-                  caption: str = "random") -> grain.IterDataset:
+                  caption: str = "random", max_consecutive_bad: int | None = 1000) -> grain.IterDataset:
     """The Grain dataset of host batches (see module docstring for the flow and the element layout).
 
     ``data_dirs``: one preprocessed directory, or several mixed by ``weights`` (then the stream is infinite, each
@@ -260,6 +322,8 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
     ``num_epochs=None`` and count steps). ``read_threads``: threads reading + decoding per process (default 2
     in-process, 1 per worker process, where more threads only add GIL contention). ``worker_count`` > 0 adds
     ``mp_prefetch`` worker processes; a restored state needs the same ``worker_count`` and host count.
+
+    ``max_consecutive_bad``: bad records in a row (per dataset and process) that raise BadDataError (None: never).
 
     For evaluation: ``shuffle=False, crop='start', caption='first', num_epochs=1, drop_remainder=False`` gives
     every record once, in shard order (split over hosts).
@@ -282,12 +346,15 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
         if stored_sr is not None and stored_sr != sample_rate:
             raise ValueError(f"{d}: preprocessed at {stored_sr} Hz but the pipeline wants {sample_rate} Hz; rerun "
                              f"clap_jax.data.preprocess with --sample-rate {sample_rate}")
-        src = TFRecordDataSource(shard_paths(d, split))
+        paths = shard_paths(d, split)
+        bad = BadRecords(d, paths, max_consecutive_bad)
+        src = TFRecordDataSource(paths, bad)
         ds = grain.MapDataset.source(src)
         if shuffle:
             ds = ds.shuffle(seed=_derive(seed, i, 0))
         ds = ds.repeat(num_epochs if len(data_dirs) == 1 else None)
-        ds = ds.random_map(DecodeCrop(sample_rate, num_samples, i, where=d, crop=crop, caption=caption),
+        ds = ds.random_map(DecodeCrop(sample_rate, num_samples, i, where=d, crop=crop, caption=caption,
+                                      bad_records=bad),
                            seed=_derive(seed, i, 1))
         parts.append(ds)
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
@@ -346,7 +413,15 @@ class ClapDataIterator:
         return self
 
     def __next__(self) -> dict:
-        batch = next(self.grain_iterator)
+        try:
+            batch = next(self.grain_iterator)
+        except Exception as e:
+            cause = e  # Grain may re-raise a reader's error wrapped: surface ours as itself (one line for the CLI)
+            while cause is not None and not isinstance(cause, BadDataError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is not None and cause is not e:
+                raise cause from e
+            raise
         return batch if self.mesh is None else make_global_batch(batch, self.mesh, self.data_axes)
 
     def get_state(self) -> dict:

@@ -1,4 +1,8 @@
-"""`python -m clap_jax.train --config configs/<name>.py[:args] --workdir DIR [--config.field=value ...]`"""
+"""`python -m clap_jax.train --config configs/<name>.py[:args] --workdir DIR [--config.field=value ...]`
+
+Bad input (an unknown or invalid config field, a workdir that is a file or read-only, missing data, a full disk)
+is reported as one `error: ...` line and exit code 2; `--debug` (or CLAP_JAX_DEBUG=1) shows the traceback.
+"""
 import sys
 
 if __name__ == "__main__":  # before the heavy imports below: the re-exec would otherwise pay for them twice
@@ -9,6 +13,7 @@ if __name__ == "__main__":  # before the heavy imports below: the re-exec would 
 from absl import app, flags
 from ml_collections import config_flags
 
+from clap_jax import errors
 from clap_jax.train import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)), e.g. configs/tiny.py:arg")
@@ -21,17 +26,17 @@ _DIST = flags.DEFINE_enum("distributed", "auto", ["auto", "none", "force"],
                           "auto: initialise jax.distributed on TPU pods / SLURM / JAX_COORDINATOR_ADDRESS; "
                           "force: always call jax.distributed.initialize(); none: single process")
 _LOSSES = flags.DEFINE_string("losses_out", None, "Optional JSON file to write {step: loss} to (process 0)")
+_DEBUG = flags.DEFINE_boolean("debug", False, "Show tracebacks for input errors (also CLAP_JAX_DEBUG=1)")
+
+_HELP = ("-h", "--help", "-?", "--helpshort", "--helpfull")
 
 
 def main(argv):
     del argv
     train.init_distributed(_COORD.value, _NPROC.value, _PID.value, _DIST.value)
-    try:
-        train.validate_config(_CONFIG.value)
-    except ValueError as e:  # before any compute: say which field, no traceback
-        print(f"invalid config: {e}", file=sys.stderr)
-        sys.exit(2)
-    summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config = _load_config()
+    train.validate_config(config)  # ConfigError naming the field (unknown fields too) before any compute
+    summary = train.train_and_evaluate(config, _WORKDIR.value)
     if _LOSSES.value:
         import json
         import jax
@@ -42,6 +47,81 @@ def main(argv):
                            "end_step": summary["end_step"]}, f)
 
 
+def _config_arg(argv) -> str:
+    for i, a in enumerate(argv):
+        if a in ("--config", "-config") and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(("--config=", "-config=")):
+            return a.split("=", 1)[1]
+    return "?"
+
+
+def _load_config():
+    """The parsed config. config_flags defers a config file's load error to the first use: one line for it."""
+    try:
+        config = _CONFIG.value
+        config.keys()
+    except OSError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise errors.UserError(f"--config {_config_arg(sys.argv)}: cannot load it: {lines[-1] if lines else e}") from e
+    return config
+
+
+def _config_overrides(argv) -> list[str]:
+    """The dotted fields of `--config.a.b=value` arguments."""
+    out = []
+    for a in argv:
+        name = a.split("=", 1)[0].lstrip("-")
+        if name.startswith("config."):
+            out.append(name[len("config."):])
+        elif name.startswith("noconfig."):
+            out.append(name[len("noconfig."):])
+    return out
+
+
+def _flag_error_message(e: BaseException, argv) -> str:
+    """One line for a command line that does not parse."""
+    from clap_jax.train import config_base
+
+    known = set(config_base.field_paths(config_base.base()))
+    for field in _config_overrides(argv):  # a typo in an override: name it and the nearest known field
+        if field not in known:
+            return f"--config.{field}: {config_base.unknown_field_message(field)}"
+    one_line = lambda text: " ".join(str(text).split())  # noqa: E731
+    if isinstance(e, flags.Error) and not str(e).startswith(("flag --config=", "flag --config:")):
+        return one_line(e)  # an unknown flag, a bad value of --workdir / --config.x.y: absl names the flag
+    cause = e  # the config file failed to load: config_flags wraps its error, report the innermost one
+    while (cause.__cause__ or cause.__context__) is not None:
+        cause = cause.__cause__ or cause.__context__
+    return f"--config {_config_arg(argv)}: " + one_line(errors.describe(cause) or f"{type(cause).__name__}: {cause}")
+
+
+def _parse_flags(argv):
+    """absl's parser, with its errors (and those of the config file it loads) as one line and exit code 2."""
+    try:
+        return flags.FLAGS(argv)
+    except SystemExit:
+        raise
+    except Exception as e:  # noqa: BLE001 - flag parsing runs the config file: anything can come out of it
+        if errors.debug_requested(argv):
+            raise
+        print(f"error: {_flag_error_message(e, argv[1:])}", file=sys.stderr)
+        sys.exit(errors.EXIT_USER_ERROR)
+
+
+def run(main_fn=main, argv=None) -> None:
+    """The entry point: absl flags, `--help` exits 0, input errors are one line (see module docstring)."""
+    argv = list(sys.argv if argv is None else argv)
+    if any(a in _HELP for a in argv[1:]):
+        flags.FLAGS.mark_as_parsed()  # absl prints and exits 1 on --help; help is no error here
+        print(flags.FLAGS.main_module_help() if "--helpfull" not in argv else flags.FLAGS.get_help())
+        sys.exit(0)
+    if not any(a in ("--config", "-config") or a.startswith(("--config=", "-config=")) for a in argv[1:]):
+        print("error: --config is required, e.g. --config configs/tiny.py --workdir /tmp/run", file=sys.stderr)
+        sys.exit(errors.EXIT_USER_ERROR)
+    app.run(lambda rest: errors.run_cli(lambda _: main_fn(rest), ["--debug"] if _DEBUG.value else []),
+            argv=argv, flags_parser=_parse_flags)
+
+
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
-    app.run(main)
+    run()

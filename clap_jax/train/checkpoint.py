@@ -13,13 +13,24 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import json
+import logging
 import os
+import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+
+from clap_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class DiskFullError(UserError):
+    """A checkpoint could not be written for lack of space; the last complete checkpoint is intact."""
 
 
 def _path(directory) -> epath.Path:
@@ -97,18 +108,70 @@ def _no_replica_parallel_on_cpu() -> None:
 def make_manager(directory: str, *, keep: int, save_every: int, async_save: bool = True) -> ocp.CheckpointManager:
     _no_replica_parallel_on_cpu()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save, create=True)
+        max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=True)  # a save cut short (disk full, killed) leaves a tmp dir: removed at restart
     return ocp.CheckpointManager(_path(directory), options=options, item_names=("state", "data"))
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any | None, *, force: bool = False) -> bool:
-    """Save train state and (snapshot of) the iterator state at `step`. Returns whether a save was started."""
+def _disk_full(e: BaseException) -> BaseException | None:
+    """The ENOSPC error in `e`'s chain (orbax re-raises its writer threads' errors, tensorstore as text), or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _raise_if_disk_full(mngr: ocp.CheckpointManager, e: BaseException, step: int | None) -> None:
+    full = _disk_full(e)
+    if full is None:
+        return
+    directory = str(mngr.directory)
+    for name in os.listdir(directory) if os.path.isdir(directory) else ():  # the partial save: free its space
+        if ".orbax-checkpoint-tmp" in name and (step is None or name.startswith(f"{step}.")):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    try:
+        last = max((s for s in mngr.all_steps() if s != step), default=None)
+    except Exception:  # noqa: BLE001 - only for the message
+        last = None
+    where = f" ({full.filename})" if getattr(full, "filename", None) else ""
+    kept = f"the last complete checkpoint (step {last}) is kept: rerun to resume from it" if last is not None \
+        else "no complete checkpoint was written yet"
+    raise DiskFullError(f"no space left on the device holding {directory}{where} while saving the checkpoint"
+                        f"{f' of step {step}' if step is not None else ''}; free some space; {kept}") from e
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any | None, *, force: bool = False,
+         data_state: Any = None) -> bool:
+    """Save train state and (snapshot of) the iterator state at `step` (`data_state`: a snapshot taken
+    earlier, else `data_iter.get_state()` now). Returns whether a save was started. Disk full (now, or in the
+    previous async save) raises DiskFullError; the last complete checkpoint stays."""
     if step in mngr.all_steps():
         return False
     items = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
-        items["data"] = IteratorStateSave(data_iter.get_state())
-    return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+        items["data"] = IteratorStateSave(data_iter.get_state() if data_state is None else data_state)
+    try:
+        return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+    except Exception as e:
+        _raise_if_disk_full(mngr, e, step)
+        raise
+
+
+def finish(mngr: ocp.CheckpointManager) -> None:
+    """Wait for the background save and close the manager (disk full there raises DiskFullError too)."""
+    try:
+        mngr.wait_until_finished()
+    except Exception as e:
+        _raise_if_disk_full(mngr, e, None)
+        raise
+    finally:
+        try:
+            mngr.close()
+        except Exception as e:  # noqa: BLE001 - the wait's error (if any) is the one to report
+            log.warning("closing the checkpoint manager: %s", e)
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any | None) -> Any:

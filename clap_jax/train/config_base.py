@@ -1,8 +1,15 @@
-"""Defaults for every trainer field; `configs/*.py` start from `base()` and override. Every field is read."""
+"""Defaults for every trainer field; `configs/*.py` start from `base()` and override. Every field is read.
+
+`check_known_fields` rejects a config holding a field `base()` does not know (a typo would otherwise be silently
+ignored) and locks it, so that setting an unknown field later raises too.
+"""
 from __future__ import annotations
+
+import difflib
 
 import ml_collections
 
+from clap_jax.errors import ConfigError
 from clap_jax.models import config as model_config
 
 
@@ -22,6 +29,8 @@ def base() -> ml_collections.ConfigDict:
     c.data.weights = None               # 'tfrecord': mixing weights, one per directory (None: one dataset)
     c.data.seed = 0
     c.data.num_workers = 0              # 'tfrecord': Grain worker processes per host
+    c.data.max_consecutive_bad_records = 1000  # 'tfrecord': corrupt/undecodable records in a row before the run
+    #                                     stops with an error naming the data (skipped and counted until then)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                    # within-slice sizes; one may be -1 (fills the rest)
@@ -91,3 +100,53 @@ def base() -> ml_collections.ConfigDict:
     c.nan = ml_collections.ConfigDict()
     c.nan.max_consecutive = 10          # skipped (non-finite) steps in a row before the run stops
     return c
+
+
+def field_paths(c: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every dotted path of `c` (groups and leaves), e.g. ['seed', 'optim', 'optim.lr', ...]."""
+    out = []
+    for k, v in c.items():
+        p = f"{prefix}{k}"
+        out.append(p)
+        if isinstance(v, ml_collections.ConfigDict):
+            out += field_paths(v, p + ".")
+    return out
+
+
+def _likeness(a: str, b: str) -> float:
+    """How alike two field names are: spelling, a prefix, or initials (learning_rate ~ lr)."""
+    score = difflib.SequenceMatcher(None, a, b).ratio()
+    if a.startswith(b) or b.startswith(a):
+        score = max(score, 0.8)
+    initials = lambda s: "".join(w[0] for w in s.split("_") if w)  # noqa: E731
+    if "_" in a + b and (initials(a) == b or initials(b) == a):
+        score = max(score, 0.9)
+    return score
+
+
+def nearest_field(path: str, known: list[str]) -> str | None:
+    """The known path most like `path` (same group first: optim.lrr -> optim.lr), or None."""
+    parent, _, leaf = path.rpartition(".")
+    siblings = [k for k in known if k.rpartition(".")[0] == parent]
+    if siblings:
+        best = max(siblings, key=lambda k: _likeness(leaf, k.rpartition(".")[2]))
+        if _likeness(leaf, best.rpartition(".")[2]) >= 0.6:
+            return best
+    match = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def unknown_field_message(path: str, known: list[str] | None = None) -> str:
+    known = field_paths(base()) if known is None else known
+    near = nearest_field(path, known)
+    return f"unknown field {path}" + (f", did you mean {near}?" if near else " (see clap_jax/train/config_base.py)")
+
+
+def check_known_fields(c: ml_collections.ConfigDict, where: str = "config") -> None:
+    """Raise ConfigError for the first field of `c` that `base()` does not define; then lock `c`."""
+    known = field_paths(base())
+    known_set = set(known)
+    for p in field_paths(c):
+        if p not in known_set:
+            raise ConfigError(f"{where}: {unknown_field_message(p, known)}")
+    c.lock()

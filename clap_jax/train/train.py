@@ -10,13 +10,13 @@ train loop. A `--workdir` holding checkpoints is resumed from its latest step, i
 """
 from __future__ import annotations
 
-import functools
 import importlib
+import json
 import logging
-import math
 import os
-import re
+import queue
 import signal
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -27,8 +27,10 @@ import numpy as np
 import optax
 from clu import metrics as clu_metrics
 
+from clap_jax.errors import ConfigError, UserError
 from clap_jax.models import config as model_config
 from clap_jax.train import checkpoint as ckpt_lib
+from clap_jax.train import config_base
 from clap_jax.train import flops as flops_lib
 from clap_jax.train import loss as loss_lib
 from clap_jax.train import optim as optim_lib
@@ -48,10 +50,21 @@ class NonFiniteError(RuntimeError):
 # ============================================================================================ config checks
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """Reject an invalid config before any compute, with a message naming the field."""
+    """Reject an invalid config before any compute with a ConfigError naming the field; unknown fields (typos)
+    included. Locks the config: setting an unknown field afterwards raises too."""
+    config_base.check_known_fields(config)
+    try:
+        _validate_values(config, num_devices)
+    except ConfigError:
+        raise
+    except ValueError as e:  # the model / optimizer / mesh checks name their field in a ValueError
+        raise ConfigError(str(e)) from e
+
+
+def _validate_values(config, num_devices):
     def need(ok, field, msg):
         if not ok:
-            raise ValueError(f"config.{field}: {msg}")
+            raise ConfigError(f"config.{field}: {msg}")
 
     model_config.validate(config.model)
     need(config.total_steps > 0, "total_steps", f"must be positive, got {config.total_steps}")
@@ -65,6 +78,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
              f"needs one weight per directory ({len(config.data.dirs)})")
         need(config.batch_size % jax.process_count() == 0, "batch_size",
              f"must be divisible by the number of processes ({jax.process_count()})")
+        need(config.data.max_consecutive_bad_records >= 1, "data.max_consecutive_bad_records", "must be >= 1")
     need(config.loss.kind in ("global", "sharded"), "loss.kind", f"unknown {config.loss.kind!r} (global, sharded)")
     need(config.ckpt.every_steps >= 0, "ckpt.every_steps", "must be >= 0 (0 = only at the end)")
     need(config.ckpt.keep >= 1, "ckpt.keep", "must be >= 1")
@@ -86,6 +100,107 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int | None =
     need(config.batch_size % (shards * accum) == 0, "batch_size",
          f"{config.batch_size} must be divisible by batch shards ({shards} = data x fsdp) x "
          f"optim.grad_accum_steps ({accum})")
+
+
+# ============================================================================================ work directory
+
+WORKDIR_CONFIG_FILE = "model_config.json"  # the model config of a run; clap_jax.weights.load_workdir reads it
+
+
+def _flatten_dict(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _model_dict(model_cfg) -> dict:
+    """The model config as the JSON in the workdir holds it (tuples as lists)."""
+    return json.loads(json.dumps(model_cfg.to_dict(), default=list))
+
+
+def model_config_diff(recorded: dict, model_cfg) -> list[str]:
+    """'field: recorded vs new' for every model field that differs. Fields the recorded file lacks (written by an
+    older version) take their defaults, as clap_jax.weights does when it reads the file."""
+    old = _flatten_dict(_model_dict(model_config.clap_2023()))
+    old.update(_flatten_dict(recorded))
+    new = _flatten_dict(_model_dict(model_cfg))
+    return [f"model.{k}: {old.get(k, '<absent>')!r} (workdir) vs {new.get(k, '<absent>')!r} (config)"
+            for k in sorted(set(old) | set(new)) if old.get(k, "<absent>") != new.get(k, "<absent>")]
+
+
+def check_workdir(config, workdir: str | None) -> None:
+    """Before anything is built or written: `workdir` is a directory we can write to (or can be created), and a
+    run already recorded there was trained with the same model config. Raises a one-line UserError/ConfigError;
+    the workdir is left as it was (a probe file is created and removed)."""
+    if workdir is None or "://" in str(workdir):
+        return
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir {workdir}: exists and is not a directory; pass a directory (new or a run's)")
+    recorded = os.path.join(workdir, WORKDIR_CONFIG_FILE)
+    if os.path.isfile(recorded):
+        try:
+            with open(recorded) as f:
+                old = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"{recorded}: unreadable ({e}); this workdir's model config is unknown, so it cannot be "
+                            f"resumed") from e
+        diff = model_config_diff(old, config.model)
+        if diff:
+            raise ConfigError(
+                f"{recorded}: this workdir holds a run of a different model, which a resume cannot load; "
+                f"{len(diff)} field(s) differ: {'; '.join(diff[:8])}{'; ...' if len(diff) > 8 else ''}. "
+                f"Use a new --workdir, or the recorded model config")
+    probe_dir = workdir
+    while not os.path.isdir(probe_dir):  # the nearest existing ancestor, where makedirs will write
+        parent = os.path.dirname(os.path.abspath(probe_dir))
+        if os.path.exists(probe_dir) or parent == os.path.abspath(probe_dir):
+            raise UserError(f"--workdir {workdir}: {probe_dir} is not a directory")
+        probe_dir = parent
+    probe = os.path.join(probe_dir, f".clap_jax_write_probe.{os.getpid()}.{jax.process_index()}")
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"--workdir {workdir}: cannot write to {probe_dir} ({e.strerror}); pass a writable "
+                        f"directory") from e
+
+
+def check_data_dirs(config) -> None:
+    """Every TFRecord directory exists and holds shards: a missing or empty one is reported now, before the
+    compile, as a ConfigError naming it."""
+    if config.data.kind != "tfrecord":
+        return
+    from clap_jax.data import pipeline
+    for d in config.data.dirs:
+        if "://" in str(d):
+            continue
+        if not os.path.isdir(d):
+            raise ConfigError(f"config.data.dirs: {d}: not a directory (expected the --out of "
+                              f"python -m clap_jax.data.preprocess)")
+        try:
+            pipeline.shard_paths(d)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"config.data.dirs: {e}") from e
+
+
+def write_workdir_model_config(workdir: str, model_cfg) -> None:
+    """Record the run's model config (atomically; only once: check_workdir makes sure it matches)."""
+    path = os.path.join(workdir, WORKDIR_CONFIG_FILE)
+    if os.path.isfile(path):
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(_model_dict(model_cfg), f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def num_samples(config) -> int:
@@ -131,9 +246,24 @@ class MetricWriter:
             self._tb.close()
 
 
+class _NoLibraryTracebacks(logging.Filter):
+    """orbax logs its writer threads' errors with a traceback (hundreds of lines for one full disk) before it
+    re-raises them to us; the error we then report says it in one line. `--debug` keeps them."""
+
+    def filter(self, record):
+        if record.exc_info and "orbax" in (record.pathname or ""):
+            record.msg, record.args = f"{record.getMessage()} (traceback with --debug)", None
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def setup_logging() -> None:
     """Our progress lines at INFO on process 0 only; library chatter (orbax, absl) at WARNING."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname).1s %(message)s", force=True)
+    from clap_jax.errors import debug_requested
+    if not debug_requested():
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_NoLibraryTracebacks())
     try:
         from absl import logging as absl_logging
         absl_logging.set_verbosity(absl_logging.WARNING)
@@ -177,7 +307,8 @@ def make_real_pipeline(config, mesh, sharding) -> Iterator[dict]:
     return pipeline.make_iterator(
         list(dc.dirs), per_host_batch_size=per_host, mesh=mesh, data_axes=shd.BATCH_AXES,
         weights=list(dc.weights) if dc.weights else None, seed=dc.seed, num_epochs=None,
-        sample_rate=config.model.audio.sample_rate, duration=dc.clip_seconds, worker_count=dc.num_workers)
+        sample_rate=config.model.audio.sample_rate, duration=dc.clip_seconds, worker_count=dc.num_workers,
+        max_consecutive_bad=dc.max_consecutive_bad_records)
 
 
 def make_data_iterator(config, mesh) -> Iterator[dict]:
@@ -554,6 +685,52 @@ class _Preemption:
         return bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
 
 
+class _WaitInterrupted(Exception):
+    """SIGTERM arrived while the loop was waiting for the next batch."""
+
+
+class _Fetcher:
+    """`next(data_iter)` in a helper thread, so that the loop can stop waiting when SIGTERM arrives: a pipeline that
+    is slow, stalled or skipping bad records would otherwise hold the run past the scheduler's grace period. The
+    thread is a daemon (a fetch abandoned on SIGTERM never holds up the exit); batches still come one at a time,
+    in order, so the iterator's state is the same as with a plain `next()`."""
+
+    POLL_S = 0.2
+
+    def __init__(self, data_iter, preempt: "_Preemption"):
+        self._it, self._preempt = data_iter, preempt
+        self._req: queue.Queue = queue.Queue()
+        self._res: queue.Queue = queue.Queue()
+        self._thread = None
+
+    def _run(self):
+        while self._req.get():
+            try:
+                self._res.put((True, next(self._it)))
+            except BaseException as e:  # noqa: BLE001 - handed to the loop, which raises it
+                self._res.put((False, e))
+
+    def next(self):
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="clap_jax_data", daemon=True)
+            self._thread.start()
+        self._req.put(True)
+        while True:
+            try:
+                ok, value = self._res.get(timeout=self.POLL_S)
+            except queue.Empty:
+                if self._preempt.requested:  # this process's own flag: no collective while others may be stepping
+                    raise _WaitInterrupted from None
+                continue
+            if ok:
+                return value
+            raise value
+
+    def close(self):
+        if self._thread is not None:
+            self._req.put(False)  # ends the thread after any fetch in flight
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *, model=None, data_iter=None,
                        eval_fn: Callable | None = None, mesh=None) -> dict:
     """Train (resuming from `workdir` if it holds checkpoints). Returns a summary dict with per-step losses.
@@ -561,6 +738,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     `model`, `data_iter`, `eval_fn`, `mesh` override what the config would build (tests, notebooks)."""
     # ---------------------------------------------------------------------------------------- config checks
     validate_config(config)
+    check_workdir(config, workdir)
+    if data_iter is None:
+        check_data_dirs(config)
     setup_logging()
     log.info("processes %d, devices %d (%d local), kind %s", jax.process_count(), jax.device_count(),
              jax.local_device_count(), jax.devices()[0].device_kind)
@@ -594,16 +774,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     mngr = None
     if workdir is not None:
         if jax.process_index() == 0:  # lets `CLAP(workdir)`, the eval and the converter read this run's weights
-            from clap_jax.weights import WORKDIR_CONFIG_FILE, write_model_config
-
             os.makedirs(workdir, exist_ok=True)
-            write_model_config(os.path.join(workdir, WORKDIR_CONFIG_FILE), config.model)
+            write_workdir_model_config(workdir, config.model)
         mngr = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), keep=config.ckpt.keep,
                                      save_every=config.ckpt.every_steps or config.total_steps,
                                      async_save=config.ckpt.async_save)
     latest = mngr.latest_step() if mngr is not None else None
     if latest is not None:
-        state = ckpt_lib.restore(mngr, latest, abstract_state, data_iter)
+        try:
+            state = ckpt_lib.restore(mngr, latest, abstract_state, data_iter)
+        except Exception as e:  # noqa: BLE001 - e.g. the optimizer changed: its state no longer fits
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise UserError(f"{workdir}/checkpoints/{latest}: cannot resume from it with this config ({first}); "
+                            f"resume with the config the run was started with, or use a new --workdir") from e
         log.info("resumed from %s at step %d", workdir, latest)
     else:
         state = jax.jit(init_fn, out_shardings=state_sh)(rng)
@@ -665,12 +848,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
             window.clear()
             t_window, steps_window = time.time(), 0
 
+    fetcher = _Fetcher(data_iter, preempt)
+    failed = True
     try:
         if eval_fn is not None and start == 0 and config.eval.every_steps:
             run_eval(0)
         t_window = time.time()
         for step in range(start + 1, config.total_steps + 1):
-            batch = next(data_iter)
+            data_state = data_iter.get_state() if mngr is not None else None  # before the fetch: see below
+            try:
+                batch = fetcher.next()
+            except _WaitInterrupted:  # save what the steps so far did (if any), then stop
+                if pending is not None:
+                    handle(*pending)
+                    pending = None
+                done = step - 1
+                log.warning("SIGTERM while waiting for data: %s and exiting", f"saving checkpoint at step {done}"
+                            if mngr is not None and done > start else "no new step to save")
+                if mngr is not None and done > start:
+                    ckpt_lib.save(mngr, done, state, data_iter, force=True, data_state=data_state)
+                summary["stopped"] = "preempted"
+                break
             batch = {k: batch[k] for k in BATCH_KEYS}  # pipelines may carry more (ids, dataset index)
             state, metrics = step_fn(state, batch)
             if pending is not None:
@@ -692,13 +890,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
             handle(*pending)
         if mngr is not None and summary["stopped"] == "done":
             ckpt_lib.save(mngr, int(state["step"]), state, data_iter, force=True)
+        failed = False
     except NonFiniteError:
         summary["stopped"] = "nonfinite"
         raise
     finally:
+        fetcher.close()
         if mngr is not None:
-            mngr.wait_until_finished()
-            mngr.close()
+            try:
+                ckpt_lib.finish(mngr)  # waits for the background save: a disk-full error surfaces here too
+            except Exception as e:  # noqa: BLE001
+                if not failed:
+                    raise
+                log.warning("while stopping after an error: checkpoint manager: %s", str(e).splitlines()[:1])
         writer.flush()
         writer.close()
         preempt.uninstall()
