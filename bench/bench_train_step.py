@@ -41,7 +41,7 @@ def make_config(a):
     c.model.dtype = a.dtype
     c.model.remat = a.remat
     c.batch_size = a.batch
-    c.data.clip_seconds = a.seconds
+    c.model.audio.duration = a.seconds
     c.optim.schedule = "constant"
     c.optim.name = "adam"
     c.optim.lr = 1e-3

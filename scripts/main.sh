@@ -74,7 +74,7 @@ import demo
 c = demo.get_config(sys.argv[1])
 a, t = c.model.audio, c.model.text
 json.dump({"total_steps": c.total_steps, "batch_size": c.batch_size, "lr": c.optim.lr,
-           "clip_seconds": c.data.clip_seconds, "sample_rate": a.sample_rate,
+           "clip_seconds": a.duration, "sample_rate": a.sample_rate,
            "audio": f"HTSAT embed_dim {a.embed_dim} depths {tuple(a.depths)} spec {a.spec_size} mel {a.mel_bins}",
            "text": f"GPT-2 {t.n_layer} layers x {t.n_embd}", "d_proj": c.model.d_proj}, open(sys.argv[2], "w"))
 PYEOF

@@ -76,6 +76,11 @@ def _empty_dir(tmp_path):
     return str(tmp_path / "empty_data")
 
 
+def _data_at_8khz(tmp_path):
+    make_tfrecord_dataset(str(tmp_path / "data8k"), n=4, seconds=0.25, sample_rate=8000)
+    return str(tmp_path / "data8k")
+
+
 def _other_model_workdir(tmp_path):
     """A workdir recorded by a run of a different model (d_proj 48, not tiny's 32)."""
     from clap_jax.train import train
@@ -105,6 +110,11 @@ ROWS = [
      ["data.dirs", "no_such_data", "not a directory"]),
     ("empty_data_dir", lambda t: [f"--config={ROOT}/configs/demo.py:dirs={_empty_dir(t)}", f"--workdir={t}/wd"],
      ["data.dirs", "empty_data", "no shards"]),
+    ("clip_lengths_disagree", lambda t: [f"--config={TINY}", "--config.data.clip_seconds=2.0", f"--workdir={t}/wd"],
+     ["config.data.clip_seconds", "2.0 s", "config.model.audio.duration = 1.0 s"]),
+    ("data_rate_is_not_the_model_rate", lambda t: [f"--config={ROOT}/configs/demo.py:dirs={_data_at_8khz(t)}",
+                                                   f"--workdir={t}/wd"],
+     ["data8k holds audio at 8000 Hz", "config.model.audio.sample_rate is 16000 Hz"]),
     ("resume_other_model", lambda t: [f"--config={TINY}", f"--workdir={_other_model_workdir(t)}"],
      ["model_config.json", "model.d_proj: 48 (workdir) vs 32 (config)"]),
 ]
@@ -168,7 +178,7 @@ def test_all_corrupt_data_stops_with_one_line_and_few_warnings(tmp_path):
     _all_corrupt_data(data)
     t0 = time.time()
     r = _run([f"--config={TINY}", "--config.data.kind=tfrecord", f"--config.data.dirs={data}",
-              "--config.data.clip_seconds=0.25", "--config.model.audio.sample_rate=8000",
+              "--config.model.audio.duration=0.25", "--config.model.audio.sample_rate=8000",
               "--config.data.max_consecutive_bad_records=300", f"--workdir={tmp_path / 'wd'}"],
              entry=(os.path.join(ROOT, "tests", "_train_runner.py"),), timeout=240)
     line = _error_line(r)

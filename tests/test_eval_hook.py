@@ -57,3 +57,18 @@ def test_clap_on_a_given_mesh_keeps_param_shardings():
     ref = CLAP(config=cfg, variables=jax.device_get(v))
     t = ["a dog barking", "rain on a roof", "a siren"]
     np.testing.assert_allclose(clap.get_text_embeddings(t), ref.get_text_embeddings(t), rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_config_is_evaluated_at_its_own_clip_length(tmp_path):
+    """configs/tiny.py trains on 1 s clips: the periodic eval and the CLAP class read 1 s, not msclap's 7 s."""
+    from _train_helpers import load_config
+    from clap_jax.train import train
+
+    fx.builtin(fx.Writer(tmp_path))
+    c = load_config("tiny")
+    c.eval.data_root = str(tmp_path)
+    assert c.model.audio.duration == 1.0
+    eval_fn = train.resolve_eval_fn(c)
+    assert eval_fn.loader.duration == 1.0 and eval_fn.loader.sample_rate == c.model.audio.sample_rate
+    assert eval_fn.loader.num_samples == model_config.clip_samples(c.model) == 44100
+    assert CLAP(config=c.model).preprocess_audio(str(tmp_path / "synthetic/clips/s0000.wav")).shape == (1, 44100)

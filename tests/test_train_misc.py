@@ -79,7 +79,7 @@ def test_distributed_auto_is_a_no_op_on_a_single_host(monkeypatch):
 
 def test_cli_rejects_invalid_config_naming_the_field():
     r = subprocess.run([os.sys.executable, "-m", "clap_jax.train", f"--config={ROOT}/configs/tiny.py",
-                        "--config.batch_size=12", "--config.data.clip_seconds=0.1"],
+                        "--config.batch_size=12", "--config.model.audio.duration=0.1"],
                        env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
                                 XLA_FLAGS="--xla_force_host_platform_device_count=8"),
                        capture_output=True, text=True, timeout=120)

@@ -1,17 +1,19 @@
 """The trainer over the real Grain pipeline (config.data.kind='tfrecord', clap_jax.data): a run stopped after a
 checkpoint and continued in the same workdir resumes the data iterator too, so its losses equal an uninterrupted
 run's bit for bit."""
+import numpy as np
+
 from clap_jax.data.testing import make_tfrecord_dataset
 from clap_jax.train import train
 
-from _train_helpers import load_config, make_model
+from _train_helpers import load_config, make_model, mesh
 
 
 def _config(data_dir, steps):
     c = load_config("tiny", f"steps={steps},ckpt_every=2")
     c.data.kind = "tfrecord"
     c.data.dirs = (str(data_dir),)
-    c.data.clip_seconds = 0.5
+    c.model.audio.duration = 0.5
     c.model.audio.sample_rate = 8000      # the toy dataset's rate (the stand-in model does not care)
     return c
 
@@ -28,3 +30,19 @@ def test_tfrecord_pipeline_run_resumes_exactly(tmp_path):
     for s in range(5, 9):
         assert second["losses"][s] == full["losses"][s], (s, second["losses"][s], full["losses"][s])
     assert len(set(full["losses"].values())) == 8   # distinct batches, not one repeated
+
+
+def test_model_text_length_reaches_the_real_pipeline(tmp_path):
+    """The model config owns the text length: a 64-token model trains on 64-token batches from the TFRecords."""
+    make_tfrecord_dataset(str(tmp_path / "data"), n=24, seconds=0.5, sample_rate=8000)
+    c = _config(tmp_path / "data", 2)
+    c.model.text.max_length = 64
+    it = train.make_data_iterator(c, mesh((8, 1, 1)))
+    try:
+        b = next(it)
+        assert b["input_ids"].shape == (c.batch_size, 64) and b["attention_mask"].shape == (c.batch_size, 64)
+        assert b["audio"].shape == (c.batch_size, 4000)      # 0.5 s at 8 kHz: the model's clip
+    finally:
+        it.close()
+    out = train.train_and_evaluate(c, str(tmp_path / "run"), model=make_model(None))
+    assert sorted(out["losses"]) == [1, 2] and all(np.isfinite(v) for v in out["losses"].values())

@@ -48,4 +48,5 @@ def make_eval_fn(data_root: str, model_config=None, tasks: str = "builtin", batc
         return summary(res)
 
     eval_fn.embedder = lambda: cached[0] if cached else None
+    eval_fn.loader = loader
     return eval_fn

@@ -1,13 +1,16 @@
 """Defaults for every trainer field; `configs/*.py` start from `base()` and override. Every field is read.
 
 `check_known_fields` rejects a config holding a field `base()` does not know (a typo would otherwise be silently
-ignored) and locks it, so that setting an unknown field later raises too.
+ignored) and locks it, so that setting an unknown field later raises too. `parse_args` reads a config file's
+`:arg` string (`configs/x.py:fsdp,batch_size=512,dirs=/a,dirs=/b`) against the file's typed defaults.
 """
 from __future__ import annotations
 
 import difflib
+from typing import Any, Mapping
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from clap_jax.errors import ConfigError
 from clap_jax.models import config as model_config
@@ -19,14 +22,15 @@ def base() -> ml_collections.ConfigDict:
     c.model = model_config.clap_2023()
     c.batch_size = 1536                 # global, over all devices and processes
     c.total_steps = 10_000
-    c.peak_flops_per_device = None      # override the device table for MFU (None: look up device kind)
+    c.peak_flops_per_device = placeholder(float)  # override the device table for MFU (None: look up device kind)
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "random"              # 'random' (synthetic, tests / benchmarks) | 'tfrecord' (real pipeline)
     c.data.dirs = ()                    # TFRecord directories (kind='tfrecord')
-    c.data.clip_seconds = 7.0           # crop / pad length fed to the model
+    c.data.clip_seconds = placeholder(float)  # None: the model's audio.duration (the model config owns the clip
+    #                                     geometry); if set, it must equal model.audio.duration
     c.data.num_classes = 0              # 'random': >0 gives learnable tone/caption pairs (demo)
-    c.data.weights = None               # 'tfrecord': mixing weights, one per directory (None: one dataset)
+    c.data.weights = placeholder(tuple)  # 'tfrecord': mixing weights, one per directory (None: one dataset)
     c.data.seed = 0
     c.data.num_workers = 0              # 'tfrecord': Grain worker processes per host
     c.data.max_consecutive_bad_records = 1000  # 'tfrecord': corrupt/undecodable records in a row before the run
@@ -56,7 +60,7 @@ def base() -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.0
     c.optim.no_decay = r"(bias|scale|logit_scale|ln_|norm|bn|embedding|wpe|wte)"  # never decayed (also all 1-D)
-    c.optim.grad_clip_norm = None
+    c.optim.grad_clip_norm = placeholder(float)
     c.optim.schedule = "reduce_on_plateau"    # 'constant' | 'warmup_cosine' | 'reduce_on_plateau'
     c.optim.warmup_steps = 0
     c.optim.min_lr_ratio = 0.0          # warmup_cosine end value / lr
@@ -77,10 +81,10 @@ def base() -> ml_collections.ConfigDict:
         c.optim.towers[t] = ml_collections.ConfigDict({"lr_mult": 1.0, "freeze": False})
 
     c.init = ml_collections.ConfigDict()
-    c.init.clap_jax = None              # clap_jax run dir: params of its latest checkpoint
-    c.init.msclap = None                # msclap CLAP_weights_2023.pth
-    c.init.audio_encoder = None         # clap_jax run dir: audio encoder only
-    c.init.hf_gpt2 = None               # HF GPT-2 dir (model.safetensors / pytorch_model.bin)
+    c.init.clap_jax = placeholder(str)       # clap_jax run dir: params of its latest checkpoint
+    c.init.msclap = placeholder(str)         # msclap CLAP_weights_2023.pth
+    c.init.audio_encoder = placeholder(str)  # clap_jax run dir: audio encoder only
+    c.init.hf_gpt2 = placeholder(str)        # HF GPT-2 dir (model.safetensors / pytorch_model.bin)
 
     c.ckpt = ml_collections.ConfigDict()
     c.ckpt.every_steps = 1000           # 0: only at the end
@@ -92,8 +96,8 @@ def base() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 0              # 0: never; else call the eval function every N steps
-    c.eval.fn = None                    # 'module:function', called as fn(variables, step) -> {name: value}
-    c.eval.data_root = None             # else: clap_jax.eval zero-shot tasks under this directory
+    c.eval.fn = placeholder(str)        # 'module:function', called as fn(variables, step) -> {name: value}
+    c.eval.data_root = placeholder(str) # else: clap_jax.eval zero-shot tasks under this directory
     c.eval.tasks = "builtin"
     c.eval.batch_size = 32
 
@@ -150,3 +154,45 @@ def check_known_fields(c: ml_collections.ConfigDict, where: str = "config") -> N
         if p not in known_set:
             raise ConfigError(f"{where}: {unknown_field_message(p, known)}")
     c.lock()
+
+
+def parse_args(arg: str | None, defaults: Mapping[str, Any], where: str = "config") -> dict:
+    """A config file's argument string -> {name: value} typed like `defaults`.
+
+    `name=value` pairs and bare flags, comma-separated: a bare name sets a bool to True; ints, floats and strings
+    are converted from the default's type; a tuple-typed name collects every value given for it, in order
+    (`dirs=gs://a/x,dirs=gs://b/y`: no separator inside values, so URLs pass unharmed). An unknown name or a
+    value of the wrong type raises ConfigError naming it."""
+    out = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in defaults.items()}
+    given_tuples = set()
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, has_value, value = item.partition("=")
+        if name not in defaults:
+            near = difflib.get_close_matches(name, list(defaults), n=1)
+            raise ConfigError(f"{where}: unknown argument {name!r}" + (f", did you mean {near[0]!r}?" if near else "")
+                              + f" (arguments: {', '.join(sorted(defaults))})")
+        default = defaults[name]
+        if isinstance(default, bool):
+            if not has_value:
+                out[name] = True
+            elif value.lower() in ("1", "true", "yes"):
+                out[name] = True
+            elif value.lower() in ("0", "false", "no"):
+                out[name] = False
+            else:
+                raise ConfigError(f"{where}: argument {name} takes no value or true/false, got {value!r}")
+        elif not has_value:
+            raise ConfigError(f"{where}: argument {name} needs a value ({name}=...)")
+        elif isinstance(default, (tuple, list)):
+            out[name] = (out[name] if name in given_tuples else ()) + (value,)
+            given_tuples.add(name)
+        else:
+            try:
+                out[name] = type(default)(value) if default is not None else value
+            except ValueError:
+                raise ConfigError(f"{where}: argument {name} must be a {type(default).__name__}, got {value!r}") \
+                    from None
+    return out

@@ -71,7 +71,10 @@ def _validate_values(config, num_devices):
     need(config.batch_size > 0, "batch_size", f"must be positive, got {config.batch_size}")
     need(config.data.kind in ("random", "tfrecord"), "data.kind",
          f"unknown data kind {config.data.kind!r} ('random' or 'tfrecord')")
-    need(config.data.clip_seconds > 0, "data.clip_seconds", "must be positive")
+    clip, duration = config.data.get("clip_seconds"), config.model.audio.duration
+    need(clip is None or clip == duration, "data.clip_seconds",
+         f"{clip} s disagrees with config.model.audio.duration = {duration} s: the model config owns the clip "
+         f"length (leave data.clip_seconds unset, or make the two equal)")
     if config.data.kind == "tfrecord":
         need(bool(config.data.dirs), "data.dirs", "needs at least one directory of TFRecords")
         need(not config.data.weights or len(config.data.weights) == len(config.data.dirs), "data.weights",
@@ -186,6 +189,11 @@ def check_data_dirs(config) -> None:
             pipeline.shard_paths(d)
         except (OSError, ValueError) as e:
             raise ConfigError(f"config.data.dirs: {e}") from e
+        stored = ((pipeline.read_metadata(d) or {}).get("settings") or {}).get("sample_rate")
+        if stored is not None and stored != config.model.audio.sample_rate:
+            raise ConfigError(f"config.data.dirs: {d} holds audio at {stored} Hz but config.model.audio.sample_rate "
+                              f"is {config.model.audio.sample_rate} Hz: preprocess it with --sample-rate "
+                              f"{config.model.audio.sample_rate}, or train a model at {stored} Hz")
 
 
 def write_workdir_model_config(workdir: str, model_cfg) -> None:
@@ -201,10 +209,6 @@ def write_workdir_model_config(workdir: str, model_cfg) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def num_samples(config) -> int:
-    return int(round(config.data.clip_seconds * config.model.audio.sample_rate))
 
 
 # ============================================================================================ logging
@@ -307,14 +311,15 @@ def make_real_pipeline(config, mesh, sharding) -> Iterator[dict]:
     return pipeline.make_iterator(
         list(dc.dirs), per_host_batch_size=per_host, mesh=mesh, data_axes=shd.BATCH_AXES,
         weights=list(dc.weights) if dc.weights else None, seed=dc.seed, num_epochs=None,
-        sample_rate=config.model.audio.sample_rate, duration=dc.clip_seconds, worker_count=dc.num_workers,
+        sample_rate=config.model.audio.sample_rate, duration=config.model.audio.duration,
+        text_length=config.model.text.max_length, worker_count=dc.num_workers,
         max_consecutive_bad=dc.max_consecutive_bad_records)
 
 
 def make_data_iterator(config, mesh) -> Iterator[dict]:
     sharding = shd.batch_sharding(mesh)
     if config.data.kind == "random":
-        return SyntheticBatches(batch_size=config.batch_size, num_samples=num_samples(config),
+        return SyntheticBatches(batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
                                 text_len=config.model.text.max_length, num_classes=config.data.num_classes,
                                 seed=config.data.seed, sharding=sharding)
     return make_real_pipeline(config, mesh, sharding)
@@ -329,7 +334,7 @@ def make_model(config):
 
 def _dummy_inputs(config, batch: int = 1):
     L = config.model.text.max_length
-    return (jnp.zeros((batch, num_samples(config)), jnp.float32), jnp.zeros((batch, L), jnp.int32),
+    return (jnp.zeros((batch, model_config.clip_samples(config.model)), jnp.float32), jnp.zeros((batch, L), jnp.int32),
             jnp.ones((batch, L), jnp.int32))
 
 
@@ -540,7 +545,7 @@ def compile_train_step(train_step, abstract_state, state_sh, mesh, config):
     L = config.model.text.max_length
     B = config.batch_size
     abstract_batch = {
-        "audio": jax.ShapeDtypeStruct((B, num_samples(config)), jnp.float32, sharding=batch_sh),
+        "audio": jax.ShapeDtypeStruct((B, model_config.clip_samples(config.model)), jnp.float32, sharding=batch_sh),
         "input_ids": jax.ShapeDtypeStruct((B, L), jnp.int32, sharding=batch_sh),
         "attention_mask": jax.ShapeDtypeStruct((B, L), jnp.int32, sharding=batch_sh),
     }
@@ -808,7 +813,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
 
     # ---------------------------------------------------------------------------------------- train loop
     writer = MetricWriter(workdir)
-    flops_ex = flops_lib.clap_train_flops_per_example(config.model, num_samples(config))
+    flops_ex = flops_lib.clap_train_flops_per_example(config.model, model_config.clip_samples(config.model))
     peak = flops_lib.peak_flops(jax.devices()[0].device_kind, config.get("peak_flops_per_device"))
     preempt = _Preemption()
     preempt.install()
