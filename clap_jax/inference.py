@@ -178,8 +178,9 @@ class CLAP:
             return np.asarray(jax.nn.sigmoid(sim))
         return np.asarray(jax.nn.softmax(jnp.asarray(sim), axis=-1))
 
-    def save(self, directory: str) -> str:
-        """Write a clap_jax checkpoint directory (config.json + model.safetensors)."""
+    def save(self, directory: str, overwrite: bool = False) -> str:
+        """Write a clap_jax checkpoint directory (config.json + model.safetensors). A non-empty directory that is
+        not a previous clap_jax checkpoint is refused unless `overwrite` (which still leaves its other files)."""
         from clap_jax.weights import save_checkpoint
 
-        return save_checkpoint(directory, jax.device_get(self.variables), self.config)
+        return save_checkpoint(directory, jax.device_get(self.variables), self.config, overwrite=overwrite)

@@ -98,7 +98,7 @@ stage_done eval
 
 banner "5/6 export to PyTorch (msclap state dict) -> $RUN_DIR/export"
 mkdir -p "$RUN_DIR/export"
-JAX_PLATFORMS=cpu $PY -m clap_jax.convert jax-to-msclap "$WORK" "$RUN_DIR/export/clap_demo.pth"
+JAX_PLATFORMS=cpu $PY -m clap_jax.convert jax-to-msclap --overwrite "$WORK" "$RUN_DIR/export/clap_demo.pth"
 stage_done export
 
 banner "6/6 report"

@@ -6,6 +6,7 @@ import pytest
 import soundfile as sf
 
 import eval_fixtures as fx
+from clap_jax.errors import UserError
 from clap_jax.eval import __main__ as cli
 from clap_jax.eval import report
 from clap_jax.eval.clips import LoaderConfig, load_clip
@@ -171,12 +172,37 @@ def test_cli_list_and_missing_datasets(tmp_path, monkeypatch, capsys):
     assert "missing  esc50" in printed and "ESC-50-master/meta/esc50.csv" in printed
     tasks, _, _ = load_tasks(tmp_path)
     monkeypatch.setattr(cli, "load_embedder", lambda weights: fx.tone_embedder(w, tasks))
+    # esc50 was asked for by name and its data is absent: the report is written, the exit status says so
     assert cli.main(["--weights", "x", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"), "--no-cache",
-                     "--no-progress", "--tasks", "sesa,esc50"]) == 0
+                     "--no-progress", "--tasks", "sesa,esc50"]) == 1
+    assert f"FAILED esc50: its data was not found under {tmp_path}" in capsys.readouterr().err
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert set(res["tasks"]) == {"sesa"}
     assert [m["reader"] for m in res["missing"]] == ["esc50"]
     assert "Data not found" in (tmp_path / "o" / "report.md").read_text()
+    # --tasks all: absent datasets are normal use as long as something ran
+    assert cli.main(["--weights", "x", "--data-root", str(tmp_path), "--out", str(tmp_path / "o2"), "--no-cache",
+                     "--no-progress"]) == 0
+
+
+def test_cli_exit_status_names_failed_and_unknown_requested_tasks(tmp_path, monkeypatch, capsys):
+    w = fx.Writer(tmp_path)
+    fx.nsynth(w)
+    fx.sesa(w)
+    (tmp_path / "nsynth-test/examples.json").write_text("{not json")
+    monkeypatch.setattr(cli, "load_embedder", lambda weights: RandomEmbedder())
+    base = ["--weights", "x", "--data-root", str(tmp_path), "--no-cache", "--no-progress"]
+    assert cli.main(base + ["--out", str(tmp_path / "a"), "--tasks", "sesa,nsynth_pitch,sesaa"]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED nsynth_pitch: nsynth: " in err and "examples.json: not valid JSON" in err
+    assert "FAILED sesaa: no such task" in err
+    assert "error: 2 requested task(s) failed" in err
+    assert set(json.loads((tmp_path / "a/results.json").read_text())["tasks"]) == {"sesa"}
+    # a broken dataset fails with --tasks all as well: present data that cannot be read is not "absent"
+    assert cli.main(base + ["--out", str(tmp_path / "b")]) == 1
+    assert "FAILED nsynth_family" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"--data-root .*nowhere: directory does not exist"):
+        cli.main(["--weights", "x", "--data-root", str(tmp_path / "nowhere")])
 
 
 def test_report_compares_saved_results_side_by_side(tmp_path):

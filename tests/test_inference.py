@@ -123,6 +123,9 @@ def test_cli_convert_and_classify(pth, tmp_path):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert (tmp_path / "back.safetensors").is_file()
+    # a rerun into the same files (as scripts/main.sh does) replaces our own earlier export
+    r = _run("clap_jax.convert", "jax-to-msclap", ckpt, out_pth)
+    assert r.returncode == 0, r.stderr
     wav = str(tmp_path / "tone.wav")
     sf.write(wav, (0.3 * np.sin(np.arange(22050) * 0.05)).astype(np.float32), 22050)
     r = _run("clap_jax.classify", "--weights", ckpt, "--labels", "dog,rain,siren", "--json", wav)
@@ -132,6 +135,19 @@ def test_cli_convert_and_classify(pth, tmp_path):
     assert abs(sum(t["prob"] for t in res[0]["top"]) - 1) < 1e-4
     r = _run("clap_jax.classify", "--weights", str(tmp_path / "nope.pth"), "--labels", "a", wav)
     assert r.returncode == 2 and "nope.pth: no such file" in r.stderr
+
+
+def test_save_keeps_files_it_did_not_write(clap, tmp_path):
+    from clap_jax.convert.msclap import CheckpointError
+
+    d = tmp_path / "here"
+    d.mkdir()
+    (d / "data.csv").write_text("a,b")
+    with pytest.raises(CheckpointError, match="--overwrite"):
+        clap.save(str(d))
+    clap.save(str(d), overwrite=True)
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "data.csv", "model.safetensors"]
+    np.testing.assert_array_equal(CLAP(str(d)).get_text_embeddings(["a dog"]), clap.get_text_embeddings(["a dog"]))
 
 
 def test_per_batch_generators_yield_every_batch(clap):

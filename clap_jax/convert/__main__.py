@@ -4,6 +4,11 @@
   python -m clap_jax.convert jax-to-msclap ckpt/ exported.pth                   # + exported.safetensors twin
   python -m clap_jax.convert jax-to-msclap runs/demo/train exported.pth          # a training workdir's newest step
   python -m clap_jax.convert hf-gpt2 gpt2_dir/ ckpt_out/ [--base ckpt/]         # HF GPT-2 into the text tower
+
+Nothing is deleted that clap_jax did not write: an existing destination is replaced only when it is an earlier
+output of clap_jax (a checkpoint directory holding only its two files, an export it wrote) or with --overwrite,
+and a checkpoint written into a directory with other files (--overwrite) leaves those files alone.
+Exports carry the model config (architecture), so importing them needs no --n-head.
 """
 from __future__ import annotations
 
@@ -11,67 +16,73 @@ import argparse
 import os
 import sys
 
+from clap_jax.errors import run_cli
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m clap_jax.convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("msclap-to-jax", help="msclap .pth/.safetensors -> clap_jax checkpoint directory")
-    a.add_argument("src"), a.add_argument("dst")
-    a.add_argument("--n-head", type=int, default=None, help="GPT-2 heads (not stored in weights; default 12 at 768)")
+    a.add_argument("src", help="msclap .pth or .safetensors file")
+    a.add_argument("dst", help="checkpoint directory to write (new, empty, or an earlier clap_jax checkpoint)")
+    a.add_argument("--n-head", type=int, default=None,
+                   help="GPT-2 heads, for a file that does not store its architecture and is not msclap's 2023 "
+                        "model (whose 12 heads are known)")
     b = sub.add_parser("jax-to-msclap", help="clap_jax checkpoint or training workdir -> msclap .pth (+ .safetensors)")
-    b.add_argument("src"), b.add_argument("dst")
+    b.add_argument("src", help="clap_jax checkpoint directory or training workdir")
+    b.add_argument("dst", help="file to write (.pth, or .safetensors)")
     b.add_argument("--no-safetensors", action="store_true", help="do not write the .safetensors twin")
     c = sub.add_parser("hf-gpt2", help="put HF GPT-2 weights (dir with model.safetensors) into the text tower")
-    c.add_argument("src"), c.add_argument("dst")
+    c.add_argument("src", help="HF GPT-2 directory (model.safetensors or pytorch_model.bin, config.json)")
+    c.add_argument("dst", help="checkpoint directory to write")
     c.add_argument("--base", default=None, help="checkpoint to start from (default: fresh msclap-2023 init)")
+    for sp in (a, b, c):
+        sp.add_argument("--overwrite", action="store_true",
+                        help="write even where the destination exists and is not an earlier clap_jax output")
     args = p.parse_args(argv)
 
-    from clap_jax.convert.msclap import CheckpointError
+    if args.cmd == "msclap-to-jax":
+        from clap_jax.convert.msclap import load_msclap_checkpoint
+        from clap_jax.weights import save_checkpoint
 
-    try:
-        if args.cmd == "msclap-to-jax":
-            from clap_jax.convert.msclap import load_msclap_checkpoint
-            from clap_jax.weights import save_checkpoint
+        variables, cfg = load_msclap_checkpoint(args.src, n_head=args.n_head)
+        save_checkpoint(args.dst, variables, cfg, overwrite=args.overwrite)
+        print(f"wrote {args.dst} (clap_jax checkpoint, {_count(variables['params'])/1e6:.1f} M params)")
+    elif args.cmd == "jax-to-msclap":
+        from clap_jax.convert.msclap import check_export_path, save_msclap
+        from clap_jax.weights import load_weights
 
-            variables, cfg = load_msclap_checkpoint(args.src, n_head=args.n_head)
-            save_checkpoint(args.dst, variables, cfg)
-            print(f"wrote {args.dst} (clap_jax checkpoint, {_count(variables['params'])/1e6:.1f} M params)")
-        elif args.cmd == "jax-to-msclap":
-            from clap_jax.convert.msclap import save_msclap
-            from clap_jax.weights import load_weights
+        outs = [args.dst]
+        if not args.no_safetensors and not args.dst.endswith(".safetensors"):
+            outs.append(os.path.splitext(args.dst)[0] + ".safetensors")
+        for out in outs:   # both destinations are checked before anything is read or written
+            check_export_path(out, args.overwrite)
+        variables, cfg = load_weights(args.src)
+        for out in outs:
+            save_msclap(variables, cfg, out, overwrite=args.overwrite)
+            print(f"wrote {out}")
+    else:
+        import jax
 
-            variables, cfg = load_weights(args.src)
-            save_msclap(variables, cfg, args.dst)
-            print(f"wrote {args.dst}")
-            if not args.no_safetensors and not args.dst.endswith(".safetensors"):
-                twin = os.path.splitext(args.dst)[0] + ".safetensors"
-                save_msclap(variables, cfg, twin)
-                print(f"wrote {twin}")
+        from clap_jax.convert.hf_gpt2 import load_hf_gpt2
+        from clap_jax.models import config as model_config
+        from clap_jax.models.registry import init_variables
+        from clap_jax.weights import load_checkpoint, save_checkpoint
+
+        if args.base:
+            variables, cfg = load_checkpoint(args.base)
         else:
-            import jax
-
-            from clap_jax.convert.hf_gpt2 import load_hf_gpt2
-            from clap_jax.models import config as model_config
-            from clap_jax.models.clap import init_variables
-            from clap_jax.weights import load_checkpoint, save_checkpoint
-
-            if args.base:
-                variables, cfg = load_checkpoint(args.base)
-            else:
-                cfg = model_config.clap_2023()
-            gpt, text_cfg = load_hf_gpt2(args.src, cfg.text)
-            if not args.base:
-                variables = jax.device_get(init_variables(cfg, 0))
-            variables = jax.tree.map(lambda x: x, dict(variables))
-            params = dict(variables["params"])
-            params["caption_encoder"] = dict(params["caption_encoder"], base=gpt)
-            variables["params"] = params
-            save_checkpoint(args.dst, variables, cfg)
-            print(f"wrote {args.dst} (text tower from {args.src})")
-    except (CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            cfg = model_config.clap_2023()
+        gpt, text_cfg = load_hf_gpt2(args.src, cfg.text)
+        if not args.base:
+            variables = jax.device_get(init_variables(cfg, 0))
+        variables = jax.tree.map(lambda x: x, dict(variables))
+        params = dict(variables["params"])
+        params["caption_encoder"] = dict(params["caption_encoder"], base=gpt)
+        variables["params"] = params
+        save_checkpoint(args.dst, variables, cfg, overwrite=args.overwrite)
+        print(f"wrote {args.dst} (text tower from {args.src})")
     return 0
 
 
@@ -82,4 +93,4 @@ def _count(tree) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -13,7 +13,7 @@ import re
 import ml_collections
 import numpy as np
 
-from clap_jax.convert.msclap import CheckpointError, _unflatten
+from clap_jax.convert.msclap import CheckpointError, _refuse_torch_load, _unflatten, check_finite
 
 
 def read_hf_gpt2(directory: str) -> tuple[dict[str, np.ndarray], dict]:
@@ -33,7 +33,10 @@ def read_hf_gpt2(directory: str) -> tuple[dict[str, np.ndarray], dict]:
         try:
             sd = {k: v.numpy() for k, v in torch.load(bin_, map_location="cpu", weights_only=True).items()}
         except Exception as e:
-            raise CheckpointError(f"{bin_}: refused or unreadable ({type(e).__name__}: {e})") from e
+            raise _refuse_torch_load(bin_, e) from e
+    elif not os.path.isdir(directory):
+        raise CheckpointError(f"{directory}: no such directory; expected a HF GPT-2 directory (model.safetensors "
+                              f"or pytorch_model.bin, and config.json)")
     else:
         raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin")
     sd = {re.sub(r"^transformer\.", "", k): v for k, v in sd.items()}
@@ -88,6 +91,7 @@ def gpt2_params_from_hf(sd: dict[str, np.ndarray], text_cfg: ml_collections.Conf
     if missing or bad or unexpected:
         raise CheckpointError(f"{source}: not a GPT-2 of this size: missing {missing[:10]}, wrong shape {bad[:10]}, "
                               f"unexpected {unexpected[:10]}")
+    check_finite(sorted((".".join(k), v) for k, v in flat.items()), source)
     return _unflatten(flat)
 
 

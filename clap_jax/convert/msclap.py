@@ -11,11 +11,19 @@ is already (in, out); LayerNorm/BatchNorm weight <-> scale; Embedding weight <->
 running_mean/var <-> batch_stats mean/var; STFT conv kernels (513, 1, 1024) <-> (1024, 513) constants.
 
 Import never unpickles code (`torch.load(weights_only=True)`) and fails loudly, naming the keys, on anything
-missing, unexpected (other than geometry buffers that are regenerated) or of the wrong shape.
+missing, unexpected (other than geometry buffers that are regenerated), of the wrong shape, or NaN/inf.
+
+The architecture travels with an export: the clap_jax model config is stored as JSON next to the weights (the
+`'clap_jax_config'` key of the .pth dict, which msclap ignores since it reads only `['model']`; the
+`clap_jax_config` entry of the .safetensors metadata) and is read back on import. A file without it (msclap's
+own) gets msclap's 2023 architecture only when every weight shape is that model's; otherwise GPT-2's head count,
+which no weight shape reveals, must be given (`n_head=` / `--n-head`).
 """
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import re
 import zipfile
 
@@ -29,6 +37,10 @@ from clap_jax.models import config as model_config
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be converted; the message names the file and the keys."""
+
+
+CONFIG_KEY = "clap_jax_config"   # the model config (JSON) in an export: .pth dict key / .safetensors metadata
+PRODUCER = "clap_jax"
 
 
 # Buffers msclap stores that are pure functions of the geometry (or counters): accepted on import, regenerated
@@ -155,58 +167,184 @@ def to_msclap_state_dict(variables, cfg: ml_collections.ConfigDict) -> dict[str,
     return sd
 
 
-def save_msclap(variables, cfg, path: str) -> None:
-    """Write a msclap checkpoint: `.pth` ({'model': state_dict}, torch tensors) or `.safetensors` (same keys)."""
-    sd = to_msclap_state_dict(variables, cfg)
-    tmp = f"{path}.tmp{os.getpid()}"
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import save_file
+def is_clap_jax_export(path: str) -> bool:
+    """Whether `path` is a msclap-layout file that clap_jax wrote (so a rerun may replace it)."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
 
-        save_file(sd, tmp, metadata={"format": "msclap", "producer": "clap_jax"})
-    else:
+            with safe_open(path, "np") as f:
+                return (f.metadata() or {}).get("producer") == PRODUCER
+        if not zipfile.is_zipfile(path):
+            return False
         import torch
 
-        torch.save({"model": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}}, tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; give both files the usual permissions
-    os.replace(tmp, path)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return isinstance(obj, dict) and CONFIG_KEY in obj
+    except Exception:  # noqa: BLE001 - anything unreadable is, by definition, not recognisably ours
+        return False
+
+
+def check_export_path(path: str, overwrite: bool = False) -> None:
+    """Refuse to write an export over a directory, or over an existing file clap_jax did not write."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory; give the export's file name (ending .pth or .safetensors)")
+    if os.path.lexists(path) and not overwrite and not is_clap_jax_export(path):
+        raise CheckpointError(f"{path}: exists and is not an export written by clap_jax; choose another name, or "
+                              f"pass --overwrite (Python: overwrite=True) to replace it")
+
+
+def save_msclap(variables, cfg, path: str, overwrite: bool = False) -> None:
+    """Write a msclap checkpoint: `.pth` ({'model': state_dict, 'clap_jax_config': JSON}, torch tensors) or
+    `.safetensors` (same keys, the config in the metadata). An existing file is replaced only if clap_jax wrote
+    it or `overwrite`; the file appears complete or not at all (temp file + rename)."""
+    path = os.fspath(path)
+    check_export_path(path, overwrite)
+    sd = to_msclap_state_dict(variables, cfg)
+    cfg_json = json.dumps(cfg.to_dict(), default=list)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.numpy import save_file
+
+            save_file(sd, tmp, metadata={"format": "msclap", "producer": PRODUCER, CONFIG_KEY: cfg_json})
+        else:
+            import torch
+
+            torch.save({"model": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, CONFIG_KEY: cfg_json},
+                       tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; give both files the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Import: msclap state dict -> clap_jax variables
 # ----------------------------------------------------------------------------------------------------------------
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """Read a msclap `.pth` / `.safetensors` into {key: float/int numpy array}. Never executes pickled code."""
+def _refuse_torch_load(path: str, e: Exception) -> CheckpointError:
+    """The error for a .pth that torch.load(weights_only=True) rejected (a pickle with code, or a broken file)."""
+    if isinstance(e, pickle.UnpicklingError) or "weights only load failed" in str(e).lower():
+        return CheckpointError(
+            f"{path}: the file contains pickled Python code (objects other than tensors), and loading it would run "
+            f"that code, so it is refused. If you trust the file, convert it in a trusted environment: "
+            f"`sd = torch.load(path, weights_only=False)['model']`, then `torch.save({{'model': sd}}, 'clean.pth')` "
+            f"(or safetensors.torch.save_file(sd, 'clean.safetensors')), and use the clean file")
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return CheckpointError(f"{path}: unreadable PyTorch checkpoint, truncated or corrupt? ({type(e).__name__}: {msg})")
+
+
+def read_msclap_file(path: str) -> tuple[dict[str, np.ndarray], dict | None]:
+    """Read a msclap `.pth` / `.safetensors` -> ({key: numpy array}, the clap_jax model config stored with it as a
+    dict, or None for a file without one). Never executes pickled code."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory; expected a msclap weights file (.pth or .safetensors). "
+                              f"A clap_jax checkpoint directory or a training workdir is read as it is (--weights "
+                              f"DIR) or exported with `python -m clap_jax.convert jax-to-msclap DIR out.pth`")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
+    meta_cfg = None
     if path.endswith(".safetensors"):
+        from safetensors import safe_open
         from safetensors.numpy import load_file
 
         try:
-            return dict(load_file(path))
+            sd = dict(load_file(path))
+            with safe_open(path, "np") as f:
+                meta_cfg = (f.metadata() or {}).get(CONFIG_KEY)
         except Exception as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-    import torch
+    else:
+        import torch
 
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (not a zip archive; truncated or wrong format?)")
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (not a zip archive; truncated or wrong format?)")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # weights_only refuses pickles that would run code or build arbitrary objects
+            raise _refuse_torch_load(path, e) from e
+        raw = obj.get("model", obj) if isinstance(obj, dict) else None
+        if not isinstance(raw, dict) or not all(hasattr(v, "numpy") for v in raw.values()):
+            raise CheckpointError(f"{path}: expected a dict with a 'model' state dict of tensors")
+        sd = {k: v.detach().cpu().numpy() for k, v in raw.items()}
+        meta_cfg = obj.get(CONFIG_KEY) if "model" in obj else None
+    if meta_cfg is not None:
+        try:
+            meta_cfg = json.loads(meta_cfg)
+        except (TypeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: the stored '{CONFIG_KEY}' is not valid JSON ({e})") from e
+    return sd, meta_cfg
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Read a msclap `.pth` / `.safetensors` into {key: float/int numpy array}. Never executes pickled code."""
+    return read_msclap_file(path)[0]
+
+
+def config_from_dict(d: dict, source: str = "config") -> ml_collections.ConfigDict:
+    """A stored model config (JSON dict) -> validated ConfigDict; unknown fields are errors naming `source`."""
+    cfg = model_config.clap_2023()
+
+    def merge(dst, src, where):
+        if not isinstance(src, dict):
+            raise CheckpointError(f"{source}: model config {where} should be a mapping, got {type(src).__name__}")
+        for k, v in src.items():
+            if k not in dst:
+                raise CheckpointError(f"{source}: unknown model config field {where}.{k}")
+            if isinstance(dst[k], ml_collections.ConfigDict):
+                merge(dst[k], v, f"{where}.{k}")
+            else:
+                dst[k] = tuple(v) if isinstance(v, list) else v
+
+    merge(cfg, d, "config")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses pickles that would run code or build arbitrary objects
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{path}: refused or unreadable checkpoint ({type(e).__name__}: {msg})") from e
-    sd = obj.get("model", obj) if isinstance(obj, dict) else None
-    if not isinstance(sd, dict) or not all(hasattr(v, "numpy") for v in sd.values()):
-        raise CheckpointError(f"{path}: expected a dict with a 'model' state dict of tensors")
-    return {k: v.detach().cpu().numpy() for k, v in sd.items()}
+        model_config.validate(cfg)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from e
+    return cfg
 
 
-def infer_config(sd: dict[str, np.ndarray], base: ml_collections.ConfigDict | None = None,
-                 n_head: int | None = None) -> ml_collections.ConfigDict:
-    """A model config whose shapes match the state dict (sizes read off the weights). GPT-2's head count is not
-    in the weights: `n_head`, else base's when the width matches, else n_embd // 64 (GPT-2's head size)."""
-    cfg = model_config.clap_2023() if base is None else ml_collections.ConfigDict(base.to_dict())
+def check_finite(named_arrays, source: str) -> None:
+    """Raise CheckpointError naming every floating-point weight that holds NaN or inf."""
+    bad = []
+    for name, x in named_arrays:
+        x = np.asarray(x)
+        if x.dtype.kind not in "fc":
+            if x.dtype.kind != "V":       # bfloat16 and friends (ml_dtypes) show up as kind 'V'
+                continue
+            try:
+                x = x.astype(np.float32)
+            except (TypeError, ValueError):
+                continue
+        if np.isfinite(x).all():
+            continue
+        n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+        bad.append(f"{name} ({', '.join(f'{n} {w}' for n, w in ((n_nan, 'NaN'), (n_inf, 'inf')) if n)})")
+    if bad:
+        raise CheckpointError(f"{source}: {len(bad)} weights hold NaN/inf: " + ", ".join(bad[:10])
+                              + (" ..." if len(bad) > 10 else "")
+                              + "; the file is corrupt or the training that wrote it diverged (use an earlier "
+                                "checkpoint)")
+
+
+# What every weight shape of msclap's 2023 model says (config_2023.yml: HTSAT + GPT-2 small, 12 heads).
+_SHAPE_FIELDS = (("audio", "embed_dim"), ("audio", "patch_size"), ("audio", "depths"), ("audio", "num_heads"),
+                 ("audio", "num_classes"), ("audio", "mel_bins"), ("text", "vocab_size"), ("text", "n_positions"),
+                 ("text", "n_layer"), ("text", "n_embd"), (None, "d_proj"))
+
+
+def infer_config(sd: dict[str, np.ndarray], n_head: int | None = None,
+                 source: str = "checkpoint") -> ml_collections.ConfigDict:
+    """A model config whose shapes match a state dict without a stored config (sizes read off the weights).
+
+    GPT-2's head count is in no weight shape: `n_head` when given; msclap 2023's 12 when every shape is that
+    model's; otherwise CheckpointError asking for it (a wrong head count silently changes the text embeddings)."""
+    cfg = model_config.clap_2023()
     h = "audio_encoder.base.htsat."
     try:
         a = cfg.audio
@@ -219,19 +357,28 @@ def infer_config(sd: dict[str, np.ndarray], base: ml_collections.ConfigDict | No
         a.num_classes = int(sd[h + "tscam_conv.weight"].shape[0])
         a.mel_bins = int(sd[h + "logmel_extractor.melW"].shape[1])
         t = cfg.text
-        width = int(sd["caption_encoder.base.wte.weight"].shape[1])
+        t.n_embd = int(sd["caption_encoder.base.wte.weight"].shape[1])
         t.vocab_size = int(sd["caption_encoder.base.wte.weight"].shape[0])
         t.n_positions = int(sd["caption_encoder.base.wpe.weight"].shape[0])
         t.n_layer = len({k.split(".")[3] for k in sd if k.startswith("caption_encoder.base.h.")})
-        if n_head is not None:
-            t.n_head = n_head
-        elif width != t.n_embd:
-            t.n_head = max(1, width // 64)
-        t.n_embd = width
         cfg.d_proj = int(sd["audio_encoder.projection.linear1.weight"].shape[0])
     except KeyError as e:
-        raise CheckpointError(f"not a msclap 2023 (HTSAT + GPT-2) state dict: missing {e.args[0]}") from e
-    model_config.validate(cfg)
+        raise CheckpointError(f"{source}: not a msclap 2023 (HTSAT + GPT-2) state dict: missing {e.args[0]}") from e
+    ref = model_config.clap_2023()
+    get = lambda c, grp, k: c[k] if grp is None else c[grp][k]  # noqa: E731
+    differ = [f"{grp + '.' if grp else ''}{k}={get(cfg, grp, k)}" for grp, k in _SHAPE_FIELDS
+              if tuple(np.atleast_1d(get(cfg, grp, k))) != tuple(np.atleast_1d(get(ref, grp, k)))]
+    if n_head is not None:
+        cfg.text.n_head = int(n_head)
+    elif differ:
+        raise CheckpointError(
+            f"{source}: GPT-2's head count is not stored in this file, and its shapes are not msclap's 2023 model "
+            f"({', '.join(differ[:4])}), whose 12 heads could be assumed; give the head count with --n-head N "
+            f"(Python: n_head=N)")
+    try:
+        model_config.validate(cfg)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from e
     return cfg
 
 
@@ -264,12 +411,20 @@ def from_msclap_state_dict(sd: dict[str, np.ndarray], cfg: ml_collections.Config
         problems.append(f"{len(bad_shape)} with wrong shape: " + "; ".join(bad_shape[:20]))
     if problems:
         raise CheckpointError(f"{source}: does not match the model config: " + " | ".join(problems))
+    check_finite(((torch_name(p[0], p[1:])[0], v) for p, v in flat.items()), source)
     return _unflatten(flat)
 
 
 def load_msclap_checkpoint(path: str, cfg: ml_collections.ConfigDict | None = None, n_head: int | None = None):
-    """Read a msclap checkpoint -> (variables, config). Without `cfg`, sizes are inferred from the weights."""
-    sd = read_state_dict(path)
+    """Read a msclap checkpoint -> (variables, config). Without `cfg` the config stored in the file is used (an
+    export of clap_jax's), else one inferred from the weights (see `infer_config` for the head count)."""
+    sd, stored = read_msclap_file(path)
     if cfg is None:
-        cfg = infer_config(sd, n_head=n_head)
+        if stored is not None:
+            cfg = config_from_dict(stored, source=f"{path} ({CONFIG_KEY})")
+            if n_head is not None and int(n_head) != cfg.text.n_head:
+                raise CheckpointError(f"{path}: the file stores its architecture with text.n_head="
+                                      f"{cfg.text.n_head}, but n_head={n_head} was given; drop --n-head")
+        else:
+            cfg = infer_config(sd, n_head=n_head, source=path)
     return from_msclap_state_dict(sd, cfg, source=path), cfg

@@ -7,6 +7,10 @@ report.md and report.png to --out. Two or more --weights give a side-by-side rep
 "random-init" the CLAP architecture with random weights (the random baseline), and "random-hash" a hash
 embedder (chance-level numbers, to check the harness without the model package).
 `--list` only prints which datasets are found.
+
+Exit status: 0 when every requested task ran (with `--tasks all`, datasets absent from --data-root are listed and
+are not failures as long as one task ran); 1 when a task failed or a task named in --tasks produced nothing (each
+is listed on stderr; the report is still written); 2 for bad arguments or weights (one `error:` line).
 """
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ import sys
 from pathlib import Path
 
 from clap_jax.audio.io import CHANNEL_MODES, CROP_MODES
+from clap_jax.errors import UserError, run_cli
 from clap_jax.eval.clips import LoaderConfig
+
 
 
 def default_cache_dir() -> str:
@@ -42,7 +48,12 @@ def load_embedder(weights: str):
         model = CLAP(weights=None)
         model.cache_id = "random-init"
         return model
-    model = CLAP(weights=weights)
+    from clap_jax.convert.msclap import CheckpointError
+
+    try:
+        model = CLAP(weights=weights)
+    except CheckpointError as e:   # its message starts with the path: say which argument it came from
+        raise CheckpointError(f"--weights {e}") from e
     if not getattr(model, "cache_id", None):
         try:
             model.cache_id = weights_cache_id(weights)
@@ -55,18 +66,27 @@ def _parse_kv(items, what):
     out = {}
     for it in items or []:
         if "=" not in it:
-            raise SystemExit(f"--{what} expects NAME=VALUE, got {it!r}")
+            raise UserError(f"--{what} expects NAME=VALUE, got {it!r}")
         k, v = it.split("=", 1)
         out[k.strip()] = v
     return out
 
 
 def build_config(args) -> dict:
-    config = json.loads(Path(args.config).read_text()) if args.config else {}
+    config = {}
+    if args.config:
+        try:
+            config = json.loads(Path(args.config).read_text())
+        except FileNotFoundError:
+            raise UserError(f"--config {args.config}: no such file") from None
+        except (IsADirectoryError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"--config {args.config}: not a JSON file ({e})") from None
+        if not isinstance(config, dict):
+            raise UserError(f"--config {args.config}: expected a JSON object, got {type(config).__name__}")
     config.setdefault("prompts", {}).update(_parse_kv(args.prompt, "prompt"))
     for key, value in _parse_kv(args.option, "option").items():
         if "." not in key:
-            raise SystemExit(f"--option expects READER.KEY=VALUE (e.g. dcase17.split=testing), got {key!r}")
+            raise UserError(f"--option expects READER.KEY=VALUE (e.g. dcase17.split=testing), got {key!r}")
         reader, opt = key.split(".", 1)
         try:
             value = json.loads(value)
@@ -109,8 +129,12 @@ def parser():
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from clap_jax.eval.report import write_report
-    from clap_jax.eval.runner import discover, evaluate
+    from clap_jax.eval.runner import discover, evaluate, requested_failures
 
+    root = Path(args.data_root)
+    if not root.is_dir():
+        raise UserError(f"--data-root {args.data_root}: " + ("not a directory" if root.exists() else
+                        "directory does not exist") + "; give the folder that holds the evaluation datasets")
     if args.list:
         found, missing = discover(args.data_root, args.tasks)
         for reader, path in found:
@@ -119,12 +143,13 @@ def main(argv=None) -> int:
             print(f"missing  {reader.name:20s} {reader.how_to_get}")
         return 0
     if not args.weights:
-        raise SystemExit("--weights is required (or use --list)")
+        raise UserError("--weights is required: a clap_jax checkpoint directory, a training workdir or a msclap "
+                        ".pth/.safetensors (or use --list)")
     config = build_config(args)
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    embedders = [load_embedder(w) for w in args.weights]   # every --weights is checked before any compute
     runs = []
-    for i, w in enumerate(args.weights):
-        embedder = load_embedder(w)
+    for i, (w, embedder) in enumerate(zip(args.weights, embedders)):
         # A model is evaluated at the clip length and rate it was built for (HTSAT stretches every clip to one
         # image, so a 2.5 s model fed 7 s of repeat-padded audio sees a different time scale).
         audio_cfg = getattr(getattr(embedder, "config", None), "audio", None)
@@ -144,9 +169,23 @@ def main(argv=None) -> int:
         for m in r["missing"]:
             print(f"[eval] not found: {m['reader']} ({', '.join(m['tasks'])}): {m['how_to_get']}")
     print("\n".join(f"[eval] wrote {k}: {v}" for k, v in paths.items()))
-    ran = any(r["tasks"] for r in runs)
-    return 0 if ran else 1
+    sys.stdout.flush()
+    failed = []
+    for r in runs:
+        who = f" ({r['name']})" if len(runs) > 1 else ""
+        failed += [f"{msg}{who}" for msg in requested_failures(r, args.tasks).values()]
+    for msg in failed:
+        print(f"[eval] FAILED {msg}", file=sys.stderr)
+    if failed:
+        print(f"error: {len(failed)} requested task(s) failed (listed above); the report covers the others",
+              file=sys.stderr)
+        return 1
+    if not any(r["tasks"] for r in runs):
+        print(f"error: no task ran: none of the requested datasets was found under {args.data_root} (see the "
+              f"'not found' lines above, or --list)", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -162,6 +162,43 @@ def evaluate(embedder, data_root, tasks="all", config: Optional[dict] = None, ca
     return results
 
 
+def _matches(name: str, task: str, entry: dict) -> bool:
+    """Whether a --tasks name asked for this task (by task name, reader name or paper key)."""
+    if name == task or entry.get("settings", {}).get("paper_key") == name:
+        return True
+    reader = REGISTRY.get(name)
+    return reader is not None and (task in reader.tasks or task.startswith(name + "_"))
+
+
+def requested_failures(results: dict, tasks="all") -> dict:
+    """{task or requested name: why it produced no result} for one `evaluate` result.
+
+    Every task that failed (unreadable dataset, bad clip) is listed. Names given explicitly in `tasks` that
+    produced nothing are listed too (unknown name, data not found, pending); with tasks="all" a dataset that is
+    simply absent is normal use and is not a failure."""
+    wanted = _wanted(tasks)
+    failed = {t: msg if msg.startswith(f"{t}:") else f"{t}: {msg}" for t, msg in results.get("errors", {}).items()
+              if wanted is None or any(_matches(w, t, {}) for w in wanted)}   # a broken reader lists all its tasks
+    if wanted is None:
+        return failed
+    unknown = set(unknown_task_names(tasks))
+    missing = {m["reader"] for m in results.get("missing", [])}
+    for name in sorted(wanted):
+        if any(_matches(name, t, {}) for t in failed):
+            continue   # already listed with its own error
+        if any(_matches(name, t, e) for t, e in results.get("tasks", {}).items()):
+            continue
+        if name in results.get("pending", {}):
+            failed[name] = f"{name}: {results['pending'][name]}"
+        elif name in unknown:
+            failed[name] = f"{name}: no such task (python -m clap_jax.eval --list shows the datasets)"
+        elif any(_selected(REGISTRY[r], {name}) for r in missing if r in REGISTRY):
+            failed[name] = f"{name}: its data was not found under {results.get('data_root')}"
+        else:
+            failed[name] = f"{name}: produced no task"
+    return failed
+
+
 def summary(results: dict) -> dict:
     """Flat {"<task>/<metric>": value} of the headline numbers (for a trainer's metric writer)."""
     out = {}
