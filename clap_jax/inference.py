@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from clap_jax.audio import io as audio_io
+from clap_jax.convert import load_weights, save_checkpoint
 from clap_jax.models import config as model_config
 from clap_jax.models import registry
 
@@ -46,8 +47,6 @@ class CLAP:
         audio_io.check_mode("channel_mode", channel_mode)
         audio_io.check_mode("crop", crop)
         if weights is not None:
-            from clap_jax.weights import load_weights
-
             variables, config = load_weights(weights, config)
         elif variables is None:
             config = config or model_config.clap_2023()
@@ -181,6 +180,4 @@ class CLAP:
     def save(self, directory: str, overwrite: bool = False) -> str:
         """Write a clap_jax checkpoint directory (config.json + model.safetensors). A non-empty directory that is
         not a previous clap_jax checkpoint is refused unless `overwrite` (which still leaves its other files)."""
-        from clap_jax.weights import save_checkpoint
-
         return save_checkpoint(directory, jax.device_get(self.variables), self.config, overwrite=overwrite)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from clap_jax.convert import msclap as cv
-from clap_jax.convert.msclap import CheckpointError
-from clap_jax.weights import load_checkpoint, load_weights, save_checkpoint
+from clap_jax.convert import CheckpointError
+from clap_jax.convert import load_checkpoint, load_weights, save_checkpoint
 
 
 def _save(sd, path):
@@ -268,13 +268,15 @@ def test_non_finite_weights_are_refused_in_every_format(tiny_cfg, tiny_msclap_st
 
 def test_non_finite_weights_in_a_training_workdir_are_refused(tiny_cfg, tiny_msclap_state, tmp_path):
     from clap_jax.train import checkpoint as ckpt_lib
-    from clap_jax.weights import WORKDIR_CONFIG_FILE, write_model_config
+    from clap_jax import files
+    from clap_jax.convert import workdir
+    from clap_jax.convert.tree import config_to_json
 
     variables = jax.tree.map(np.array, _tiny_variables(tiny_cfg, tiny_msclap_state))
     variables["batch_stats"]["audio_encoder"]["base"]["bn0"]["var"][5] = -np.inf
     work = tmp_path / "work"
     work.mkdir()
-    write_model_config(str(work / WORKDIR_CONFIG_FILE), tiny_cfg)
+    files.write_text(str(work / workdir.CONFIG_FILE), config_to_json(tiny_cfg))
     mngr = ckpt_lib.make_manager(str(work / "checkpoints"), keep=1, save_every=1, async_save=False)
     ckpt_lib.save(mngr, 3, variables, None, force=True)
     mngr.wait_until_finished()

@@ -27,7 +27,7 @@ def f(tiny_cfg, tmp_path_factory):
 
     from clap_jax.convert import msclap as cv
     from clap_jax.models.clap import init_variables
-    from clap_jax.weights import save_checkpoint
+    from clap_jax.convert import save_checkpoint
 
     d = tmp_path_factory.mktemp("errors")
     variables = jax.device_get(init_variables(tiny_cfg, 1))

@@ -138,7 +138,7 @@ def test_cli_convert_and_classify(pth, tmp_path):
 
 
 def test_save_keeps_files_it_did_not_write(clap, tmp_path):
-    from clap_jax.convert.msclap import CheckpointError
+    from clap_jax.convert import CheckpointError
 
     d = tmp_path / "here"
     d.mkdir()

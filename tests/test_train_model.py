@@ -16,7 +16,8 @@ from _train_helpers import load_config
 
 def _random_msclap_file(cfg, path):
     """A msclap state dict (safetensors) for `cfg` with random values, written by clap_jax.convert."""
-    from clap_jax.convert.msclap import save_msclap, variable_shapes
+    from clap_jax.convert.msclap import save_msclap
+    from clap_jax.models.registry import variable_shapes
     rng = np.random.default_rng(0)
     shapes = variable_shapes(cfg)
     variables = jax.tree.map(lambda s: (0.02 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
@@ -63,7 +64,7 @@ def test_real_tiny_model_from_msclap_checkpoint_trains_fsdp_sharded_loss(tmp_pat
     assert os.path.isdir(tmp_path / "run" / "checkpoints" / "2" / "state")
     # the run's workdir is a weights source: CLAP(workdir), the eval and the converter read its newest step
     from clap_jax.convert.msclap import to_msclap_state_dict
-    from clap_jax.weights import load_weights
+    from clap_jax.convert import load_weights
     variables, cfg = load_weights(str(tmp_path / "run"))
     assert cfg.to_dict() == config.model.to_dict()
     for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(jax.device_get(st["params"]))):

@@ -1,7 +1,11 @@
-"""Weight conversion: msclap <-> clap_jax, HF GPT-2 -> text tower. CLI: `python -m clap_jax.convert --help`."""
-from clap_jax.convert.hf_gpt2 import load_hf_gpt2
-from clap_jax.convert.msclap import (CheckpointError, from_msclap_state_dict, load_msclap_checkpoint, save_msclap,
-                                     to_msclap_state_dict)
+"""Weights in and out, for every format, without the trainer: clap_jax checkpoint directories, training workdirs,
+msclap `.pth`/`.safetensors` (both directions), HF GPT-2 into the text tower. CLI: `python -m clap_jax.convert`.
 
-__all__ = ["CheckpointError", "from_msclap_state_dict", "load_hf_gpt2", "load_msclap_checkpoint", "save_msclap",
-           "to_msclap_state_dict"]
+    from clap_jax.convert import load_weights, save_checkpoint
+    variables, config = load_weights("CLAP_weights_2023.pth")     # or a checkpoint dir, or a training workdir
+"""
+from clap_jax.convert.checkpoint import load_checkpoint, save_checkpoint
+from clap_jax.convert.formats import load_weights
+from clap_jax.convert.tree import CheckpointError
+
+__all__ = ["CheckpointError", "load_checkpoint", "load_weights", "save_checkpoint"]

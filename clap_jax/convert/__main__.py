@@ -16,7 +16,14 @@ import argparse
 import os
 import sys
 
+import jax
+
+from clap_jax.convert.checkpoint import load_checkpoint, save_checkpoint
+from clap_jax.convert.formats import load_weights
+from clap_jax.convert.hf_gpt2 import load_hf_gpt2, with_text_tower
+from clap_jax.convert.msclap import check_export_path, load_msclap_checkpoint, save_msclap
 from clap_jax.errors import run_cli
+from clap_jax.models import registry
 
 
 def main(argv=None) -> int:
@@ -43,16 +50,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     if args.cmd == "msclap-to-jax":
-        from clap_jax.convert.msclap import load_msclap_checkpoint
-        from clap_jax.weights import save_checkpoint
-
         variables, cfg = load_msclap_checkpoint(args.src, n_head=args.n_head)
         save_checkpoint(args.dst, variables, cfg, overwrite=args.overwrite)
-        print(f"wrote {args.dst} (clap_jax checkpoint, {_count(variables['params'])/1e6:.1f} M params)")
+        n = sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
+        print(f"wrote {args.dst} (clap_jax checkpoint, {n / 1e6:.1f} M params)")
     elif args.cmd == "jax-to-msclap":
-        from clap_jax.convert.msclap import check_export_path, save_msclap
-        from clap_jax.weights import load_weights
-
         outs = [args.dst]
         if not args.no_safetensors and not args.dst.endswith(".safetensors"):
             outs.append(os.path.splitext(args.dst)[0] + ".safetensors")
@@ -63,33 +65,16 @@ def main(argv=None) -> int:
             save_msclap(variables, cfg, out, overwrite=args.overwrite)
             print(f"wrote {out}")
     else:
-        import jax
-
-        from clap_jax.convert.hf_gpt2 import load_hf_gpt2
-        from clap_jax.models import config as model_config
-        from clap_jax.models.registry import init_variables
-        from clap_jax.weights import load_checkpoint, save_checkpoint
-
         if args.base:
             variables, cfg = load_checkpoint(args.base)
         else:
-            cfg = model_config.clap_2023()
-        gpt, text_cfg = load_hf_gpt2(args.src, cfg.text)
-        if not args.base:
-            variables = jax.device_get(init_variables(cfg, 0))
-        variables = jax.tree.map(lambda x: x, dict(variables))
-        params = dict(variables["params"])
-        params["caption_encoder"] = dict(params["caption_encoder"], base=gpt)
-        variables["params"] = params
+            cfg = registry.model_config("msclap-2023")
+            variables = jax.device_get(registry.init_variables(cfg, 0))
+        gpt, _ = load_hf_gpt2(args.src, cfg.text)
+        variables = dict(variables, params=with_text_tower(variables["params"], gpt))
         save_checkpoint(args.dst, variables, cfg, overwrite=args.overwrite)
         print(f"wrote {args.dst} (text tower from {args.src})")
     return 0
-
-
-def _count(tree) -> int:
-    import jax
-
-    return sum(int(x.size) for x in jax.tree.leaves(tree))
 
 
 if __name__ == "__main__":

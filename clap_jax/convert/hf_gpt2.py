@@ -13,7 +13,9 @@ import re
 import ml_collections
 import numpy as np
 
-from clap_jax.convert.msclap import CheckpointError, _refuse_torch_load, _unflatten, check_finite
+from clap_jax.convert.msclap import _refuse_torch_load
+from clap_jax.convert.tree import CheckpointError, check_finite, mismatch_error, unflatten
+from clap_jax.models import config as model_config
 
 
 def read_hf_gpt2(directory: str) -> tuple[dict[str, np.ndarray], dict]:
@@ -88,18 +90,21 @@ def gpt2_params_from_hf(sd: dict[str, np.ndarray], text_cfg: ml_collections.Conf
         f"h.{i}.{m}.{w}" for i in range(text_cfg.n_layer)
         for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "ln_1", "ln_2") for w in ("weight", "bias")}
     unexpected = sorted(used - expected)
-    if missing or bad or unexpected:
-        raise CheckpointError(f"{source}: not a GPT-2 of this size: missing {missing[:10]}, wrong shape {bad[:10]}, "
-                              f"unexpected {unexpected[:10]}")
+    err = mismatch_error(source, missing, unexpected, bad, what="a GPT-2 of this size")
+    if err is not None:
+        raise err
     check_finite(sorted((".".join(k), v) for k, v in flat.items()), source)
-    return _unflatten(flat)
+    return unflatten(flat)
 
 
 def load_hf_gpt2(directory: str, text_cfg: ml_collections.ConfigDict | None = None):
     """-> (GPT-2 params for caption_encoder/base, text config). Sizes from config.json when `text_cfg` is None."""
-    from clap_jax.models import config as model_config
-
     sd, hf_cfg = read_hf_gpt2(directory)
     if text_cfg is None:
         text_cfg = text_config_from_hf(hf_cfg, model_config.text_2023())
     return gpt2_params_from_hf(sd, text_cfg, source=directory), text_cfg
+
+
+def with_text_tower(params: dict, gpt2: dict) -> dict:
+    """CLAP params with the GPT-2 of the text tower (`caption_encoder/base`) replaced by `gpt2`; the rest shared."""
+    return dict(params, caption_encoder=dict(params["caption_encoder"], base=gpt2))

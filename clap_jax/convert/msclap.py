@@ -31,13 +31,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from clap_jax.errors import UserError
+from clap_jax import files
+from clap_jax.convert import formats
+from clap_jax.convert.tree import (CheckpointError, check_finite, config_from_dict, config_to_json, flatten,
+                                   mismatch_error, unflatten)
 from clap_jax.models import config as model_config
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that cannot be converted; the message names the file and the keys."""
-
+from clap_jax.models import registry
 
 CONFIG_KEY = "clap_jax_config"   # the model config (JSON) in an export: .pth dict key / .safetensors metadata
 PRODUCER = "clap_jax"
@@ -103,35 +102,6 @@ def _from_torch_layout(x: np.ndarray, kind: str) -> np.ndarray:
     return x
 
 
-def _flatten(tree, prefix=()):
-    if isinstance(tree, dict) or hasattr(tree, "items"):
-        for k, v in tree.items():
-            yield from _flatten(v, prefix + (k,))
-    else:
-        yield prefix, tree
-
-
-def _unflatten(flat: dict[tuple, np.ndarray]) -> dict:
-    out: dict = {}
-    for path, v in flat.items():
-        d = out
-        for p in path[:-1]:
-            d = d.setdefault(p, {})
-        d[path[-1]] = v
-    return out
-
-
-def variable_shapes(cfg: ml_collections.ConfigDict) -> dict:
-    """Shapes/dtypes of every model variable for `cfg`, without computing anything."""
-    from clap_jax.models.clap import CLAPModel
-    import jax.numpy as jnp
-
-    model = CLAPModel(cfg)
-    wav = jax.ShapeDtypeStruct((1, int(round(cfg.audio.duration * cfg.audio.sample_rate))), jnp.float32)
-    ids = jax.ShapeDtypeStruct((1, cfg.text.max_length), jnp.int32)
-    return jax.eval_shape(lambda w, i: model.init({"params": jax.random.PRNGKey(0)}, w, i, i), wav, ids)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Derived buffers (what msclap's state dict holds beyond parameters)
 # ----------------------------------------------------------------------------------------------------------------
@@ -160,7 +130,7 @@ def to_msclap_state_dict(variables, cfg: ml_collections.ConfigDict) -> dict[str,
     """Flax variables -> {torch key: numpy array} that msclap's `CLAP.load_state_dict(strict=True)` accepts."""
     sd = {}
     for coll in ("params", "batch_stats", "constants"):
-        for path, v in _flatten(variables.get(coll, {})):
+        for path, v in flatten(variables.get(coll, {})):
             key, kind = torch_name(coll, path)
             sd[key] = np.array(_to_torch_layout(np.asarray(jax.device_get(v), np.float32), kind), order="C")
     sd.update(_derived_buffers(cfg))
@@ -201,9 +171,8 @@ def save_msclap(variables, cfg, path: str, overwrite: bool = False) -> None:
     path = os.fspath(path)
     check_export_path(path, overwrite)
     sd = to_msclap_state_dict(variables, cfg)
-    cfg_json = json.dumps(cfg.to_dict(), default=list)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    cfg_json = config_to_json(cfg)
+    with files.atomic_path(path) as tmp:
         if path.endswith(".safetensors"):
             from safetensors.numpy import save_file
 
@@ -213,14 +182,6 @@ def save_msclap(variables, cfg, path: str, overwrite: bool = False) -> None:
 
             torch.save({"model": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, CONFIG_KEY: cfg_json},
                        tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; give both files the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -286,52 +247,6 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     return read_msclap_file(path)[0]
 
 
-def config_from_dict(d: dict, source: str = "config") -> ml_collections.ConfigDict:
-    """A stored model config (JSON dict) -> validated ConfigDict; unknown fields are errors naming `source`."""
-    cfg = model_config.clap_2023()
-
-    def merge(dst, src, where):
-        if not isinstance(src, dict):
-            raise CheckpointError(f"{source}: model config {where} should be a mapping, got {type(src).__name__}")
-        for k, v in src.items():
-            if k not in dst:
-                raise CheckpointError(f"{source}: unknown model config field {where}.{k}")
-            if isinstance(dst[k], ml_collections.ConfigDict):
-                merge(dst[k], v, f"{where}.{k}")
-            else:
-                dst[k] = tuple(v) if isinstance(v, list) else v
-
-    merge(cfg, d, "config")
-    try:
-        model_config.validate(cfg)
-    except ValueError as e:
-        raise CheckpointError(f"{source}: {e}") from e
-    return cfg
-
-
-def check_finite(named_arrays, source: str) -> None:
-    """Raise CheckpointError naming every floating-point weight that holds NaN or inf."""
-    bad = []
-    for name, x in named_arrays:
-        x = np.asarray(x)
-        if x.dtype.kind not in "fc":
-            if x.dtype.kind != "V":       # bfloat16 and friends (ml_dtypes) show up as kind 'V'
-                continue
-            try:
-                x = x.astype(np.float32)
-            except (TypeError, ValueError):
-                continue
-        if np.isfinite(x).all():
-            continue
-        n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
-        bad.append(f"{name} ({', '.join(f'{n} {w}' for n, w in ((n_nan, 'NaN'), (n_inf, 'inf')) if n)})")
-    if bad:
-        raise CheckpointError(f"{source}: {len(bad)} weights hold NaN/inf: " + ", ".join(bad[:10])
-                              + (" ..." if len(bad) > 10 else "")
-                              + "; the file is corrupt or the training that wrote it diverged (use an earlier "
-                                "checkpoint)")
-
-
 # What every weight shape of msclap's 2023 model says (config_2023.yml: HTSAT + GPT-2 small, 12 heads).
 _SHAPE_FIELDS = (("audio", "embed_dim"), ("audio", "patch_size"), ("audio", "depths"), ("audio", "num_heads"),
                  ("audio", "num_classes"), ("audio", "mel_bins"), ("text", "vocab_size"), ("text", "n_positions"),
@@ -384,11 +299,11 @@ def infer_config(sd: dict[str, np.ndarray], n_head: int | None = None,
 
 def from_msclap_state_dict(sd: dict[str, np.ndarray], cfg: ml_collections.ConfigDict, source: str = "checkpoint"):
     """{torch key: array} -> Flax variables for `cfg`. Raises CheckpointError listing every bad key."""
-    shapes = variable_shapes(cfg)
+    shapes = registry.variable_shapes(cfg)
     flat, missing, bad_shape = {}, [], []
     used = set()
     for coll in ("params", "batch_stats", "constants"):
-        for path, spec in _flatten(shapes[coll]):
+        for path, spec in flatten(shapes[coll]):
             key, kind = torch_name(coll, path)
             if key not in sd:
                 missing.append(key)
@@ -401,18 +316,11 @@ def from_msclap_state_dict(sd: dict[str, np.ndarray], cfg: ml_collections.Config
                 continue
             flat[(coll,) + path] = np.array(x, dtype=np.float32, order="C")
     unexpected = sorted(k for k in sd if k not in used and not _DERIVED_BUFFER.search(k))
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: " + ", ".join(unexpected[:20])
-                        + (" ..." if len(unexpected) > 20 else ""))
-    if bad_shape:
-        problems.append(f"{len(bad_shape)} with wrong shape: " + "; ".join(bad_shape[:20]))
-    if problems:
-        raise CheckpointError(f"{source}: does not match the model config: " + " | ".join(problems))
+    err = mismatch_error(source, missing, unexpected, bad_shape)
+    if err is not None:
+        raise err
     check_finite(((torch_name(p[0], p[1:])[0], v) for p, v in flat.items()), source)
-    return _unflatten(flat)
+    return unflatten(flat)
 
 
 def load_msclap_checkpoint(path: str, cfg: ml_collections.ConfigDict | None = None, n_head: int | None = None):
@@ -428,3 +336,8 @@ def load_msclap_checkpoint(path: str, cfg: ml_collections.ConfigDict | None = No
         else:
             cfg = infer_config(sd, n_head=n_head, source=path)
     return from_msclap_state_dict(sd, cfg, source=path), cfg
+
+
+formats.register(formats.WeightFormat(
+    name="msclap", family="msclap-2023", suffixes=(".pth", ".pt", ".bin", ".safetensors"),
+    load=load_msclap_checkpoint, save=save_msclap))

@@ -48,7 +48,7 @@ def load_embedder(weights: str):
         model = CLAP(weights=None)
         model.cache_id = "random-init"
         return model
-    from clap_jax.convert.msclap import CheckpointError
+    from clap_jax.convert import CheckpointError
 
     try:
         model = CLAP(weights=weights)

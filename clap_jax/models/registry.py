@@ -101,6 +101,12 @@ def model_config(name: str) -> ml_collections.ConfigDict:
     return _CONFIGS[name][1]()
 
 
+def default_config(family_name: str) -> ml_collections.ConfigDict:
+    """The family's own full-size config (its first named config): the defaults a stored config is read over."""
+    f = family(family_name)
+    return next(iter(f.configs.values()))()
+
+
 def build_model(config: ml_collections.ConfigDict):
     return family_of(config).build(config)
 
