@@ -202,7 +202,7 @@ def test_msclap_export_refuses_to_replace_a_foreign_file(tiny_cfg, tiny_msclap_s
 # ---------------------------------------------------------------------------------------------- architecture
 def test_head_count_travels_with_pth_and_safetensors_exports(tiny_cfg, tmp_path):
     from clap_jax.inference import CLAP
-    from clap_jax.models.clap import init_variables
+    from clap_jax.models.registry import init_variables
 
     assert tiny_cfg.text.n_head == 2 and tiny_cfg.text.n_embd // 64 != 2   # a width-based guess would be wrong
     cfg = tiny_cfg.copy_and_resolve_references()

@@ -26,7 +26,7 @@ def f(tiny_cfg, tmp_path_factory):
     import torch
 
     from clap_jax.convert import msclap as cv
-    from clap_jax.models.clap import init_variables
+    from clap_jax.models.registry import init_variables
     from clap_jax.convert import save_checkpoint
 
     d = tmp_path_factory.mktemp("errors")
