@@ -29,6 +29,7 @@ from clap_jax.audio import io as audio_io
 from clap_jax.convert import load_weights, save_checkpoint
 from clap_jax.models import config as model_config
 from clap_jax.models import registry
+from clap_jax.scoring import similarity
 
 log = logging.getLogger(__name__)
 DEFAULT_PROMPT = "this is a sound of "
@@ -160,11 +161,7 @@ class CLAP:
     # -- scoring ------------------------------------------------------------------------------------------------
     def compute_similarity(self, audio_embeddings, text_embeddings) -> np.ndarray:
         """(N_audio, N_text) = logit_scale * cosine similarity (as msclap)."""
-        a = np.asarray(audio_embeddings, np.float32)
-        t = np.asarray(text_embeddings, np.float32)
-        a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-        t = t / np.linalg.norm(t, axis=-1, keepdims=True)
-        return self.logit_scale * a @ t.T
+        return similarity(audio_embeddings, text_embeddings, self.logit_scale)
 
     def classify(self, audio, labels: Sequence[str], prompt: str = DEFAULT_PROMPT, sample_rate: int | None = None,
                  multi_label: bool = False) -> np.ndarray:

@@ -10,7 +10,7 @@ import soundfile as sf
 from clap_jax.audio import io as audio_io
 from clap_jax.data import pipeline
 from clap_jax.data.preprocess import stable_uid
-from clap_jax.data.testing import make_tfrecord_dataset
+from data_fixtures import make_tfrecord_dataset
 from clap_jax.eval.clips import LoaderConfig, load_clip
 from clap_jax.inference import CLAP
 from clap_jax.models import config as model_config

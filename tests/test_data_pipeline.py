@@ -8,7 +8,7 @@ import pytest
 
 from clap_jax.data import audio as audio_lib
 from clap_jax.data import pipeline, tfrecord
-from clap_jax.data.testing import make_tfrecord_dataset
+from data_fixtures import make_tfrecord_dataset
 from clap_jax.text.tokenizer import ClapTokenizer
 
 SR, DUR = 8000, 0.25

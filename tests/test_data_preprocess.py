@@ -10,7 +10,7 @@ import soundfile as sf
 
 from clap_jax.data import audio as audio_lib
 from clap_jax.data import preprocess, tfrecord
-from clap_jax.data.testing import make_manifest_dataset, write_clip
+from data_fixtures import make_manifest_dataset, write_clip
 from clap_jax.errors import UserError, run_cli
 
 SR = 8000

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from clap_jax.data.testing import make_manifest_dataset, write_clip
+from data_fixtures import make_manifest_dataset, write_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = 8000

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from clap_jax.data import pipeline, tfrecord
-from clap_jax.data.testing import make_tfrecord_dataset
+from data_fixtures import make_tfrecord_dataset
 from clap_jax.models import config as model_config
 
 from _train_helpers import COMPILE_CACHE, ROOT, load_config

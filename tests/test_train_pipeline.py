@@ -3,7 +3,7 @@ checkpoint and continued in the same workdir resumes the data iterator too, so i
 run's bit for bit."""
 import numpy as np
 
-from clap_jax.data.testing import make_tfrecord_dataset
+from data_fixtures import make_tfrecord_dataset
 from clap_jax.train import train
 
 from _train_helpers import load_config, make_model, mesh

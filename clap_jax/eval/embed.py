@@ -25,6 +25,7 @@ import numpy as np
 from clap_jax.eval.clips import LoaderConfig, iter_batches
 
 
+
 @runtime_checkable
 class Embedder(Protocol):
     logit_scale: float
@@ -144,10 +145,3 @@ def embed_texts(embedder, task_name: str, texts: list, cache: EmbeddingCache, ba
         raise RuntimeError(f"embedder returned {out.shape[0]} text embeddings for {len(texts)} texts")
     cache.put(task_name, "text", key, out)
     return out
-
-
-def similarity(audio_emb: np.ndarray, text_emb: np.ndarray, logit_scale: float) -> np.ndarray:
-    """logit_scale * cosine, shape (N_audio, N_text); the same as CLAP.compute_similarity."""
-    a = audio_emb / np.maximum(np.linalg.norm(audio_emb, axis=1, keepdims=True), 1e-12)
-    t = text_emb / np.maximum(np.linalg.norm(text_emb, axis=1, keepdims=True), 1e-12)
-    return float(logit_scale) * (a @ t.T)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from clap_jax.eval import metrics
-from clap_jax.eval.embed import similarity
+from clap_jax.scoring import similarity
 from clap_jax.eval.tasks.base import MULTI, RETRIEVAL, SINGLE, Task
 
 

@@ -1,4 +1,4 @@
-"""Small generated datasets for tests and benchmarks (no downloads)."""
+"""Small generated datasets for the tests (no downloads): clips, manifests, preprocessed TFRecords."""
 from __future__ import annotations
 
 import json
