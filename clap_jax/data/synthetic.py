@@ -55,6 +55,7 @@ import tempfile
 import numpy as np
 import soundfile as sf
 
+from clap_jax import files
 from clap_jax.audio import io as audio_io
 
 SOUNDS = ("steady tone", "rising chirp", "falling chirp", "noise burst", "click train", "buzzing sawtooth",
@@ -293,9 +294,8 @@ def write(out: str, num_train: int, num_eval: int, seed: int = 0, seconds: float
             rel = f"wav/{split}/{i:06d}.wav"
             path = os.path.join(out, rel)
             if not os.path.isfile(path):
-                tmp = path + ".tmp.wav"
-                sf.write(tmp, wave, sample_rate, subtype="PCM_16")
-                os.replace(tmp, path)
+                with files.atomic_path(path) as tmp:
+                    sf.write(tmp, wave, sample_rate, subtype="PCM_16", format="WAV")
             labels = [attrs["sound"], attrs["pitch"], attrs["loudness"], attrs["rhythm"]] + (
                 [attrs["word"]] if "word" in attrs else [])
             rows.append({"id": f"{split}/{i:06d}", "path": rel, "captions": caps, "labels": labels,
@@ -303,10 +303,7 @@ def write(out: str, num_train: int, num_eval: int, seed: int = 0, seconds: float
             if split == "eval":
                 eval_clips.append({"id": f"{split}/{i:06d}", "path": rel, "captions": caps, "labels": attrs})
         man = os.path.join(out, f"{split}.jsonl")
-        with open(man + ".tmp", "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-        os.replace(man + ".tmp", man)
+        files.write_text(man, "".join(json.dumps(r) + "\n" for r in rows))
         if num:
             manifests.append(man)
     task_list = [dict(t) for t in TASKS]

@@ -32,6 +32,8 @@ from typing import Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
+from clap_jax import files
+
 try:
     import crc32c as _crc32c_mod
 
@@ -225,16 +227,12 @@ def _with_path(e: OSError, path: str) -> OSError:
 
 
 def _atomic_write(path: str, payload: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
+        with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         raise _with_path(e, path) from e
 
 

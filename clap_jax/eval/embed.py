@@ -22,6 +22,7 @@ from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 
+from clap_jax import files
 from clap_jax.eval.clips import LoaderConfig, iter_batches
 
 
@@ -81,9 +82,8 @@ class EmbeddingCache:
         p = self.path(task, kind, key)
         if p is not None:
             p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_suffix(".tmp.npy")
-            np.save(tmp, value)
-            os.replace(tmp, p)
+            with files.atomic_path(str(p)) as tmp, open(tmp, "wb") as f:
+                np.save(f, value)
 
 
 def _progress(total, desc, enabled):

@@ -24,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from clap_jax import files
+
 EOT = "<|endoftext|>"
 EOT_ID = 50256
 PAD_TOKEN = "!"
@@ -52,9 +54,8 @@ def _as_hf_dir(path: str) -> str:
     for src, dst in ((enc, "vocab.json"), (bpe, "merges.txt")):
         target = os.path.join(out, dst)
         if not os.path.isfile(target) or os.path.getsize(target) != os.path.getsize(src):
-            tmp = target + f".{os.getpid()}.tmp"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, target)
+            with files.atomic_path(target) as tmp:
+                shutil.copyfile(src, tmp)
     return out
 
 
