@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from clap_jax.convert import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from clap_jax.convert import msclap as cv
-from clap_jax.convert import CheckpointError
-from clap_jax.convert import load_checkpoint, load_weights, save_checkpoint
+from clap_jax.convert.tree import flatten
+from clap_jax.models.registry import variable_shapes
 
 
 def _save(sd, path):
@@ -234,7 +235,7 @@ def test_a_file_without_architecture_needs_n_head_unless_it_is_msclap_2023(tiny_
     full = model_config.clap_2023()
     sd = {}
     for coll in ("params", "batch_stats", "constants"):
-        for p, s in cv._flatten(cv.variable_shapes(full)[coll]):
+        for p, s in flatten(variable_shapes(full)[coll]):
             key, kind = cv.torch_name(coll, p)
             sd[key] = cv._to_torch_layout(np.broadcast_to(np.float32(0), s.shape), kind)
     assert cv.infer_config(sd).to_dict() == full.to_dict()
