@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from _train_helpers import load_config, mesh  # noqa: E402
+from clap_jax.models import config as model_config  # noqa: E402
 from clap_jax.models.clap import CLAPModel  # noqa: E402
 from clap_jax.train import sharding as shd, train  # noqa: E402
 from clap_jax.train.synthetic import make_global_batch  # noqa: E402
@@ -29,7 +30,7 @@ def main():
         m = mesh(shape)
         _, _, init_fn, _, sh = train.abstract_setup(model, c, m)
         st = jax.jit(init_fn, out_shardings=sh)(jax.random.PRNGKey(0))
-        batch = make_global_batch(0, 0, c.batch_size, train.num_samples(c), 77, 4)
+        batch = make_global_batch(0, 0, c.batch_size, model_config.clip_samples(c.model), 77, 4)
         rng = jax.random.PRNGKey(3)
         bsh = NamedSharding(m, P(shd.BATCH_AXES))
         (loss, _), g = jax.jit(train.make_grad_fn(model, c, m, sh["params"]))(

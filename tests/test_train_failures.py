@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from clap_jax.errors import ConfigError, UserError
+from clap_jax.models import config as model_config
 from clap_jax.train import checkpoint as ckpt_lib
 from clap_jax.train import train
 from clap_jax.train.synthetic import SyntheticBatches
@@ -112,8 +113,8 @@ def test_sigterm_while_waiting_for_data_stops_the_run(good_batches, tmp_path):
     config = load_config("tiny", "steps=10,ckpt_every=100")
     from clap_jax.train import sharding as shd
     mesh = shd.make_mesh(config.mesh)
-    it = _Stalls(good_batches, batch_size=config.batch_size, num_samples=train.num_samples(config), text_len=77,
-                 sharding=shd.batch_sharding(mesh))
+    it = _Stalls(good_batches, batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
+                 text_len=77, sharding=shd.batch_sharding(mesh))
 
     def term_when_stalled():
         if it.waiting.wait(120):
@@ -131,7 +132,8 @@ def test_sigterm_while_waiting_for_data_stops_the_run(good_batches, tmp_path):
     if good_batches:  # the steps that ran are saved, with the iterator positioned after their batches
         assert _steps(tmp_path / "wd") == [good_batches]
         mngr = ckpt_lib.make_manager(str(tmp_path / "wd" / "checkpoints"), keep=1, save_every=1)
-        it2 = SyntheticBatches(batch_size=config.batch_size, num_samples=train.num_samples(config), text_len=77)
+        it2 = SyntheticBatches(batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
+                               text_len=77)
         ckpt_lib.restore(mngr, good_batches, jax.tree.map(lambda x: jax.ShapeDtypeStruct(
             x.shape, x.dtype, sharding=x.sharding), summary["state"]), it2)
         mngr.close()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from clap_jax.models import config as model_config
 from clap_jax.train import sharding as shd
 from clap_jax.train import train
 from clap_jax.train.synthetic import make_global_batch
@@ -15,8 +16,8 @@ from _train_helpers import load_config, make_model, mesh
 
 
 def _batch(config, seed=0):
-    return make_global_batch(seed, 0, config.batch_size, train.num_samples(config), config.model.text.max_length,
-                             num_classes=4)
+    return make_global_batch(seed, 0, config.batch_size, model_config.clip_samples(config.model),
+                             config.model.text.max_length, num_classes=4)
 
 
 def _reference_grads(config, model, state, batch, rng):
