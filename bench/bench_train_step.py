@@ -32,7 +32,7 @@ from clap_jax.models import config as model_config  # noqa: E402
 from clap_jax.train import flops as flops_lib  # noqa: E402
 from clap_jax.train import train  # noqa: E402
 from clap_jax.train.config_base import base  # noqa: E402
-from clap_jax.train.synthetic import make_global_batch  # noqa: E402
+from clap_jax.train.random_batches import make_global_batch  # noqa: E402
 
 
 def make_config(a):

@@ -17,7 +17,7 @@ from _train_helpers import load_config, mesh  # noqa: E402
 from clap_jax.models import config as model_config  # noqa: E402
 from clap_jax.models.clap import CLAPModel  # noqa: E402
 from clap_jax.train import sharding as shd, train  # noqa: E402
-from clap_jax.train.synthetic import make_global_batch  # noqa: E402
+from clap_jax.train.random_batches import make_global_batch  # noqa: E402
 
 
 def main():

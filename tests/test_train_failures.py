@@ -15,7 +15,7 @@ from clap_jax.errors import ConfigError, UserError
 from clap_jax.models import config as model_config
 from clap_jax.train import checkpoint as ckpt_lib
 from clap_jax.train import train
-from clap_jax.train.synthetic import SyntheticBatches
+from clap_jax.train.random_batches import RandomBatches
 
 from _train_helpers import load_config, make_model
 
@@ -93,7 +93,7 @@ def test_disk_full_during_save_is_one_error_and_the_last_checkpoint_survives(tmp
     assert summary["start_step"] == 2 and summary["end_step"] == 6
 
 
-class _Stalls(SyntheticBatches):
+class _Stalls(RandomBatches):
     """Synthetic batches that stop coming after `n` (a stalled pipeline, or one skipping only bad records)."""
 
     def __init__(self, n, **kw):
@@ -132,8 +132,8 @@ def test_sigterm_while_waiting_for_data_stops_the_run(good_batches, tmp_path):
     if good_batches:  # the steps that ran are saved, with the iterator positioned after their batches
         assert _steps(tmp_path / "wd") == [good_batches]
         mngr = ckpt_lib.make_manager(str(tmp_path / "wd" / "checkpoints"), keep=1, save_every=1)
-        it2 = SyntheticBatches(batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
-                               text_len=77)
+        it2 = RandomBatches(batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
+                            text_len=77)
         ckpt_lib.restore(mngr, good_batches, jax.tree.map(lambda x: jax.ShapeDtypeStruct(
             x.shape, x.dtype, sharding=x.sharding), summary["state"]), it2)
         mngr.close()

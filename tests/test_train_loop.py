@@ -8,7 +8,7 @@ import pytest
 
 from clap_jax.models import config as model_config
 from clap_jax.train import train
-from clap_jax.train.synthetic import SyntheticBatches
+from clap_jax.train.random_batches import RandomBatches
 
 from _train_helpers import load_config, make_model
 
@@ -30,7 +30,7 @@ def test_eval_hook_and_tensorboard_events(tmp_path):
     assert files and max(len(open(f, "rb").read()) for f in files) > 200
 
 
-class _NaNAfter(SyntheticBatches):
+class _NaNAfter(RandomBatches):
     def __init__(self, bad_from, **kw):
         super().__init__(**kw)
         self.bad_from = bad_from

@@ -1,4 +1,4 @@
-"""Small pieces: analytic FLOPs, synthetic iterator state, launch scripts' dry-run mode, distributed detection."""
+"""Small pieces: analytic FLOPs, random batch iterator state, launch scripts' dry-run mode, distributed detection."""
 import os
 import subprocess
 
@@ -7,7 +7,7 @@ import pytest
 
 from clap_jax.models import config as model_config
 from clap_jax.train import flops, train
-from clap_jax.train.synthetic import SyntheticBatches
+from clap_jax.train.random_batches import RandomBatches
 
 from _train_helpers import ROOT
 
@@ -28,17 +28,17 @@ def test_full_size_train_flops_and_peak_table():
     assert flops.peak_flops("cpu") is None and flops.peak_flops("cpu", 1e12) == 1e12
 
 
-def test_synthetic_iterator_state_roundtrip_and_determinism():
-    it = SyntheticBatches(batch_size=4, num_samples=100, num_classes=3, seed=5)
+def test_random_batches_state_roundtrip_and_determinism():
+    it = RandomBatches(batch_size=4, num_samples=100, num_classes=3, seed=5)
     next(it), next(it)
     state = it.get_state()
     b3 = next(it)
-    it2 = SyntheticBatches(batch_size=4, num_samples=100, num_classes=3, seed=5)
+    it2 = RandomBatches(batch_size=4, num_samples=100, num_classes=3, seed=5)
     it2.set_state(state)
     np.testing.assert_array_equal(next(it2)["audio"], b3["audio"])
     assert b3["input_ids"].dtype == np.int32 and b3["attention_mask"].sum() > 0
     with pytest.raises(ValueError, match="seed"):
-        SyntheticBatches(batch_size=4, num_samples=100, seed=6).set_state(state)
+        RandomBatches(batch_size=4, num_samples=100, seed=6).set_state(state)
 
 
 @pytest.mark.parametrize("script,env,expect", [

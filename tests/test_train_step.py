@@ -10,7 +10,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from clap_jax.models import config as model_config
 from clap_jax.train import sharding as shd
 from clap_jax.train import train
-from clap_jax.train.synthetic import make_global_batch
+from clap_jax.train.random_batches import make_global_batch
 
 from _train_helpers import load_config, make_model, mesh
 

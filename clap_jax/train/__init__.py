@@ -11,6 +11,6 @@
                  freezing and learning-rate multipliers
   checkpoint.py  orbax CheckpointManager: train state + data-iterator state per step; params-only restore
   flops.py       analytic FLOPs for MFU, peak FLOP/s per device kind
-  synthetic.py   deterministic in-memory batches (config.data.kind = 'random')
+  random_batches.py  deterministic random batches for tests and benchmarks (config.data.kind = 'random')
   config_base.py every trainer field with its default; configs/*.py override it
 """

@@ -35,7 +35,7 @@ from clap_jax.train import flops as flops_lib
 from clap_jax.train import loss as loss_lib
 from clap_jax.train import optim as optim_lib
 from clap_jax.train import sharding as shd
-from clap_jax.train.synthetic import SyntheticBatches
+from clap_jax.train.random_batches import RandomBatches
 
 log = logging.getLogger("clap_jax.train")
 
@@ -319,7 +319,7 @@ def make_real_pipeline(config, mesh, sharding) -> Iterator[dict]:
 def make_data_iterator(config, mesh) -> Iterator[dict]:
     sharding = shd.batch_sharding(mesh)
     if config.data.kind == "random":
-        return SyntheticBatches(batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
+        return RandomBatches(batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
                                 text_len=config.model.text.max_length, num_classes=config.data.num_classes,
                                 seed=config.data.seed, sharding=sharding)
     return make_real_pipeline(config, mesh, sharding)
