@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from clap_jax.models import config as model_config  # noqa: E402
 from clap_jax.train import flops as flops_lib  # noqa: E402
 from clap_jax.train import train  # noqa: E402
-from clap_jax.train.config_base import base  # noqa: E402
+from clap_jax.train.config import base  # noqa: E402
 from clap_jax.train.random_batches import make_global_batch  # noqa: E402
 
 

@@ -11,7 +11,6 @@ train loop. A `--workdir` holding checkpoints is resumed from its latest step, i
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import queue
@@ -27,14 +26,16 @@ import numpy as np
 import optax
 from clu import metrics as clu_metrics
 
-from clap_jax.errors import ConfigError, UserError
+from clap_jax.data import pipeline
+from clap_jax.errors import UserError
 from clap_jax.models import config as model_config
 from clap_jax.train import checkpoint as ckpt_lib
-from clap_jax.train import config_base
+from clap_jax.train import config as config_lib
 from clap_jax.train import flops as flops_lib
 from clap_jax.train import loss as loss_lib
 from clap_jax.train import optim as optim_lib
 from clap_jax.train import sharding as shd
+from clap_jax.train import workdir as workdir_lib
 from clap_jax.train.random_batches import RandomBatches
 
 log = logging.getLogger("clap_jax.train")
@@ -45,170 +46,6 @@ BATCH_KEYS = ("audio", "input_ids", "attention_mask")
 
 class NonFiniteError(RuntimeError):
     """Too many consecutive non-finite steps."""
-
-
-# ============================================================================================ config checks
-
-def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """Reject an invalid config before any compute with a ConfigError naming the field; unknown fields (typos)
-    included. Locks the config: setting an unknown field afterwards raises too."""
-    config_base.check_known_fields(config)
-    try:
-        _validate_values(config, num_devices)
-    except ConfigError:
-        raise
-    except ValueError as e:  # the model / optimizer / mesh checks name their field in a ValueError
-        raise ConfigError(str(e)) from e
-
-
-def _validate_values(config, num_devices):
-    def need(ok, field, msg):
-        if not ok:
-            raise ConfigError(f"config.{field}: {msg}")
-
-    model_config.validate(config.model)
-    need(config.total_steps > 0, "total_steps", f"must be positive, got {config.total_steps}")
-    need(config.batch_size > 0, "batch_size", f"must be positive, got {config.batch_size}")
-    need(config.data.kind in ("random", "tfrecord"), "data.kind",
-         f"unknown data kind {config.data.kind!r} ('random' or 'tfrecord')")
-    clip, duration = config.data.get("clip_seconds"), config.model.audio.duration
-    need(clip is None or clip == duration, "data.clip_seconds",
-         f"{clip} s disagrees with config.model.audio.duration = {duration} s: the model config owns the clip "
-         f"length (leave data.clip_seconds unset, or make the two equal)")
-    if config.data.kind == "tfrecord":
-        need(bool(config.data.dirs), "data.dirs", "needs at least one directory of TFRecords")
-        need(not config.data.weights or len(config.data.weights) == len(config.data.dirs), "data.weights",
-             f"needs one weight per directory ({len(config.data.dirs)})")
-        need(config.batch_size % jax.process_count() == 0, "batch_size",
-             f"must be divisible by the number of processes ({jax.process_count()})")
-        need(config.data.max_consecutive_bad_records >= 1, "data.max_consecutive_bad_records", "must be >= 1")
-    need(config.loss.kind in ("global", "sharded"), "loss.kind", f"unknown {config.loss.kind!r} (global, sharded)")
-    need(config.ckpt.every_steps >= 0, "ckpt.every_steps", "must be >= 0 (0 = only at the end)")
-    need(config.ckpt.keep >= 1, "ckpt.keep", "must be >= 1")
-    need(config.log.every_steps >= 1, "log.every_steps", "must be >= 1")
-    need(config.eval.every_steps >= 0, "eval.every_steps", "must be >= 0 (0 = never)")
-    need(config.nan.max_consecutive >= 1, "nan.max_consecutive", "must be >= 1")
-    optim_lib.validate(config.optim)
-    shd.validate_rules(config.sharding.rules)
-    for key in ("clap_jax", "msclap", "hf_gpt2", "audio_encoder"):
-        path = config.init.get(key)
-        if path and "://" not in str(path):
-            need(os.path.exists(path), f"init.{key}", f"path does not exist: {path}")
-    if config.eval.get("data_root") and "://" not in str(config.eval.data_root):
-        need(os.path.isdir(config.eval.data_root), "eval.data_root", f"not a directory: {config.eval.data_root}")
-    n = num_devices if num_devices is not None else jax.device_count()
-    ici, dcn = shd.mesh_shape(config.mesh, n, int(np.prod([config.mesh.get(f"dcn_{a}", 1) for a in shd.AXES])))
-    shards = (ici[0] * dcn[0]) * (ici[1] * dcn[1])
-    accum = config.optim.grad_accum_steps
-    need(config.batch_size % (shards * accum) == 0, "batch_size",
-         f"{config.batch_size} must be divisible by batch shards ({shards} = data x fsdp) x "
-         f"optim.grad_accum_steps ({accum})")
-
-
-# ============================================================================================ work directory
-
-WORKDIR_CONFIG_FILE = "model_config.json"  # the model config of a run; clap_jax.weights.load_workdir reads it
-
-
-def _flatten_dict(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten_dict(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _model_dict(model_cfg) -> dict:
-    """The model config as the JSON in the workdir holds it (tuples as lists)."""
-    return json.loads(json.dumps(model_cfg.to_dict(), default=list))
-
-
-def model_config_diff(recorded: dict, model_cfg) -> list[str]:
-    """'field: recorded vs new' for every model field that differs. Fields the recorded file lacks (written by an
-    older version) take their defaults, as clap_jax.weights does when it reads the file."""
-    old = _flatten_dict(_model_dict(model_config.clap_2023()))
-    old.update(_flatten_dict(recorded))
-    new = _flatten_dict(_model_dict(model_cfg))
-    return [f"model.{k}: {old.get(k, '<absent>')!r} (workdir) vs {new.get(k, '<absent>')!r} (config)"
-            for k in sorted(set(old) | set(new)) if old.get(k, "<absent>") != new.get(k, "<absent>")]
-
-
-def check_workdir(config, workdir: str | None) -> None:
-    """Before anything is built or written: `workdir` is a directory we can write to (or can be created), and a
-    run already recorded there was trained with the same model config. Raises a one-line UserError/ConfigError;
-    the workdir is left as it was (a probe file is created and removed)."""
-    if workdir is None or "://" in str(workdir):
-        return
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UserError(f"--workdir {workdir}: exists and is not a directory; pass a directory (new or a run's)")
-    recorded = os.path.join(workdir, WORKDIR_CONFIG_FILE)
-    if os.path.isfile(recorded):
-        try:
-            with open(recorded) as f:
-                old = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{recorded}: unreadable ({e}); this workdir's model config is unknown, so it cannot be "
-                            f"resumed") from e
-        diff = model_config_diff(old, config.model)
-        if diff:
-            raise ConfigError(
-                f"{recorded}: this workdir holds a run of a different model, which a resume cannot load; "
-                f"{len(diff)} field(s) differ: {'; '.join(diff[:8])}{'; ...' if len(diff) > 8 else ''}. "
-                f"Use a new --workdir, or the recorded model config")
-    probe_dir = workdir
-    while not os.path.isdir(probe_dir):  # the nearest existing ancestor, where makedirs will write
-        parent = os.path.dirname(os.path.abspath(probe_dir))
-        if os.path.exists(probe_dir) or parent == os.path.abspath(probe_dir):
-            raise UserError(f"--workdir {workdir}: {probe_dir} is not a directory")
-        probe_dir = parent
-    probe = os.path.join(probe_dir, f".clap_jax_write_probe.{os.getpid()}.{jax.process_index()}")
-    try:
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"--workdir {workdir}: cannot write to {probe_dir} ({e.strerror}); pass a writable "
-                        f"directory") from e
-
-
-def check_data_dirs(config) -> None:
-    """Every TFRecord directory exists and holds shards: a missing or empty one is reported now, before the
-    compile, as a ConfigError naming it."""
-    if config.data.kind != "tfrecord":
-        return
-    from clap_jax.data import pipeline
-    for d in config.data.dirs:
-        if "://" in str(d):
-            continue
-        if not os.path.isdir(d):
-            raise ConfigError(f"config.data.dirs: {d}: not a directory (expected the --out of "
-                              f"python -m clap_jax.data.preprocess)")
-        try:
-            pipeline.shard_paths(d)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"config.data.dirs: {e}") from e
-        stored = ((pipeline.read_metadata(d) or {}).get("settings") or {}).get("sample_rate")
-        if stored is not None and stored != config.model.audio.sample_rate:
-            raise ConfigError(f"config.data.dirs: {d} holds audio at {stored} Hz but config.model.audio.sample_rate "
-                              f"is {config.model.audio.sample_rate} Hz: preprocess it with --sample-rate "
-                              f"{config.model.audio.sample_rate}, or train a model at {stored} Hz")
-
-
-def write_workdir_model_config(workdir: str, model_cfg) -> None:
-    """Record the run's model config (atomically; only once: check_workdir makes sure it matches)."""
-    path = os.path.join(workdir, WORKDIR_CONFIG_FILE)
-    if os.path.isfile(path):
-        return
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(_model_dict(model_cfg), f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ============================================================================================ logging
@@ -304,7 +141,6 @@ def make_real_pipeline(config, mesh, sharding) -> Iterator[dict]:
     B = config.batch_size, with `get_state()` / `set_state()` (Grain DatasetIterator protocol) so that the checkpoint
     holds its position. Each process reads its own share of the records (per-host batch B / process_count).
     """
-    from clap_jax.data import pipeline
     del sharding  # make_iterator builds the same NamedSharding(mesh, P(('data', 'fsdp')))
     per_host = config.batch_size // jax.process_count()
     dc = config.data
@@ -742,10 +578,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
 
     `model`, `data_iter`, `eval_fn`, `mesh` override what the config would build (tests, notebooks)."""
     # ---------------------------------------------------------------------------------------- config checks
-    validate_config(config)
-    check_workdir(config, workdir)
+    config_lib.validate_config(config)
+    workdir_lib.check_workdir(config, workdir)
     if data_iter is None:
-        check_data_dirs(config)
+        config_lib.check_data_dirs(config)
     setup_logging()
     log.info("processes %d, devices %d (%d local), kind %s", jax.process_count(), jax.device_count(),
              jax.local_device_count(), jax.devices()[0].device_kind)
@@ -780,7 +616,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     if workdir is not None:
         if jax.process_index() == 0:  # lets `CLAP(workdir)`, the eval and the converter read this run's weights
             os.makedirs(workdir, exist_ok=True)
-            write_workdir_model_config(workdir, config.model)
+            workdir_lib.write_workdir_model_config(workdir, config.model)
         mngr = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), keep=config.ckpt.keep,
                                      save_every=config.ckpt.every_steps or config.total_steps,
                                      async_save=config.ckpt.async_save)
