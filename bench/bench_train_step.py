@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 
 from clap_jax.models import config as model_config  # noqa: E402
 from clap_jax.train import flops as flops_lib  # noqa: E402
-from clap_jax.train import train  # noqa: E402
+from clap_jax.train import state as state_lib  # noqa: E402
+from clap_jax.train import step as step_lib  # noqa: E402
 from clap_jax.train.config import base  # noqa: E402
 from clap_jax.train.random_batches import make_global_batch  # noqa: E402
 
@@ -57,9 +58,9 @@ def bench_jax(c, steps):
     from clap_jax.train import sharding as shd
     mesh = shd.make_mesh(c.mesh)
     model = CLAPModel(c.model)
-    tx, schedule, init_fn, abstract_state, state_sh = train.abstract_setup(model, c, mesh)
-    step_fn, info = train.compile_train_step(
-        train.make_train_step(model, tx, c, mesh, schedule, state_sh["params"]), abstract_state, state_sh, mesh, c)
+    tx, schedule, init_fn, abstract_state, state_sh = state_lib.abstract_setup(model, c, mesh)
+    step_fn, info = step_lib.compile_train_step(
+        step_lib.make_train_step(model, tx, c, mesh, schedule, state_sh["params"]), abstract_state, state_sh, mesh, c)
     state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(0))
     bsh = shd.batch_sharding(mesh)
     batches = [jax.device_put(make_global_batch(0, i, c.batch_size, model_config.clip_samples(c.model), 77, 8), bsh)

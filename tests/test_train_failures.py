@@ -14,6 +14,7 @@ import pytest
 from clap_jax.errors import ConfigError, UserError
 from clap_jax.models import config as model_config
 from clap_jax.train import checkpoint as ckpt_lib
+from clap_jax.train import step as step_lib
 from clap_jax.train import train
 from clap_jax.train.random_batches import RandomBatches
 
@@ -44,7 +45,7 @@ def test_resume_with_another_model_is_refused_and_changes_nothing(tmp_path, monk
     other.model.text.n_layer = 3
     other.model.d_proj = 48
     # the check comes before the mesh, the pipeline and the compile: none of them may run
-    monkeypatch.setattr(train, "compile_train_step", lambda *a, **k: pytest.fail("compiled before the check"))
+    monkeypatch.setattr(step_lib, "compile_train_step", lambda *a, **k: pytest.fail("compiled before the check"))
     with pytest.raises(ConfigError) as e:
         train.train_and_evaluate(other, wd, model=make_model(other))
     msg = str(e.value)

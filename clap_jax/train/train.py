@@ -17,13 +17,11 @@ import queue
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from clu import metrics as clu_metrics
 
 from clap_jax.data import pipeline
@@ -32,9 +30,9 @@ from clap_jax.models import config as model_config
 from clap_jax.train import checkpoint as ckpt_lib
 from clap_jax.train import config as config_lib
 from clap_jax.train import flops as flops_lib
-from clap_jax.train import loss as loss_lib
-from clap_jax.train import optim as optim_lib
 from clap_jax.train import sharding as shd
+from clap_jax.train import state as state_lib
+from clap_jax.train import step as step_lib
 from clap_jax.train import workdir as workdir_lib
 from clap_jax.train.random_batches import RandomBatches
 
@@ -161,326 +159,6 @@ def make_data_iterator(config, mesh) -> Iterator[dict]:
     return make_real_pipeline(config, mesh, sharding)
 
 
-# ============================================================================================ model & optimizer
-
-def make_model(config):
-    from clap_jax.models.clap import CLAPModel
-    return CLAPModel(config.model)
-
-
-def _dummy_inputs(config, batch: int = 1):
-    L = config.model.text.max_length
-    return (jnp.zeros((batch, model_config.clip_samples(config.model)), jnp.float32), jnp.zeros((batch, L), jnp.int32),
-            jnp.ones((batch, L), jnp.int32))
-
-
-def make_init_fn(model, tx, config) -> Callable[[jax.Array], dict]:
-    def init(rng):
-        variables = model.init({"params": rng}, *_dummy_inputs(config), train=False)
-        params = variables["params"]
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "params": params,
-            "batch_stats": variables.get("batch_stats", {}),
-            "constants": variables.get("constants", {}),
-            "opt_state": tx.init(params),
-            "nan_streak": jnp.zeros((), jnp.int32),
-            "nan_total": jnp.zeros((), jnp.int32),
-        }
-    return init
-
-
-def abstract_setup(model, config, mesh):
-    """Shape-first: (tx, schedule, init_fn, abstract_state with shardings, state shardings). Nothing is
-    allocated; `jax.jit(init_fn, out_shardings=state_sh)(rng)` then creates every array in place."""
-    abstract_params = jax.eval_shape(
-        lambda r: model.init({"params": r}, *_dummy_inputs(config), train=False)["params"], jax.random.PRNGKey(0))
-    tx, schedule = make_optimizer_from(config, abstract_params)
-    init_fn = make_init_fn(model, tx, config)
-    abstract_state = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-    state_sh = state_shardings(abstract_state, mesh, config)
-    abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                  abstract_state, state_sh)
-    return tx, schedule, init_fn, abstract_state, state_sh
-
-
-def state_shardings(abstract_state: dict, mesh, config) -> dict:
-    """Params by the rules; optimizer state mirrors params; everything else replicated."""
-    rep = shd.replicated(mesh)
-    p_sh = shd.tree_shardings(abstract_state["params"], mesh, config.sharding.rules, config.sharding.fsdp_min_size)
-    out = jax.tree.map(lambda _: rep, abstract_state)
-    out["params"] = p_sh
-    out["opt_state"] = shd.mirror_shardings(abstract_state["opt_state"], abstract_state["params"], p_sh, mesh)
-    return out
-
-
-# ============================================================================================ update step
-
-def _microbatches(batch: dict, k: int) -> dict:
-    """(B, ...) -> (k, B/k, ...) where micro-batch j takes rows j, j+k, ... : each device keeps its own rows,
-    so no data moves (rows are split over devices in contiguous blocks)."""
-    def split(x):
-        return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
-    return jax.tree.map(split, batch)
-
-
-def make_embed_fn(model, config, mesh, param_shardings=None) -> Callable:
-    """The training forward pass: fn(params, batch_stats, constants, batch, rng) -> ((audio_emb, text_emb,
-    logit_scale_log), new_batch_stats). Frozen towers are cut from the backward pass.
-
-    FSDP: with `param_shardings` given, parameters stored split over 'fsdp' are gathered for the forward pass
-    (a sharding constraint to the same spec without 'fsdp'); the transpose of that gather reduce-scatters the
-    gradients back to the storage layout. Without it, the compiler propagates the weights' split into the
-    activations and has to rematerialise them."""
-    frozen = set(optim_lib.frozen_towers(config.optim))
-    compute_sh = None
-    if mesh is not None and param_shardings is not None and mesh.shape["fsdp"] > 1:
-        compute_sh = jax.tree.map(lambda s: shd.without_axis(s, "fsdp"), param_shardings)
-
-    def embed(params, batch_stats, constants, batch, rng):
-        if compute_sh is not None:
-            params = jax.lax.with_sharding_constraint(params, compute_sh)
-        if frozen:
-            params = {k: jax.lax.stop_gradient(v) if k in frozen else v for k, v in params.items()}
-        k_drop, k_aug = jax.random.split(rng)
-        variables = {"params": params, "batch_stats": batch_stats, "constants": constants}
-        out, upd = model.apply(variables, batch["audio"], batch["input_ids"], batch["attention_mask"],
-                               train=True, rngs={"dropout": k_drop, "augment": k_aug}, mutable=["batch_stats"])
-        return out, upd.get("batch_stats", batch_stats)
-
-    return embed
-
-
-def make_grad_fn(model, config, mesh, param_shardings=None) -> Callable:
-    """value_and_grad of the contrastive loss: fn(params, batch_stats, constants, batch, rng) ->
-    ((loss, (metrics, new_batch_stats)), grads). See `make_embed_fn` for frozen towers and FSDP."""
-    loss_fn = loss_lib.make_loss_fn(config.loss.kind, mesh, shd.BATCH_AXES, config.loss.max_log_scale)
-    embed = make_embed_fn(model, config, mesh, param_shardings)
-
-    def forward_loss(params, batch_stats, constants, batch, rng):
-        (a, t, ls), new_bs = embed(params, batch_stats, constants, batch, rng)
-        loss, metrics = loss_fn(a, t, ls)
-        return loss, (metrics, new_bs)
-
-    return jax.value_and_grad(forward_loss, has_aux=True)
-
-
-def make_cached_accum_grad_fn(model, config, mesh, param_shardings=None) -> Callable:
-    """Gradient accumulation that keeps the global batch's negatives (the gradient-cache method of Gao et al.
-    2021, open_clip's `--accum-freq`): `make_grad_fn`'s signature, and the gradient of one contrastive loss over
-    the whole batch, with activations held for one micro-batch at a time. (Each micro-batch is embedded in its
-    own forward pass, so batch norm uses micro-batch statistics and dropout draws per micro-batch keys.)
-
-      1. forward every micro-batch without gradients: embeddings of the whole batch (B x d_proj each, small);
-      2. loss over the whole batch from them, and its gradient w.r.t. every embedding and the logit scale;
-      3. per micro-batch, forward again (same dropout / augmentation keys, so the same embeddings) and pull
-         that micro-batch's slice of the embedding gradient back to the parameters (a VJP); sum.
-
-    Exact: sum_j J_j^T dL/de_j is the gradient of that loss. Costs one extra forward pass per step. Micro-batch j
-    holds rows j, j+k, ... (see `_microbatches`); running batch-norm statistics advance once per micro-batch."""
-    k = config.optim.grad_accum_steps
-    loss_fn = loss_lib.make_loss_fn(config.loss.kind, mesh, shd.BATCH_AXES, config.loss.max_log_scale)
-    embed = make_embed_fn(model, config, mesh, param_shardings)
-
-    def join(x):     # (k, B/k, ...) micro-batch stacks -> (B, ...) in the batch's own row order
-        return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
-
-    def split(x):    # inverse of join
-        return jnp.swapaxes(x.reshape((-1, k) + x.shape[1:]), 0, 1)
-
-    def grad_fn(params, batch_stats, constants, batch, rng):
-        mbs, idx = _microbatches(batch, k), jnp.arange(k)
-
-        def embed_only(_, xs):
-            mb, i = xs
-            (a, t, ls), _ = embed(params, batch_stats, constants, mb, jax.random.fold_in(rng, i))
-            return None, (a, t, ls)
-        _, (a, t, ls) = jax.lax.scan(embed_only, None, (mbs, idx))
-        (loss, metrics), (g_a, g_t, g_ls) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True)(
-            join(a), join(t), ls[0])
-        g_a, g_t = split(g_a), split(g_t)
-
-        def backward(carry, xs):
-            g_acc, bs = carry
-            mb, i, ga, gt = xs
-            (a_j, t_j, ls_j), vjp_fn, bs = jax.vjp(
-                lambda p: embed(p, bs, constants, mb, jax.random.fold_in(rng, i)), params, has_aux=True)
-            # the logit scale enters the loss once: its cotangent goes with micro-batch 0 only
-            (g,) = vjp_fn((ga.astype(a_j.dtype), gt.astype(t_j.dtype),
-                           jnp.where(i == 0, g_ls, jnp.zeros_like(g_ls)).astype(ls_j.dtype)))
-            return (jax.tree.map(jnp.add, g_acc, g), bs), None
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        (grads, new_bs), _ = jax.lax.scan(backward, (zeros, batch_stats), (mbs, idx, g_a, g_t))
-        return (loss, (metrics, new_bs)), grads
-
-    return grad_fn
-
-
-def make_train_step(model, tx, config, mesh, schedule, param_shardings=None) -> Callable:
-    """One optimizer update: (state, global batch) -> (state, metrics). A non-finite loss or gradient leaves
-    params, batch stats and optimizer state unchanged (the step counter still advances) and is counted."""
-    accum = config.optim.grad_accum_steps
-    if accum > 1 and config.optim.get("grad_accum_mode", "cached") == "cached":
-        grad_fn = make_cached_accum_grad_fn(model, config, mesh, param_shardings)
-        accum = 1   # one call covers the whole batch (its micro-batches are scanned inside)
-    else:
-        grad_fn = make_grad_fn(model, config, mesh, param_shardings)
-    base_rng = jax.random.PRNGKey(config.seed + 1)
-
-    def train_step(state, batch):
-        rng = jax.random.fold_in(base_rng, state["step"])
-        params = state["params"]
-        if accum == 1:
-            (loss, (metrics, new_bs)), grads = grad_fn(params, state["batch_stats"], state["constants"], batch, rng)
-        else:
-            def body(carry, xs):
-                g_acc, bs, m_acc = carry
-                mb, i = xs
-                (_, (m, bs)), g = grad_fn(params, bs, state["constants"], mb, jax.random.fold_in(rng, i))
-                return (jax.tree.map(jnp.add, g_acc, g), bs, jax.tree.map(jnp.add, m_acc, m)), None
-            zeros_g = jax.tree.map(jnp.zeros_like, params)
-            m_shape = jax.eval_shape(lambda: grad_fn(params, state["batch_stats"], state["constants"],
-                                                     jax.tree.map(lambda x: x[0], _microbatches(batch, accum)),
-                                                     rng)[0][1][0])
-            zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
-            (grads, new_bs, metrics), _ = jax.lax.scan(
-                body, (zeros_g, state["batch_stats"], zeros_m), (_microbatches(batch, accum), jnp.arange(accum)))
-            grads = jax.tree.map(lambda g: g / accum, grads)
-            metrics = jax.tree.map(lambda m: m / accum, metrics)
-            loss = metrics["loss"]
-
-        updates, new_opt = tx.update(grads, state["opt_state"], params, value=loss)
-        new_params = optax.apply_updates(params, updates)
-        grad_norm = optax.tree.norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
-        new_state = {
-            "step": state["step"] + 1,
-            "params": keep(new_params, params),
-            "batch_stats": keep(new_bs, state["batch_stats"]),
-            "constants": state["constants"],
-            "opt_state": keep(new_opt, state["opt_state"]),
-            "nan_streak": jnp.where(ok, 0, state["nan_streak"] + 1),
-            "nan_total": state["nan_total"] + (~ok).astype(jnp.int32),
-        }
-        lr = schedule(state["step"])
-        plateau = optim_lib.plateau_scale(new_opt)
-        if plateau is not None:
-            lr = lr * plateau
-        metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.tree.norm(params),
-                       update_norm=optax.tree.norm(updates), lr=lr, finite=ok.astype(jnp.float32),
-                       nan_streak=new_state["nan_streak"], nan_total=new_state["nan_total"])
-        return new_state, metrics
-
-    return train_step
-
-
-def compile_train_step(train_step, abstract_state, state_sh, mesh, config):
-    """jit with explicit shardings and donated state, lowered and compiled once, before step 1."""
-    batch_sh = shd.batch_sharding(mesh)
-    L = config.model.text.max_length
-    B = config.batch_size
-    abstract_batch = {
-        "audio": jax.ShapeDtypeStruct((B, model_config.clip_samples(config.model)), jnp.float32, sharding=batch_sh),
-        "input_ids": jax.ShapeDtypeStruct((B, L), jnp.int32, sharding=batch_sh),
-        "attention_mask": jax.ShapeDtypeStruct((B, L), jnp.int32, sharding=batch_sh),
-    }
-    jitted = jax.jit(train_step, in_shardings=(state_sh, {k: batch_sh for k in abstract_batch}),
-                     out_shardings=(state_sh, shd.replicated(mesh)), donate_argnums=(0,))
-    t0 = time.time()
-    compiled = jitted.lower(abstract_state, abstract_batch).compile()
-    info = {"compile_s": time.time() - t0}
-    try:
-        mem = compiled.memory_analysis()
-        if mem is not None:
-            info.update(argument_gb=mem.argument_size_in_bytes / 1e9, output_gb=mem.output_size_in_bytes / 1e9,
-                        temp_gb=mem.temp_size_in_bytes / 1e9)
-    except Exception:  # noqa: BLE001 - backend may not implement it
-        pass
-    try:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        if cost and "flops" in cost:
-            info["xla_flops_per_device"] = float(cost["flops"])
-    except Exception:  # noqa: BLE001
-        pass
-    return compiled, info
-
-
-# ============================================================================================ weight init
-
-def _check_tree(name: str, loaded: Any, expected: Any) -> None:
-    """Same paths and shapes, else a ValueError listing the first differences."""
-    lp = {shd.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(loaded)}
-    ep = {shd.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(expected)}
-    missing, extra = sorted(set(ep) - set(lp)), sorted(set(lp) - set(ep))
-    bad = sorted(k for k in set(ep) & set(lp) if ep[k] != lp[k])
-    if missing or extra or bad:
-        raise ValueError(f"config.init.{name}: weights do not fit the model: missing {missing[:5]}, unexpected "
-                         f"{extra[:5]}, shape mismatch {[(k, lp[k], ep[k]) for k in bad[:5]]}")
-
-
-def load_initial_weights(config, state: dict, abstract_state: dict, state_sh: dict) -> dict:
-    """Initialise from pretrained weights (only for a fresh run), in order: clap_jax run dir, msclap .pth,
-    audio-encoder-only clap_jax checkpoint, HF GPT-2. Each is validated against the model's parameter tree."""
-    ic = config.init
-    params = state["params"]
-    abstract_params = abstract_state["params"]
-
-    def put(tree, sh):
-        return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32) if np.asarray(x).dtype.kind == "f"
-                                                        else np.asarray(x), s), tree, sh)
-
-    colls = ("params", "batch_stats", "constants")
-    if ic.get("clap_jax"):
-        loaded = ckpt_lib.restore_variables(ic.clap_jax, {k: abstract_state[k] for k in colls})
-        for k in colls:
-            _check_tree(f"clap_jax({k})", loaded[k], abstract_state[k])
-        params = loaded["params"]
-        state = dict(state, batch_stats=loaded["batch_stats"], constants=loaded["constants"])
-        log.info("init: params, batch_stats, constants from clap_jax checkpoint %s", ic.clap_jax)
-    if ic.get("msclap"):
-        from clap_jax.convert import msclap as convert
-        variables, _ = convert.load_msclap_checkpoint(ic.msclap, config.model)
-        _check_tree("msclap", variables["params"], abstract_params)
-        params = put(variables["params"], state_sh["params"])
-        if "batch_stats" in variables:
-            _check_tree("msclap(batch_stats)", variables["batch_stats"], abstract_state["batch_stats"])
-            state["batch_stats"] = put(variables["batch_stats"], state_sh["batch_stats"])
-        if "constants" in variables:
-            _check_tree("msclap(constants)", variables["constants"], abstract_state["constants"])
-            state["constants"] = put(variables["constants"], state_sh["constants"])
-        log.info("init: params, batch_stats, constants from msclap %s", ic.msclap)
-    if ic.get("audio_encoder"):
-        want = {k: {"audio_encoder": abstract_state[k]["audio_encoder"]} for k in colls
-                if "audio_encoder" in abstract_state[k]}
-        loaded = ckpt_lib.restore_variables(ic.audio_encoder, want)
-        for k in want:
-            _check_tree(f"audio_encoder({k})", loaded[k], want[k])
-        params = dict(params, audio_encoder=loaded["params"]["audio_encoder"])
-        for k in ("batch_stats", "constants"):
-            if k in want:
-                state = dict(state, **{k: dict(state[k], audio_encoder=loaded[k]["audio_encoder"])})
-        log.info("init: audio encoder (params, batch_stats, constants) from %s", ic.audio_encoder)
-    if ic.get("hf_gpt2"):
-        from clap_jax.convert.hf_gpt2 import load_hf_gpt2
-        text, _ = load_hf_gpt2(ic.hf_gpt2, config.model.text)
-        _check_tree("hf_gpt2", text, abstract_params["caption_encoder"]["base"])
-        cap = dict(params["caption_encoder"])
-        cap["base"] = put(text, state_sh["params"]["caption_encoder"]["base"])
-        params = dict(params, caption_encoder=cap)
-        log.info("init: GPT-2 text encoder from %s", ic.hf_gpt2)
-    if params is not state["params"]:
-        state = dict(state, params=params,
-                     opt_state=jax.jit(lambda p: make_optimizer_from(config, abstract_params)[0].init(p),
-                                       out_shardings=state_sh["opt_state"])(params))
-    return state
-
-
-def make_optimizer_from(config, abstract_params):
-    return optim_lib.make_optimizer(config.optim, abstract_params, config.total_steps)
-
-
 # ============================================================================================ evals
 
 def resolve_eval_fn(config, mesh=None) -> Callable | None:
@@ -599,16 +277,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     data_iter = data_iter if data_iter is not None else make_data_iterator(config, mesh)
 
     # ---------------------------------------------------------------------------------------- model & optimizer
-    model = model if model is not None else make_model(config)
-    tx, schedule, init_fn, abstract_state, state_sh = abstract_setup(model, config, mesh)
+    model = model if model is not None else state_lib.make_model(config)
+    tx, schedule, init_fn, abstract_state, state_sh = state_lib.abstract_setup(model, config, mesh)
     rng = jax.random.PRNGKey(config.seed)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state["params"]))
     log.info("params %.2fM; sharding: %s", n_params / 1e6,
              shd.describe(state_sh["params"], abstract_state["params"]))
 
     # ---------------------------------------------------------------------------------------- update step
-    train_step = make_train_step(model, tx, config, mesh, schedule, state_sh["params"])
-    step_fn, compile_info = compile_train_step(train_step, abstract_state, state_sh, mesh, config)
+    train_step = step_lib.make_train_step(model, tx, config, mesh, schedule, state_sh["params"])
+    step_fn, compile_info = step_lib.compile_train_step(train_step, abstract_state, state_sh, mesh, config)
     log.info("train step compiled: %s", {k: round(v, 3) for k, v in compile_info.items()})
 
     # ---------------------------------------------------------------------------------------- checkpoint load
@@ -631,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
         log.info("resumed from %s at step %d", workdir, latest)
     else:
         state = jax.jit(init_fn, out_shardings=state_sh)(rng)
-        state = load_initial_weights(config, state, abstract_state, state_sh)
+        state = state_lib.load_initial_weights(config, state, abstract_state, state_sh)
     start = int(state["step"])
 
     # ---------------------------------------------------------------------------------------- evals
