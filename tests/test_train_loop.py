@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from clap_jax.models import config as model_config
-from clap_jax.train import train
+from clap_jax.train import progress, train
 from clap_jax.train.random_batches import RandomBatches
 
 from _train_helpers import load_config, make_model
@@ -50,7 +50,7 @@ def test_nan_streak_stops_run_and_keeps_last_good_checkpoint(tmp_path):
     mesh = shd.make_mesh(config.mesh)
     it = _NaNAfter(4, batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
                    text_len=77, sharding=shd.batch_sharding(mesh))
-    with pytest.raises(train.NonFiniteError, match="consecutive non-finite"):
+    with pytest.raises(progress.NonFiniteError, match="consecutive non-finite"):
         train.train_and_evaluate(config, str(tmp_path), model=make_model(config), data_iter=it, mesh=mesh)
     # The run stopped within the streak; every checkpoint holds finite params equal to the step-4 params.
     steps = sorted(int(p.split("/")[-1]) for p in glob.glob(str(tmp_path / "checkpoints" / "*")) if

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clap_jax.models import config as model_config
-from clap_jax.train import flops, train
+from clap_jax.train import distributed, flops
 from clap_jax.train.random_batches import RandomBatches
 
 from _train_helpers import ROOT
@@ -66,14 +66,14 @@ def test_distributed_auto_is_a_no_op_on_a_single_host(monkeypatch):
     for k in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "SLURM_JOB_ID", "JAX_COORDINATOR_ADDRESS"):
         monkeypatch.delenv(k, raising=False)
     called = []
-    monkeypatch.setattr(train.jax.distributed, "initialize", lambda *a, **k: called.append((a, k)))
-    train.init_distributed(mode="auto")
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda *a, **k: called.append((a, k)))
+    distributed.init_distributed(mode="auto")
     assert called == []
     monkeypatch.setenv("SLURM_NTASKS", "4")
     monkeypatch.setenv("SLURM_JOB_ID", "1")
-    train.init_distributed(mode="auto")
+    distributed.init_distributed(mode="auto")
     assert called == [((), {})]
-    train.init_distributed("h:1", 2, 1)
+    distributed.init_distributed("h:1", 2, 1)
     assert called[-1] == (("h:1",), {"num_processes": 2, "process_id": 1})
 
 

@@ -3,6 +3,7 @@
 Bad input (an unknown or invalid config field, a workdir that is a file or read-only, missing data, a full disk)
 is reported as one `error: ...` line and exit code 2; `--debug` (or CLAP_JAX_DEBUG=1) shows the traceback.
 """
+import json
 import sys
 
 if __name__ == "__main__":  # before the heavy imports below: the re-exec would otherwise pay for them twice
@@ -10,11 +11,13 @@ if __name__ == "__main__":  # before the heavy imports below: the re-exec would 
 
     hostmem.reexec_with_hugepages()  # 2 MiB pages for XLA's per-step host buffers (clap_jax/hostmem.py)
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from clap_jax import errors
 from clap_jax.train import config as config_lib
+from clap_jax.train import distributed
 from clap_jax.train import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)), e.g. configs/tiny.py:arg")
@@ -34,13 +37,11 @@ _HELP = ("-h", "--help", "-?", "--helpshort", "--helpfull")
 
 def main(argv):
     del argv
-    train.init_distributed(_COORD.value, _NPROC.value, _PID.value, _DIST.value)
+    distributed.init_distributed(_COORD.value, _NPROC.value, _PID.value, _DIST.value)
     config = _load_config()
     config_lib.validate_config(config)  # ConfigError naming the field (unknown fields too) before any compute
     summary = train.train_and_evaluate(config, _WORKDIR.value)
     if _LOSSES.value:
-        import json
-        import jax
         if jax.process_index() == 0:
             with open(_LOSSES.value, "w") as f:
                 json.dump({"losses": {str(k): v for k, v in summary["losses"].items()},
