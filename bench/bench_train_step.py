@@ -30,9 +30,10 @@ import numpy as np  # noqa: E402
 
 from clap_jax.models import config as model_config  # noqa: E402
 from clap_jax.train import flops as flops_lib  # noqa: E402
-from clap_jax.train import train  # noqa: E402
-from clap_jax.train.config_base import base  # noqa: E402
-from clap_jax.train.synthetic import make_global_batch  # noqa: E402
+from clap_jax.train import state as state_lib  # noqa: E402
+from clap_jax.train import step as step_lib  # noqa: E402
+from clap_jax.train.config import base  # noqa: E402
+from clap_jax.train.random_batches import make_global_batch  # noqa: E402
 
 
 def make_config(a):
@@ -57,12 +58,12 @@ def bench_jax(c, steps):
     from clap_jax.train import sharding as shd
     mesh = shd.make_mesh(c.mesh)
     model = CLAPModel(c.model)
-    tx, schedule, init_fn, abstract_state, state_sh = train.abstract_setup(model, c, mesh)
-    step_fn, info = train.compile_train_step(
-        train.make_train_step(model, tx, c, mesh, schedule, state_sh["params"]), abstract_state, state_sh, mesh, c)
+    tx, schedule, init_fn, abstract_state, state_sh = state_lib.abstract_setup(model, c, mesh)
+    step_fn, info = step_lib.compile_train_step(
+        step_lib.make_train_step(model, tx, c, mesh, schedule, state_sh["params"]), abstract_state, state_sh, mesh, c)
     state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(0))
     bsh = shd.batch_sharding(mesh)
-    batches = [jax.device_put(make_global_batch(0, i, c.batch_size, train.num_samples(c), 77, 8), bsh)
+    batches = [jax.device_put(make_global_batch(0, i, c.batch_size, model_config.clip_samples(c.model), 77, 8), bsh)
                for i in range(2)]
     state, m = step_fn(state, batches[0])          # warm-up
     jax.block_until_ready(m)
@@ -83,7 +84,7 @@ def bench_torch(c, steps, threads):
         torch.set_num_threads(threads)
     model = build_msclap(c.model).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = [make_global_batch(0, i, c.batch_size, train.num_samples(c), 77, 8) for i in range(2)]
+    batches = [make_global_batch(0, i, c.batch_size, model_config.clip_samples(c.model), 77, 8) for i in range(2)]
     batches = [(torch.from_numpy(b["audio"]), {"input_ids": torch.from_numpy(b["input_ids"]).long(),
                                                "attention_mask": torch.from_numpy(b["attention_mask"]).long()})
                for b in batches]
@@ -134,7 +135,7 @@ def main():
     print(f"host memory: {hostmem.describe()} (same process for both sides)")
     t_jax, loss_jax, info, n_dev = bench_jax(c, a.steps)
     ex_s = a.batch / t_jax
-    fl = flops_lib.clap_train_flops_per_example(c.model, train.num_samples(c))
+    fl = flops_lib.clap_train_flops_per_example(c.model, model_config.clip_samples(c.model))
     peak = flops_lib.peak_flops(dev.device_kind)
     print(f"clap_jax : {t_jax * 1e3:9.1f} ms/step  {ex_s:8.2f} examples/s  {ex_s / n_dev:8.2f} ex/s/device  "
           f"loss {loss_jax:.4f}  compile {info['compile_s']:.1f}s  temp {info.get('temp_gb', float('nan')):.2f} GB")

@@ -4,7 +4,7 @@
 """The CLAP 2023 recipe: HTSAT + GPT-2, d_proj 1024, global batch 1536, Adam lr 1e-3, learnable temperature,
 reduce-on-plateau (x0.1 after 15 epochs without improvement). Warmup + cosine as an option (`:cosine`)."""
 from clap_jax.models import registry
-from clap_jax.train.config_base import base, parse_args
+from clap_jax.train.config import base, parse_args
 
 ARGS = dict(batch_size=1536, dirs=(), random=False, epoch_examples=4_600_000, epochs=45, cosine=False, fsdp=False,
             bf16=False, remat=False)

@@ -18,7 +18,7 @@ faster than the weights, and the synthetic training captions sometimes name only
 naming one attribute has texts like it to match. README.md gives the measured results and the run-to-run spread.
 Kill it and rerun the same command: it resumes from the newest checkpoint."""
 from clap_jax.models import registry
-from clap_jax.train.config_base import base, parse_args
+from clap_jax.train.config import base, parse_args
 
 CLIP_SECONDS = 2.5  # = clap_jax.data.synthetic's default --seconds
 SAMPLE_RATE = 16000  # main.sh builds the data with --sample-rate 16000 (the pipeline requires the model's rate)

@@ -2,7 +2,7 @@
 # variants: configs/tiny.py:fsdp  |  :sharded_loss  |  :steps=20  |  :seconds=0.5
 """Tiny model, 1 s clips, batch 16 on 8 simulated CPU devices: every code path in seconds (tests)."""
 from clap_jax.models import registry
-from clap_jax.train.config_base import base, parse_args
+from clap_jax.train.config import base, parse_args
 
 ARGS = dict(batch_size=16, steps=6, seconds=1.0, fsdp=False, sharded_loss=False, ckpt_every=2)
 

@@ -7,9 +7,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _train_standin import StandInCLAP  # noqa: E402
 from clap_jax.train import __main__ as cli  # noqa: E402
-from clap_jax.train import train  # noqa: E402
+from clap_jax.train import state  # noqa: E402
 
-train.make_model = lambda config: StandInCLAP()
+state.make_model = lambda config: StandInCLAP()
 
 if __name__ == "__main__":
     cli.run()

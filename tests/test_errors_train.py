@@ -83,13 +83,13 @@ def _data_at_8khz(tmp_path):
 
 def _other_model_workdir(tmp_path):
     """A workdir recorded by a run of a different model (d_proj 48, not tiny's 32)."""
-    from clap_jax.train import train
+    from clap_jax.train import workdir
 
     wd = tmp_path / "other_model"
     (wd / "checkpoints").mkdir(parents=True)
     m = model_config.tiny()
     m.d_proj = 48
-    train.write_workdir_model_config(str(wd), m)
+    workdir.write_workdir_model_config(str(wd), m)
     return str(wd)
 
 
@@ -152,10 +152,10 @@ def test_help_exits_zero():
     ("clap_2023", ""), ("clap_2023", "fsdp,cosine,bf16,remat,batch_size=512,epochs=3"), ("clap_2023", "random"),
 ])
 def test_shipped_configs_know_all_their_fields(name, arg):
-    from clap_jax.train import config_base
+    from clap_jax.train import config as config_lib
 
     c = load_config(name, arg)
-    config_base.check_known_fields(c)  # raises on a field base() does not define
+    config_lib.check_known_fields(c)  # raises on a field base() does not define
     with pytest.raises(AttributeError):  # and locked: a typo set later raises too
         c.optim.lrr = 1.0
 

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from clap_jax.errors import ConfigError, UserError
+from clap_jax.models import config as model_config
 from clap_jax.train import checkpoint as ckpt_lib
+from clap_jax.train import step as step_lib
 from clap_jax.train import train
-from clap_jax.train.synthetic import SyntheticBatches
+from clap_jax.train.random_batches import RandomBatches
 
 from _train_helpers import load_config, make_model
 
@@ -43,7 +45,7 @@ def test_resume_with_another_model_is_refused_and_changes_nothing(tmp_path, monk
     other.model.text.n_layer = 3
     other.model.d_proj = 48
     # the check comes before the mesh, the pipeline and the compile: none of them may run
-    monkeypatch.setattr(train, "compile_train_step", lambda *a, **k: pytest.fail("compiled before the check"))
+    monkeypatch.setattr(step_lib, "compile_train_step", lambda *a, **k: pytest.fail("compiled before the check"))
     with pytest.raises(ConfigError) as e:
         train.train_and_evaluate(other, wd, model=make_model(other))
     msg = str(e.value)
@@ -92,7 +94,7 @@ def test_disk_full_during_save_is_one_error_and_the_last_checkpoint_survives(tmp
     assert summary["start_step"] == 2 and summary["end_step"] == 6
 
 
-class _Stalls(SyntheticBatches):
+class _Stalls(RandomBatches):
     """Synthetic batches that stop coming after `n` (a stalled pipeline, or one skipping only bad records)."""
 
     def __init__(self, n, **kw):
@@ -112,8 +114,8 @@ def test_sigterm_while_waiting_for_data_stops_the_run(good_batches, tmp_path):
     config = load_config("tiny", "steps=10,ckpt_every=100")
     from clap_jax.train import sharding as shd
     mesh = shd.make_mesh(config.mesh)
-    it = _Stalls(good_batches, batch_size=config.batch_size, num_samples=train.num_samples(config), text_len=77,
-                 sharding=shd.batch_sharding(mesh))
+    it = _Stalls(good_batches, batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
+                 text_len=77, sharding=shd.batch_sharding(mesh))
 
     def term_when_stalled():
         if it.waiting.wait(120):
@@ -131,7 +133,8 @@ def test_sigterm_while_waiting_for_data_stops_the_run(good_batches, tmp_path):
     if good_batches:  # the steps that ran are saved, with the iterator positioned after their batches
         assert _steps(tmp_path / "wd") == [good_batches]
         mngr = ckpt_lib.make_manager(str(tmp_path / "wd" / "checkpoints"), keep=1, save_every=1)
-        it2 = SyntheticBatches(batch_size=config.batch_size, num_samples=train.num_samples(config), text_len=77)
+        it2 = RandomBatches(batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
+                            text_len=77)
         ckpt_lib.restore(mngr, good_batches, jax.tree.map(lambda x: jax.ShapeDtypeStruct(
             x.shape, x.dtype, sharding=x.sharding), summary["state"]), it2)
         mngr.close()

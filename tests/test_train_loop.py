@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from clap_jax.train import train
-from clap_jax.train.synthetic import SyntheticBatches
+from clap_jax.models import config as model_config
+from clap_jax.train import progress, train
+from clap_jax.train.random_batches import RandomBatches
 
 from _train_helpers import load_config, make_model
 
@@ -29,7 +30,7 @@ def test_eval_hook_and_tensorboard_events(tmp_path):
     assert files and max(len(open(f, "rb").read()) for f in files) > 200
 
 
-class _NaNAfter(SyntheticBatches):
+class _NaNAfter(RandomBatches):
     def __init__(self, bad_from, **kw):
         super().__init__(**kw)
         self.bad_from = bad_from
@@ -47,9 +48,9 @@ def test_nan_streak_stops_run_and_keeps_last_good_checkpoint(tmp_path):
     config.nan.max_consecutive = 3
     from clap_jax.train import sharding as shd
     mesh = shd.make_mesh(config.mesh)
-    it = _NaNAfter(4, batch_size=config.batch_size, num_samples=train.num_samples(config), text_len=77,
-                   sharding=shd.batch_sharding(mesh))
-    with pytest.raises(train.NonFiniteError, match="consecutive non-finite"):
+    it = _NaNAfter(4, batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
+                   text_len=77, sharding=shd.batch_sharding(mesh))
+    with pytest.raises(progress.NonFiniteError, match="consecutive non-finite"):
         train.train_and_evaluate(config, str(tmp_path), model=make_model(config), data_iter=it, mesh=mesh)
     # The run stopped within the streak; every checkpoint holds finite params equal to the step-4 params.
     steps = sorted(int(p.split("/")[-1]) for p in glob.glob(str(tmp_path / "checkpoints" / "*")) if

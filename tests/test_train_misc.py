@@ -1,4 +1,4 @@
-"""Small pieces: analytic FLOPs, synthetic iterator state, launch scripts' dry-run mode, distributed detection."""
+"""Small pieces: analytic FLOPs, random batch iterator state, launch scripts' dry-run mode, distributed detection."""
 import os
 import subprocess
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from clap_jax.models import config as model_config
-from clap_jax.train import flops, train
-from clap_jax.train.synthetic import SyntheticBatches
+from clap_jax.train import distributed, flops
+from clap_jax.train.random_batches import RandomBatches
 
 from _train_helpers import ROOT
 
@@ -28,17 +28,17 @@ def test_full_size_train_flops_and_peak_table():
     assert flops.peak_flops("cpu") is None and flops.peak_flops("cpu", 1e12) == 1e12
 
 
-def test_synthetic_iterator_state_roundtrip_and_determinism():
-    it = SyntheticBatches(batch_size=4, num_samples=100, num_classes=3, seed=5)
+def test_random_batches_state_roundtrip_and_determinism():
+    it = RandomBatches(batch_size=4, num_samples=100, num_classes=3, seed=5)
     next(it), next(it)
     state = it.get_state()
     b3 = next(it)
-    it2 = SyntheticBatches(batch_size=4, num_samples=100, num_classes=3, seed=5)
+    it2 = RandomBatches(batch_size=4, num_samples=100, num_classes=3, seed=5)
     it2.set_state(state)
     np.testing.assert_array_equal(next(it2)["audio"], b3["audio"])
     assert b3["input_ids"].dtype == np.int32 and b3["attention_mask"].sum() > 0
     with pytest.raises(ValueError, match="seed"):
-        SyntheticBatches(batch_size=4, num_samples=100, seed=6).set_state(state)
+        RandomBatches(batch_size=4, num_samples=100, seed=6).set_state(state)
 
 
 @pytest.mark.parametrize("script,env,expect", [
@@ -66,14 +66,14 @@ def test_distributed_auto_is_a_no_op_on_a_single_host(monkeypatch):
     for k in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "SLURM_JOB_ID", "JAX_COORDINATOR_ADDRESS"):
         monkeypatch.delenv(k, raising=False)
     called = []
-    monkeypatch.setattr(train.jax.distributed, "initialize", lambda *a, **k: called.append((a, k)))
-    train.init_distributed(mode="auto")
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda *a, **k: called.append((a, k)))
+    distributed.init_distributed(mode="auto")
     assert called == []
     monkeypatch.setenv("SLURM_NTASKS", "4")
     monkeypatch.setenv("SLURM_JOB_ID", "1")
-    train.init_distributed(mode="auto")
+    distributed.init_distributed(mode="auto")
     assert called == [((), {})]
-    train.init_distributed("h:1", 2, 1)
+    distributed.init_distributed("h:1", 2, 1)
     assert called[-1] == (("h:1",), {"num_processes": 2, "process_id": 1})
 
 

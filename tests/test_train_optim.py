@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from clap_jax.train import optim as optim_lib
-from clap_jax.train.config_base import base
+from clap_jax.train.config import base
 
 
 def _params():

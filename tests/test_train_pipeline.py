@@ -3,10 +3,11 @@ checkpoint and continued in the same workdir resumes the data iterator too, so i
 run's bit for bit."""
 import numpy as np
 
-from data_fixtures import make_tfrecord_dataset
+from clap_jax.train import data as data_lib
 from clap_jax.train import train
 
 from _train_helpers import load_config, make_model, mesh
+from data_fixtures import make_tfrecord_dataset
 
 
 def _config(data_dir, steps):
@@ -37,7 +38,7 @@ def test_model_text_length_reaches_the_real_pipeline(tmp_path):
     make_tfrecord_dataset(str(tmp_path / "data"), n=24, seconds=0.5, sample_rate=8000)
     c = _config(tmp_path / "data", 2)
     c.model.text.max_length = 64
-    it = train.make_data_iterator(c, mesh((8, 1, 1)))
+    it = data_lib.make_data_iterator(c, mesh((8, 1, 1)))
     try:
         b = next(it)
         assert b["input_ids"].shape == (c.batch_size, 64) and b["attention_mask"].shape == (c.batch_size, 64)

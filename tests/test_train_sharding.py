@@ -5,8 +5,8 @@ import ml_collections
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from clap_jax.train import config as config_lib
 from clap_jax.train import sharding as shd
-from clap_jax.train import train
 
 from _train_helpers import load_config
 
@@ -90,17 +90,17 @@ def test_invalid_config_rejected_before_compute_naming_field(field, value, match
         node = node[p]
     node[leaf] = value
     with pytest.raises(ValueError, match=match):
-        train.validate_config(c)
+        config_lib.validate_config(c)
 
 
 def test_shipped_configs_validate():
     for name, arg in [("tiny", ""), ("tiny", "fsdp,sharded_loss"), ("demo", ""), ("clap_2023", "fsdp,dirs=/tmp"),
                       ("clap_2023", "cosine,random,bf16,remat")]:
         c = load_config(name, arg)
-        train.validate_config(c, num_devices=8)
+        config_lib.validate_config(c, num_devices=8)
     c = load_config("clap_2023", "dirs=/tmp")
     with pytest.raises(ValueError, match="config.data.dirs"):
-        train.validate_config(load_config("clap_2023"), num_devices=8)
+        config_lib.validate_config(load_config("clap_2023"), num_devices=8)
     assert c.model.d_proj == 1024 and c.batch_size == 1536 and c.optim.lr == 1e-3
     assert c.optim.schedule == "reduce_on_plateau" and c.optim.plateau.patience == 15
     assert c.optim.plateau.factor == 0.1

@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from clap_jax.models import config as model_config
 from clap_jax.train import sharding as shd
-from clap_jax.train import train
-from clap_jax.train.synthetic import make_global_batch
+from clap_jax.train import state as state_lib
+from clap_jax.train import step as step_lib
+from clap_jax.train.random_batches import make_global_batch
 
 from _train_helpers import load_config, make_model, mesh
 
 
 def _batch(config, seed=0):
-    return make_global_batch(seed, 0, config.batch_size, train.num_samples(config), config.model.text.max_length,
-                             num_classes=4)
+    return make_global_batch(seed, 0, config.batch_size, model_config.clip_samples(config.model),
+                             config.model.text.max_length, num_classes=4)
 
 
 def _reference_grads(config, model, state, batch, rng):
@@ -26,7 +28,7 @@ def _reference_grads(config, model, state, batch, rng):
     with jax.enable_x64(True):
         to64 = lambda t: jax.tree.map(lambda x: np.asarray(x, np.float64) if np.asarray(x).dtype.kind == "f"
                                       else np.asarray(x), jax.device_get(t))
-        grad_fn = train.make_grad_fn(model, cfg, None)
+        grad_fn = step_lib.make_grad_fn(model, cfg, None)
         (loss, (m, _)), g = jax.jit(grad_fn)(to64(state["params"]), to64(state["batch_stats"]),
                                              to64(state["constants"]), to64(batch), rng)
         assert jax.tree.leaves(g)[0].dtype == jnp.float64
@@ -38,7 +40,7 @@ def test_sharded_grads_equal_float64_single_device_reference(layout):
     config = load_config("tiny", "fsdp,sharded_loss" if layout == "fsdp" else "")
     model = make_model(config, deterministic=True)
     m = mesh((8, 1, 1) if layout == "data_parallel" else (1, 8, 1))
-    _, _, init_fn, abstract_state, state_sh = train.abstract_setup(model, config, m)
+    _, _, init_fn, abstract_state, state_sh = state_lib.abstract_setup(model, config, m)
     state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(0))
     specs = [s.spec for s in jax.tree.leaves(state_sh["params"])]
     if layout == "fsdp":
@@ -48,7 +50,7 @@ def test_sharded_grads_equal_float64_single_device_reference(layout):
     batch = _batch(config)
     rng = jax.random.PRNGKey(7)
     bsh = NamedSharding(m, P(shd.BATCH_AXES))
-    grad_fn = jax.jit(train.make_grad_fn(model, config, m, state_sh["params"]),
+    grad_fn = jax.jit(step_lib.make_grad_fn(model, config, m, state_sh["params"]),
                       in_shardings=(state_sh["params"], state_sh["batch_stats"], state_sh["constants"], bsh, None),
                       out_shardings=None)
     (loss, _), grads = grad_fn(state["params"], state["batch_stats"], state["constants"],
@@ -66,9 +68,9 @@ def test_sharded_grads_equal_float64_single_device_reference(layout):
 
 
 def _compiled(config, model, m):
-    tx, schedule, init_fn, abstract_state, state_sh = train.abstract_setup(model, config, m)
-    step = train.make_train_step(model, tx, config, m, schedule, state_sh["params"])
-    fn, info = train.compile_train_step(step, abstract_state, state_sh, m, config)
+    tx, schedule, init_fn, abstract_state, state_sh = state_lib.abstract_setup(model, config, m)
+    step = step_lib.make_train_step(model, tx, config, m, schedule, state_sh["params"])
+    fn, info = step_lib.compile_train_step(step, abstract_state, state_sh, m, config)
     state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(0))
     return fn, state, tx, state_sh
 
@@ -108,8 +110,8 @@ def test_grad_accumulation_independent_averages_microbatch_gradients():
     bs0, c0 = jax.device_get(state["batch_stats"]), jax.device_get(state["constants"])
     batch = _batch(config)
     state, met = fn(state, jax.device_put(batch, NamedSharding(m, P(shd.BATCH_AXES))))
-    # Manual: rows j::2 form micro-batch j (see train._microbatches); mean of the two gradients, one update.
-    grad_fn = jax.jit(train.make_grad_fn(model, config, None))
+    # Manual: rows j::2 form micro-batch j (see step._microbatches); mean of the two gradients, one update.
+    grad_fn = jax.jit(step_lib.make_grad_fn(model, config, None))
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), 0)
     gs, losses, bs = [], [], bs0
     for j in range(2):
@@ -118,6 +120,13 @@ def test_grad_accumulation_independent_averages_microbatch_gradients():
         gs.append(g)
         losses.append(float(l))
     g = jax.tree.map(lambda a, b: (a + b) / 2, *gs)
+    # the accumulating grad fn on its own (what the step calls): the same mean loss and gradients
+    (acc_loss, (acc_met, _)), acc_g = jax.jit(step_lib.make_independent_accum_grad_fn(model, config, None))(
+        params0, bs0, c0, batch, rng)
+    np.testing.assert_allclose(float(acc_loss), np.mean(losses), rtol=1e-5)
+    assert float(acc_met["loss"]) == float(acc_loss)
+    for x, y in zip(jax.tree.leaves(acc_g), jax.tree.leaves(g)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
     upd, _ = tx.update(g, opt0, params0, value=jnp.float32(np.mean(losses)))
     expect = jax.tree.map(lambda p, u: p + u, params0, upd)
     np.testing.assert_allclose(float(met["loss"]), np.mean(losses), rtol=1e-5)
@@ -133,7 +142,7 @@ def _microbatch_reference(model, config, params, bs, consts, batch, rng, k):
     """One loss over the concatenated embeddings of k micro-batches (rows j::k under key fold_in(rng, j)), each
     embedded in its own forward pass as the accumulation does (batch norm sees micro-batch statistics)."""
     from clap_jax.train import loss as loss_lib
-    embed = train.make_embed_fn(model, config, None)
+    embed = step_lib.make_embed_fn(model, config, None)
 
     def reference_loss(params):
         outs, new_bs = [], bs
@@ -156,13 +165,13 @@ def test_cached_grad_accumulation_equals_one_loss_over_all_microbatches(loss_kin
     config.optim.grad_accum_steps = 4
     model = make_model(config, deterministic=True)
     m = mesh((8, 1, 1))
-    _, _, init_fn, abstract_state, state_sh = train.abstract_setup(model, config, m)
+    _, _, init_fn, abstract_state, state_sh = state_lib.abstract_setup(model, config, m)
     state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(0))
     batch = _batch(config)
     rng = jax.random.PRNGKey(3)
     args = (state["params"], state["batch_stats"], state["constants"],
             jax.device_put(batch, NamedSharding(m, P(shd.BATCH_AXES))), rng)
-    (loss4, (met4, bs4)), g4 = jax.jit(train.make_cached_accum_grad_fn(model, config, m))(*args)
+    (loss4, (met4, bs4)), g4 = jax.jit(step_lib.make_cached_accum_grad_fn(model, config, m))(*args)
     host = jax.device_get(args[:3])
     (ref_loss, (ref_met, ref_bs)), ref_g = _microbatch_reference(model, config, *host, batch, rng, 4)
     np.testing.assert_allclose(float(loss4), float(ref_loss), rtol=1e-6)

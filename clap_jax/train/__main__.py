@@ -3,6 +3,7 @@
 Bad input (an unknown or invalid config field, a workdir that is a file or read-only, missing data, a full disk)
 is reported as one `error: ...` line and exit code 2; `--debug` (or CLAP_JAX_DEBUG=1) shows the traceback.
 """
+import json
 import sys
 
 if __name__ == "__main__":  # before the heavy imports below: the re-exec would otherwise pay for them twice
@@ -10,10 +11,13 @@ if __name__ == "__main__":  # before the heavy imports below: the re-exec would 
 
     hostmem.reexec_with_hugepages()  # 2 MiB pages for XLA's per-step host buffers (clap_jax/hostmem.py)
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from clap_jax import errors
+from clap_jax.train import config as config_lib
+from clap_jax.train import distributed
 from clap_jax.train import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)), e.g. configs/tiny.py:arg")
@@ -33,13 +37,11 @@ _HELP = ("-h", "--help", "-?", "--helpshort", "--helpfull")
 
 def main(argv):
     del argv
-    train.init_distributed(_COORD.value, _NPROC.value, _PID.value, _DIST.value)
+    distributed.init_distributed(_COORD.value, _NPROC.value, _PID.value, _DIST.value)
     config = _load_config()
-    train.validate_config(config)  # ConfigError naming the field (unknown fields too) before any compute
+    config_lib.validate_config(config)  # ConfigError naming the field (unknown fields too) before any compute
     summary = train.train_and_evaluate(config, _WORKDIR.value)
     if _LOSSES.value:
-        import json
-        import jax
         if jax.process_index() == 0:
             with open(_LOSSES.value, "w") as f:
                 json.dump({"losses": {str(k): v for k, v in summary["losses"].items()},
@@ -81,12 +83,10 @@ def _config_overrides(argv) -> list[str]:
 
 def _flag_error_message(e: BaseException, argv) -> str:
     """One line for a command line that does not parse."""
-    from clap_jax.train import config_base
-
-    known = set(config_base.field_paths(config_base.base()))
+    known = set(config_lib.field_paths(config_lib.base()))
     for field in _config_overrides(argv):  # a typo in an override: name it and the nearest known field
         if field not in known:
-            return f"--config.{field}: {config_base.unknown_field_message(field)}"
+            return f"--config.{field}: {config_lib.unknown_field_message(field)}"
     one_line = lambda text: " ".join(str(text).split())  # noqa: E731
     if isinstance(e, flags.Error) and not str(e).startswith(("flag --config=", "flag --config:")):
         return one_line(e)  # an unknown flag, a bad value of --workdir / --config.x.y: absl names the flag

@@ -1,651 +1,43 @@
-"""CLAP contrastive pretraining on a device mesh.
+"""CLAP contrastive pretraining on a device mesh: `train_and_evaluate`, the run from config to last checkpoint.
 
     python -m clap_jax.train --config configs/tiny.py --workdir /tmp/clap_tiny
     python -m clap_jax.train --config configs/clap_2023.py:batch_size=256 --workdir gs://bucket/run1 \
         --config.optim.lr=3e-4
 
-Read top to bottom: config checks, logging, distributed init, mesh, input pipeline, model and optimizer
-(shape-first init), update step (compiled once, up front), checkpoint load / weight initialisation, evals,
-train loop. A `--workdir` holding checkpoints is resumed from its latest step, iterator included.
+Read top to bottom: config checks, logging, mesh, input pipeline, model and optimizer (shape-first init), update
+step (compiled once, up front), checkpoint load / weight initialisation, evals, train loop. A `--workdir` holding
+checkpoints is resumed from its latest step, iterator included. The parts are in their own modules (config,
+workdir, progress, data, state, step, checkpoint, distributed).
 """
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
-import queue
-import signal
-import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from clu import metrics as clu_metrics
 
-from clap_jax.errors import ConfigError, UserError
+from clap_jax import hostmem
+from clap_jax.errors import UserError
+from clap_jax.eval.hook import make_eval_fn
 from clap_jax.models import config as model_config
 from clap_jax.train import checkpoint as ckpt_lib
-from clap_jax.train import config_base
+from clap_jax.train import config as config_lib
+from clap_jax.train import data as data_lib
+from clap_jax.train import distributed
 from clap_jax.train import flops as flops_lib
-from clap_jax.train import loss as loss_lib
-from clap_jax.train import optim as optim_lib
+from clap_jax.train import progress as progress_lib
 from clap_jax.train import sharding as shd
-from clap_jax.train.synthetic import SyntheticBatches
+from clap_jax.train import state as state_lib
+from clap_jax.train import step as step_lib
+from clap_jax.train import workdir as workdir_lib
 
 log = logging.getLogger("clap_jax.train")
 
-
-BATCH_KEYS = ("audio", "input_ids", "attention_mask")
-
-
-class NonFiniteError(RuntimeError):
-    """Too many consecutive non-finite steps."""
-
-
-# ============================================================================================ config checks
-
-def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """Reject an invalid config before any compute with a ConfigError naming the field; unknown fields (typos)
-    included. Locks the config: setting an unknown field afterwards raises too."""
-    config_base.check_known_fields(config)
-    try:
-        _validate_values(config, num_devices)
-    except ConfigError:
-        raise
-    except ValueError as e:  # the model / optimizer / mesh checks name their field in a ValueError
-        raise ConfigError(str(e)) from e
-
-
-def _validate_values(config, num_devices):
-    def need(ok, field, msg):
-        if not ok:
-            raise ConfigError(f"config.{field}: {msg}")
-
-    model_config.validate(config.model)
-    need(config.total_steps > 0, "total_steps", f"must be positive, got {config.total_steps}")
-    need(config.batch_size > 0, "batch_size", f"must be positive, got {config.batch_size}")
-    need(config.data.kind in ("random", "tfrecord"), "data.kind",
-         f"unknown data kind {config.data.kind!r} ('random' or 'tfrecord')")
-    clip, duration = config.data.get("clip_seconds"), config.model.audio.duration
-    need(clip is None or clip == duration, "data.clip_seconds",
-         f"{clip} s disagrees with config.model.audio.duration = {duration} s: the model config owns the clip "
-         f"length (leave data.clip_seconds unset, or make the two equal)")
-    if config.data.kind == "tfrecord":
-        need(bool(config.data.dirs), "data.dirs", "needs at least one directory of TFRecords")
-        need(not config.data.weights or len(config.data.weights) == len(config.data.dirs), "data.weights",
-             f"needs one weight per directory ({len(config.data.dirs)})")
-        need(config.batch_size % jax.process_count() == 0, "batch_size",
-             f"must be divisible by the number of processes ({jax.process_count()})")
-        need(config.data.max_consecutive_bad_records >= 1, "data.max_consecutive_bad_records", "must be >= 1")
-    need(config.loss.kind in ("global", "sharded"), "loss.kind", f"unknown {config.loss.kind!r} (global, sharded)")
-    need(config.ckpt.every_steps >= 0, "ckpt.every_steps", "must be >= 0 (0 = only at the end)")
-    need(config.ckpt.keep >= 1, "ckpt.keep", "must be >= 1")
-    need(config.log.every_steps >= 1, "log.every_steps", "must be >= 1")
-    need(config.eval.every_steps >= 0, "eval.every_steps", "must be >= 0 (0 = never)")
-    need(config.nan.max_consecutive >= 1, "nan.max_consecutive", "must be >= 1")
-    optim_lib.validate(config.optim)
-    shd.validate_rules(config.sharding.rules)
-    for key in ("clap_jax", "msclap", "hf_gpt2", "audio_encoder"):
-        path = config.init.get(key)
-        if path and "://" not in str(path):
-            need(os.path.exists(path), f"init.{key}", f"path does not exist: {path}")
-    if config.eval.get("data_root") and "://" not in str(config.eval.data_root):
-        need(os.path.isdir(config.eval.data_root), "eval.data_root", f"not a directory: {config.eval.data_root}")
-    n = num_devices if num_devices is not None else jax.device_count()
-    ici, dcn = shd.mesh_shape(config.mesh, n, int(np.prod([config.mesh.get(f"dcn_{a}", 1) for a in shd.AXES])))
-    shards = (ici[0] * dcn[0]) * (ici[1] * dcn[1])
-    accum = config.optim.grad_accum_steps
-    need(config.batch_size % (shards * accum) == 0, "batch_size",
-         f"{config.batch_size} must be divisible by batch shards ({shards} = data x fsdp) x "
-         f"optim.grad_accum_steps ({accum})")
-
-
-# ============================================================================================ work directory
-
-WORKDIR_CONFIG_FILE = "model_config.json"  # the model config of a run; clap_jax.weights.load_workdir reads it
-
-
-def _flatten_dict(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten_dict(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _model_dict(model_cfg) -> dict:
-    """The model config as the JSON in the workdir holds it (tuples as lists)."""
-    return json.loads(json.dumps(model_cfg.to_dict(), default=list))
-
-
-def model_config_diff(recorded: dict, model_cfg) -> list[str]:
-    """'field: recorded vs new' for every model field that differs. Fields the recorded file lacks (written by an
-    older version) take their defaults, as clap_jax.weights does when it reads the file."""
-    old = _flatten_dict(_model_dict(model_config.clap_2023()))
-    old.update(_flatten_dict(recorded))
-    new = _flatten_dict(_model_dict(model_cfg))
-    return [f"model.{k}: {old.get(k, '<absent>')!r} (workdir) vs {new.get(k, '<absent>')!r} (config)"
-            for k in sorted(set(old) | set(new)) if old.get(k, "<absent>") != new.get(k, "<absent>")]
-
-
-def check_workdir(config, workdir: str | None) -> None:
-    """Before anything is built or written: `workdir` is a directory we can write to (or can be created), and a
-    run already recorded there was trained with the same model config. Raises a one-line UserError/ConfigError;
-    the workdir is left as it was (a probe file is created and removed)."""
-    if workdir is None or "://" in str(workdir):
-        return
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UserError(f"--workdir {workdir}: exists and is not a directory; pass a directory (new or a run's)")
-    recorded = os.path.join(workdir, WORKDIR_CONFIG_FILE)
-    if os.path.isfile(recorded):
-        try:
-            with open(recorded) as f:
-                old = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{recorded}: unreadable ({e}); this workdir's model config is unknown, so it cannot be "
-                            f"resumed") from e
-        diff = model_config_diff(old, config.model)
-        if diff:
-            raise ConfigError(
-                f"{recorded}: this workdir holds a run of a different model, which a resume cannot load; "
-                f"{len(diff)} field(s) differ: {'; '.join(diff[:8])}{'; ...' if len(diff) > 8 else ''}. "
-                f"Use a new --workdir, or the recorded model config")
-    probe_dir = workdir
-    while not os.path.isdir(probe_dir):  # the nearest existing ancestor, where makedirs will write
-        parent = os.path.dirname(os.path.abspath(probe_dir))
-        if os.path.exists(probe_dir) or parent == os.path.abspath(probe_dir):
-            raise UserError(f"--workdir {workdir}: {probe_dir} is not a directory")
-        probe_dir = parent
-    probe = os.path.join(probe_dir, f".clap_jax_write_probe.{os.getpid()}.{jax.process_index()}")
-    try:
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"--workdir {workdir}: cannot write to {probe_dir} ({e.strerror}); pass a writable "
-                        f"directory") from e
-
-
-def check_data_dirs(config) -> None:
-    """Every TFRecord directory exists and holds shards: a missing or empty one is reported now, before the
-    compile, as a ConfigError naming it."""
-    if config.data.kind != "tfrecord":
-        return
-    from clap_jax.data import pipeline
-    for d in config.data.dirs:
-        if "://" in str(d):
-            continue
-        if not os.path.isdir(d):
-            raise ConfigError(f"config.data.dirs: {d}: not a directory (expected the --out of "
-                              f"python -m clap_jax.data.preprocess)")
-        try:
-            pipeline.shard_paths(d)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"config.data.dirs: {e}") from e
-        stored = ((pipeline.read_metadata(d) or {}).get("settings") or {}).get("sample_rate")
-        if stored is not None and stored != config.model.audio.sample_rate:
-            raise ConfigError(f"config.data.dirs: {d} holds audio at {stored} Hz but config.model.audio.sample_rate "
-                              f"is {config.model.audio.sample_rate} Hz: preprocess it with --sample-rate "
-                              f"{config.model.audio.sample_rate}, or train a model at {stored} Hz")
-
-
-def write_workdir_model_config(workdir: str, model_cfg) -> None:
-    """Record the run's model config (atomically; only once: check_workdir makes sure it matches)."""
-    path = os.path.join(workdir, WORKDIR_CONFIG_FILE)
-    if os.path.isfile(path):
-        return
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(_model_dict(model_cfg), f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-# ============================================================================================ logging
-
-class MetricWriter:
-    """Scalars to TensorBoard event files (clu writers when TensorFlow is present, else tensorboard's own event
-    writer) and to the Python log. Only process 0 writes; other processes get a no-op."""
-
-    def __init__(self, workdir: str | None):
-        self._clu = self._tb = None
-        if workdir is None or jax.process_index() != 0:
-            return
-        try:
-            from clu import metric_writers  # needs tensorflow
-            self._clu = metric_writers.create_default_writer(workdir, just_logging=False, asynchronous=False)
-        except ImportError:
-            from tensorboard.summary.writer.event_file_writer import EventFileWriter
-            self._tb = EventFileWriter(workdir)
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        if self._clu is not None:
-            self._clu.write_scalars(step, values)
-        elif self._tb is not None:
-            from tensorboard.compat.proto import event_pb2, summary_pb2
-            summ = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v))
-                                              for k, v in values.items()])
-            self._tb.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summ))
-
-    def flush(self):
-        if self._clu is not None:
-            self._clu.flush()
-        elif self._tb is not None:
-            self._tb.flush()
-
-    def close(self):
-        if self._clu is not None:
-            self._clu.close()
-        elif self._tb is not None:
-            self._tb.close()
-
-
-class _NoLibraryTracebacks(logging.Filter):
-    """orbax logs its writer threads' errors with a traceback (hundreds of lines for one full disk) before it
-    re-raises them to us; the error we then report says it in one line. `--debug` keeps them."""
-
-    def filter(self, record):
-        if record.exc_info and "orbax" in (record.pathname or ""):
-            record.msg, record.args = f"{record.getMessage()} (traceback with --debug)", None
-            record.exc_info = record.exc_text = None
-        return True
-
-
-def setup_logging() -> None:
-    """Our progress lines at INFO on process 0 only; library chatter (orbax, absl) at WARNING."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname).1s %(message)s", force=True)
-    from clap_jax.errors import debug_requested
-    if not debug_requested():
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_NoLibraryTracebacks())
-    try:
-        from absl import logging as absl_logging
-        absl_logging.set_verbosity(absl_logging.WARNING)
-    except ImportError:
-        pass
-    log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
-
-
-# ============================================================================================ distributed
-
-def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                     process_id: int | None = None, mode: str = "auto") -> None:
-    """One process per host. Explicit coordinator flags win; else TPU pods and SLURM are detected from the
-    environment and `jax.distributed.initialize()` finds its peers; else single process."""
-    if coordinator:
-        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
-        return
-    if mode == "none":
-        return
-    env = os.environ
-    multi_tpu = "," in env.get("TPU_WORKER_HOSTNAMES", "")
-    slurm = int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env
-    if mode == "force" or multi_tpu or slurm or "JAX_COORDINATOR_ADDRESS" in env:
-        jax.distributed.initialize()
-
-
-# ============================================================================================ input pipeline
-
-def make_real_pipeline(config, mesh, sharding) -> Iterator[dict]:
-    """=== THE REAL PIPELINE (config.data.kind == 'tfrecord'): clap_jax.data.pipeline ===
-
-    Returns an iterator of dict batches {'audio': (B, samples) f32, 'input_ids': (B, L) i32,
-    'attention_mask': (B, L) i32} as global jax Arrays split over ('data', 'fsdp') (= `sharding`), where
-    B = config.batch_size, with `get_state()` / `set_state()` (Grain DatasetIterator protocol) so that the checkpoint
-    holds its position. Each process reads its own share of the records (per-host batch B / process_count).
-    """
-    from clap_jax.data import pipeline
-    del sharding  # make_iterator builds the same NamedSharding(mesh, P(('data', 'fsdp')))
-    per_host = config.batch_size // jax.process_count()
-    dc = config.data
-    return pipeline.make_iterator(
-        list(dc.dirs), per_host_batch_size=per_host, mesh=mesh, data_axes=shd.BATCH_AXES,
-        weights=list(dc.weights) if dc.weights else None, seed=dc.seed, num_epochs=None,
-        sample_rate=config.model.audio.sample_rate, duration=config.model.audio.duration,
-        text_length=config.model.text.max_length, worker_count=dc.num_workers,
-        max_consecutive_bad=dc.max_consecutive_bad_records)
-
-
-def make_data_iterator(config, mesh) -> Iterator[dict]:
-    sharding = shd.batch_sharding(mesh)
-    if config.data.kind == "random":
-        return SyntheticBatches(batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
-                                text_len=config.model.text.max_length, num_classes=config.data.num_classes,
-                                seed=config.data.seed, sharding=sharding)
-    return make_real_pipeline(config, mesh, sharding)
-
-
-# ============================================================================================ model & optimizer
-
-def make_model(config):
-    from clap_jax.models.clap import CLAPModel
-    return CLAPModel(config.model)
-
-
-def _dummy_inputs(config, batch: int = 1):
-    L = config.model.text.max_length
-    return (jnp.zeros((batch, model_config.clip_samples(config.model)), jnp.float32), jnp.zeros((batch, L), jnp.int32),
-            jnp.ones((batch, L), jnp.int32))
-
-
-def make_init_fn(model, tx, config) -> Callable[[jax.Array], dict]:
-    def init(rng):
-        variables = model.init({"params": rng}, *_dummy_inputs(config), train=False)
-        params = variables["params"]
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "params": params,
-            "batch_stats": variables.get("batch_stats", {}),
-            "constants": variables.get("constants", {}),
-            "opt_state": tx.init(params),
-            "nan_streak": jnp.zeros((), jnp.int32),
-            "nan_total": jnp.zeros((), jnp.int32),
-        }
-    return init
-
-
-def abstract_setup(model, config, mesh):
-    """Shape-first: (tx, schedule, init_fn, abstract_state with shardings, state shardings). Nothing is
-    allocated; `jax.jit(init_fn, out_shardings=state_sh)(rng)` then creates every array in place."""
-    abstract_params = jax.eval_shape(
-        lambda r: model.init({"params": r}, *_dummy_inputs(config), train=False)["params"], jax.random.PRNGKey(0))
-    tx, schedule = make_optimizer_from(config, abstract_params)
-    init_fn = make_init_fn(model, tx, config)
-    abstract_state = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-    state_sh = state_shardings(abstract_state, mesh, config)
-    abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                  abstract_state, state_sh)
-    return tx, schedule, init_fn, abstract_state, state_sh
-
-
-def state_shardings(abstract_state: dict, mesh, config) -> dict:
-    """Params by the rules; optimizer state mirrors params; everything else replicated."""
-    rep = shd.replicated(mesh)
-    p_sh = shd.tree_shardings(abstract_state["params"], mesh, config.sharding.rules, config.sharding.fsdp_min_size)
-    out = jax.tree.map(lambda _: rep, abstract_state)
-    out["params"] = p_sh
-    out["opt_state"] = shd.mirror_shardings(abstract_state["opt_state"], abstract_state["params"], p_sh, mesh)
-    return out
-
-
-# ============================================================================================ update step
-
-def _microbatches(batch: dict, k: int) -> dict:
-    """(B, ...) -> (k, B/k, ...) where micro-batch j takes rows j, j+k, ... : each device keeps its own rows,
-    so no data moves (rows are split over devices in contiguous blocks)."""
-    def split(x):
-        return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
-    return jax.tree.map(split, batch)
-
-
-def make_embed_fn(model, config, mesh, param_shardings=None) -> Callable:
-    """The training forward pass: fn(params, batch_stats, constants, batch, rng) -> ((audio_emb, text_emb,
-    logit_scale_log), new_batch_stats). Frozen towers are cut from the backward pass.
-
-    FSDP: with `param_shardings` given, parameters stored split over 'fsdp' are gathered for the forward pass
-    (a sharding constraint to the same spec without 'fsdp'); the transpose of that gather reduce-scatters the
-    gradients back to the storage layout. Without it, the compiler propagates the weights' split into the
-    activations and has to rematerialise them."""
-    frozen = set(optim_lib.frozen_towers(config.optim))
-    compute_sh = None
-    if mesh is not None and param_shardings is not None and mesh.shape["fsdp"] > 1:
-        compute_sh = jax.tree.map(lambda s: shd.without_axis(s, "fsdp"), param_shardings)
-
-    def embed(params, batch_stats, constants, batch, rng):
-        if compute_sh is not None:
-            params = jax.lax.with_sharding_constraint(params, compute_sh)
-        if frozen:
-            params = {k: jax.lax.stop_gradient(v) if k in frozen else v for k, v in params.items()}
-        k_drop, k_aug = jax.random.split(rng)
-        variables = {"params": params, "batch_stats": batch_stats, "constants": constants}
-        out, upd = model.apply(variables, batch["audio"], batch["input_ids"], batch["attention_mask"],
-                               train=True, rngs={"dropout": k_drop, "augment": k_aug}, mutable=["batch_stats"])
-        return out, upd.get("batch_stats", batch_stats)
-
-    return embed
-
-
-def make_grad_fn(model, config, mesh, param_shardings=None) -> Callable:
-    """value_and_grad of the contrastive loss: fn(params, batch_stats, constants, batch, rng) ->
-    ((loss, (metrics, new_batch_stats)), grads). See `make_embed_fn` for frozen towers and FSDP."""
-    loss_fn = loss_lib.make_loss_fn(config.loss.kind, mesh, shd.BATCH_AXES, config.loss.max_log_scale)
-    embed = make_embed_fn(model, config, mesh, param_shardings)
-
-    def forward_loss(params, batch_stats, constants, batch, rng):
-        (a, t, ls), new_bs = embed(params, batch_stats, constants, batch, rng)
-        loss, metrics = loss_fn(a, t, ls)
-        return loss, (metrics, new_bs)
-
-    return jax.value_and_grad(forward_loss, has_aux=True)
-
-
-def make_cached_accum_grad_fn(model, config, mesh, param_shardings=None) -> Callable:
-    """Gradient accumulation that keeps the global batch's negatives (the gradient-cache method of Gao et al.
-    2021, open_clip's `--accum-freq`): `make_grad_fn`'s signature, and the gradient of one contrastive loss over
-    the whole batch, with activations held for one micro-batch at a time. (Each micro-batch is embedded in its
-    own forward pass, so batch norm uses micro-batch statistics and dropout draws per micro-batch keys.)
-
-      1. forward every micro-batch without gradients: embeddings of the whole batch (B x d_proj each, small);
-      2. loss over the whole batch from them, and its gradient w.r.t. every embedding and the logit scale;
-      3. per micro-batch, forward again (same dropout / augmentation keys, so the same embeddings) and pull
-         that micro-batch's slice of the embedding gradient back to the parameters (a VJP); sum.
-
-    Exact: sum_j J_j^T dL/de_j is the gradient of that loss. Costs one extra forward pass per step. Micro-batch j
-    holds rows j, j+k, ... (see `_microbatches`); running batch-norm statistics advance once per micro-batch."""
-    k = config.optim.grad_accum_steps
-    loss_fn = loss_lib.make_loss_fn(config.loss.kind, mesh, shd.BATCH_AXES, config.loss.max_log_scale)
-    embed = make_embed_fn(model, config, mesh, param_shardings)
-
-    def join(x):     # (k, B/k, ...) micro-batch stacks -> (B, ...) in the batch's own row order
-        return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
-
-    def split(x):    # inverse of join
-        return jnp.swapaxes(x.reshape((-1, k) + x.shape[1:]), 0, 1)
-
-    def grad_fn(params, batch_stats, constants, batch, rng):
-        mbs, idx = _microbatches(batch, k), jnp.arange(k)
-
-        def embed_only(_, xs):
-            mb, i = xs
-            (a, t, ls), _ = embed(params, batch_stats, constants, mb, jax.random.fold_in(rng, i))
-            return None, (a, t, ls)
-        _, (a, t, ls) = jax.lax.scan(embed_only, None, (mbs, idx))
-        (loss, metrics), (g_a, g_t, g_ls) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True)(
-            join(a), join(t), ls[0])
-        g_a, g_t = split(g_a), split(g_t)
-
-        def backward(carry, xs):
-            g_acc, bs = carry
-            mb, i, ga, gt = xs
-            (a_j, t_j, ls_j), vjp_fn, bs = jax.vjp(
-                lambda p: embed(p, bs, constants, mb, jax.random.fold_in(rng, i)), params, has_aux=True)
-            # the logit scale enters the loss once: its cotangent goes with micro-batch 0 only
-            (g,) = vjp_fn((ga.astype(a_j.dtype), gt.astype(t_j.dtype),
-                           jnp.where(i == 0, g_ls, jnp.zeros_like(g_ls)).astype(ls_j.dtype)))
-            return (jax.tree.map(jnp.add, g_acc, g), bs), None
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        (grads, new_bs), _ = jax.lax.scan(backward, (zeros, batch_stats), (mbs, idx, g_a, g_t))
-        return (loss, (metrics, new_bs)), grads
-
-    return grad_fn
-
-
-def make_train_step(model, tx, config, mesh, schedule, param_shardings=None) -> Callable:
-    """One optimizer update: (state, global batch) -> (state, metrics). A non-finite loss or gradient leaves
-    params, batch stats and optimizer state unchanged (the step counter still advances) and is counted."""
-    accum = config.optim.grad_accum_steps
-    if accum > 1 and config.optim.get("grad_accum_mode", "cached") == "cached":
-        grad_fn = make_cached_accum_grad_fn(model, config, mesh, param_shardings)
-        accum = 1   # one call covers the whole batch (its micro-batches are scanned inside)
-    else:
-        grad_fn = make_grad_fn(model, config, mesh, param_shardings)
-    base_rng = jax.random.PRNGKey(config.seed + 1)
-
-    def train_step(state, batch):
-        rng = jax.random.fold_in(base_rng, state["step"])
-        params = state["params"]
-        if accum == 1:
-            (loss, (metrics, new_bs)), grads = grad_fn(params, state["batch_stats"], state["constants"], batch, rng)
-        else:
-            def body(carry, xs):
-                g_acc, bs, m_acc = carry
-                mb, i = xs
-                (_, (m, bs)), g = grad_fn(params, bs, state["constants"], mb, jax.random.fold_in(rng, i))
-                return (jax.tree.map(jnp.add, g_acc, g), bs, jax.tree.map(jnp.add, m_acc, m)), None
-            zeros_g = jax.tree.map(jnp.zeros_like, params)
-            m_shape = jax.eval_shape(lambda: grad_fn(params, state["batch_stats"], state["constants"],
-                                                     jax.tree.map(lambda x: x[0], _microbatches(batch, accum)),
-                                                     rng)[0][1][0])
-            zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
-            (grads, new_bs, metrics), _ = jax.lax.scan(
-                body, (zeros_g, state["batch_stats"], zeros_m), (_microbatches(batch, accum), jnp.arange(accum)))
-            grads = jax.tree.map(lambda g: g / accum, grads)
-            metrics = jax.tree.map(lambda m: m / accum, metrics)
-            loss = metrics["loss"]
-
-        updates, new_opt = tx.update(grads, state["opt_state"], params, value=loss)
-        new_params = optax.apply_updates(params, updates)
-        grad_norm = optax.tree.norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
-        new_state = {
-            "step": state["step"] + 1,
-            "params": keep(new_params, params),
-            "batch_stats": keep(new_bs, state["batch_stats"]),
-            "constants": state["constants"],
-            "opt_state": keep(new_opt, state["opt_state"]),
-            "nan_streak": jnp.where(ok, 0, state["nan_streak"] + 1),
-            "nan_total": state["nan_total"] + (~ok).astype(jnp.int32),
-        }
-        lr = schedule(state["step"])
-        plateau = optim_lib.plateau_scale(new_opt)
-        if plateau is not None:
-            lr = lr * plateau
-        metrics = dict(metrics, grad_norm=grad_norm, param_norm=optax.tree.norm(params),
-                       update_norm=optax.tree.norm(updates), lr=lr, finite=ok.astype(jnp.float32),
-                       nan_streak=new_state["nan_streak"], nan_total=new_state["nan_total"])
-        return new_state, metrics
-
-    return train_step
-
-
-def compile_train_step(train_step, abstract_state, state_sh, mesh, config):
-    """jit with explicit shardings and donated state, lowered and compiled once, before step 1."""
-    batch_sh = shd.batch_sharding(mesh)
-    L = config.model.text.max_length
-    B = config.batch_size
-    abstract_batch = {
-        "audio": jax.ShapeDtypeStruct((B, model_config.clip_samples(config.model)), jnp.float32, sharding=batch_sh),
-        "input_ids": jax.ShapeDtypeStruct((B, L), jnp.int32, sharding=batch_sh),
-        "attention_mask": jax.ShapeDtypeStruct((B, L), jnp.int32, sharding=batch_sh),
-    }
-    jitted = jax.jit(train_step, in_shardings=(state_sh, {k: batch_sh for k in abstract_batch}),
-                     out_shardings=(state_sh, shd.replicated(mesh)), donate_argnums=(0,))
-    t0 = time.time()
-    compiled = jitted.lower(abstract_state, abstract_batch).compile()
-    info = {"compile_s": time.time() - t0}
-    try:
-        mem = compiled.memory_analysis()
-        if mem is not None:
-            info.update(argument_gb=mem.argument_size_in_bytes / 1e9, output_gb=mem.output_size_in_bytes / 1e9,
-                        temp_gb=mem.temp_size_in_bytes / 1e9)
-    except Exception:  # noqa: BLE001 - backend may not implement it
-        pass
-    try:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        if cost and "flops" in cost:
-            info["xla_flops_per_device"] = float(cost["flops"])
-    except Exception:  # noqa: BLE001
-        pass
-    return compiled, info
-
-
-# ============================================================================================ weight init
-
-def _check_tree(name: str, loaded: Any, expected: Any) -> None:
-    """Same paths and shapes, else a ValueError listing the first differences."""
-    lp = {shd.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(loaded)}
-    ep = {shd.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(expected)}
-    missing, extra = sorted(set(ep) - set(lp)), sorted(set(lp) - set(ep))
-    bad = sorted(k for k in set(ep) & set(lp) if ep[k] != lp[k])
-    if missing or extra or bad:
-        raise ValueError(f"config.init.{name}: weights do not fit the model: missing {missing[:5]}, unexpected "
-                         f"{extra[:5]}, shape mismatch {[(k, lp[k], ep[k]) for k in bad[:5]]}")
-
-
-def load_initial_weights(config, state: dict, abstract_state: dict, state_sh: dict) -> dict:
-    """Initialise from pretrained weights (only for a fresh run), in order: clap_jax run dir, msclap .pth,
-    audio-encoder-only clap_jax checkpoint, HF GPT-2. Each is validated against the model's parameter tree."""
-    ic = config.init
-    params = state["params"]
-    abstract_params = abstract_state["params"]
-
-    def put(tree, sh):
-        return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32) if np.asarray(x).dtype.kind == "f"
-                                                        else np.asarray(x), s), tree, sh)
-
-    colls = ("params", "batch_stats", "constants")
-    if ic.get("clap_jax"):
-        loaded = ckpt_lib.restore_variables(ic.clap_jax, {k: abstract_state[k] for k in colls})
-        for k in colls:
-            _check_tree(f"clap_jax({k})", loaded[k], abstract_state[k])
-        params = loaded["params"]
-        state = dict(state, batch_stats=loaded["batch_stats"], constants=loaded["constants"])
-        log.info("init: params, batch_stats, constants from clap_jax checkpoint %s", ic.clap_jax)
-    if ic.get("msclap"):
-        from clap_jax.convert import msclap as convert
-        variables, _ = convert.load_msclap_checkpoint(ic.msclap, config.model)
-        _check_tree("msclap", variables["params"], abstract_params)
-        params = put(variables["params"], state_sh["params"])
-        if "batch_stats" in variables:
-            _check_tree("msclap(batch_stats)", variables["batch_stats"], abstract_state["batch_stats"])
-            state["batch_stats"] = put(variables["batch_stats"], state_sh["batch_stats"])
-        if "constants" in variables:
-            _check_tree("msclap(constants)", variables["constants"], abstract_state["constants"])
-            state["constants"] = put(variables["constants"], state_sh["constants"])
-        log.info("init: params, batch_stats, constants from msclap %s", ic.msclap)
-    if ic.get("audio_encoder"):
-        want = {k: {"audio_encoder": abstract_state[k]["audio_encoder"]} for k in colls
-                if "audio_encoder" in abstract_state[k]}
-        loaded = ckpt_lib.restore_variables(ic.audio_encoder, want)
-        for k in want:
-            _check_tree(f"audio_encoder({k})", loaded[k], want[k])
-        params = dict(params, audio_encoder=loaded["params"]["audio_encoder"])
-        for k in ("batch_stats", "constants"):
-            if k in want:
-                state = dict(state, **{k: dict(state[k], audio_encoder=loaded[k]["audio_encoder"])})
-        log.info("init: audio encoder (params, batch_stats, constants) from %s", ic.audio_encoder)
-    if ic.get("hf_gpt2"):
-        from clap_jax.convert.hf_gpt2 import load_hf_gpt2
-        text, _ = load_hf_gpt2(ic.hf_gpt2, config.model.text)
-        _check_tree("hf_gpt2", text, abstract_params["caption_encoder"]["base"])
-        cap = dict(params["caption_encoder"])
-        cap["base"] = put(text, state_sh["params"]["caption_encoder"]["base"])
-        params = dict(params, caption_encoder=cap)
-        log.info("init: GPT-2 text encoder from %s", ic.hf_gpt2)
-    if params is not state["params"]:
-        state = dict(state, params=params,
-                     opt_state=jax.jit(lambda p: make_optimizer_from(config, abstract_params)[0].init(p),
-                                       out_shardings=state_sh["opt_state"])(params))
-    return state
-
-
-def make_optimizer_from(config, abstract_params):
-    return optim_lib.make_optimizer(config.optim, abstract_params, config.total_steps)
-
-
-# ============================================================================================ evals
 
 def resolve_eval_fn(config, mesh=None) -> Callable | None:
     """The periodic eval: `config.eval.fn = 'module:function'` (called as function(variables, step) -> {name:
@@ -655,85 +47,45 @@ def resolve_eval_fn(config, mesh=None) -> Callable | None:
         mod, _, fn = ec.fn.partition(":")
         return getattr(importlib.import_module(mod), fn)
     if ec.get("data_root"):
-        from clap_jax.eval.hook import make_eval_fn
         return make_eval_fn(ec.data_root, config.model, tasks=ec.tasks, batch_size=ec.batch_size,
                             log=lambda msg: log.warning("%s", msg), mesh=mesh)
     return None
 
 
-# ============================================================================================ train loop
-
-class _Preemption:
-    """SIGTERM sets a flag; the loop saves and exits at the next step boundary."""
-
-    def __init__(self):
-        self.requested = False
-        self._prev = None
-
-    def install(self):
-        try:
-            self._prev = signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread
-            self._prev = None
-
-    def _handler(self, signum, frame):
-        self.requested = True
-
-    def uninstall(self):
-        if self._prev is not None:
-            signal.signal(signal.SIGTERM, self._prev)
-
-    def any_process(self) -> bool:
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
-        return bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
+def _run_eval(eval_fn, state, step, writer, progress) -> dict:
+    """One eval of the current weights: its results go to TensorBoard and the log; its time is not training time
+    (steps/s, ETA)."""
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"], "constants": state["constants"]}
+    t0 = time.time()
+    res = eval_fn(variables, step) or {}
+    progress.exclude(time.time() - t0)
+    writer.scalars(step, {f"eval/{k}": v for k, v in res.items()})
+    log.info("eval step %d (%.1fs): %s", step, time.time() - t0, {k: round(float(v), 4) for k, v in res.items()})
+    return res
 
 
-class _WaitInterrupted(Exception):
-    """SIGTERM arrived while the loop was waiting for the next batch."""
+def _checkpoint_manager(config, workdir):
+    """The run's checkpoint manager (None without a workdir). Process 0 records the model config first, so that
+    `CLAP(workdir)`, the eval and the converter can read this run's weights."""
+    if workdir is None:
+        return None
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        workdir_lib.write_workdir_model_config(workdir, config.model)
+    return ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), keep=config.ckpt.keep,
+                                 save_every=config.ckpt.every_steps or config.total_steps,
+                                 async_save=config.ckpt.async_save)
 
 
-class _Fetcher:
-    """`next(data_iter)` in a helper thread, so that the loop can stop waiting when SIGTERM arrives: a pipeline that
-    is slow, stalled or skipping bad records would otherwise hold the run past the scheduler's grace period. The
-    thread is a daemon (a fetch abandoned on SIGTERM never holds up the exit); batches still come one at a time,
-    in order, so the iterator's state is the same as with a plain `next()`."""
-
-    POLL_S = 0.2
-
-    def __init__(self, data_iter, preempt: "_Preemption"):
-        self._it, self._preempt = data_iter, preempt
-        self._req: queue.Queue = queue.Queue()
-        self._res: queue.Queue = queue.Queue()
-        self._thread = None
-
-    def _run(self):
-        while self._req.get():
-            try:
-                self._res.put((True, next(self._it)))
-            except BaseException as e:  # noqa: BLE001 - handed to the loop, which raises it
-                self._res.put((False, e))
-
-    def next(self):
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="clap_jax_data", daemon=True)
-            self._thread.start()
-        self._req.put(True)
-        while True:
-            try:
-                ok, value = self._res.get(timeout=self.POLL_S)
-            except queue.Empty:
-                if self._preempt.requested:  # this process's own flag: no collective while others may be stepping
-                    raise _WaitInterrupted from None
-                continue
-            if ok:
-                return value
-            raise value
-
-    def close(self):
-        if self._thread is not None:
-            self._req.put(False)  # ends the thread after any fetch in flight
+def _restore(mngr, step, abstract_state, data_iter, workdir) -> dict:
+    """The state saved at `step` (the iterator is repositioned in place), or a UserError when this config's state
+    does not fit it."""
+    try:
+        return ckpt_lib.restore(mngr, step, abstract_state, data_iter)
+    except Exception as e:  # noqa: BLE001 - e.g. the optimizer changed: its state no longer fits
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise UserError(f"{workdir}/checkpoints/{step}: cannot resume from it with this config ({first}); "
+                        f"resume with the config the run was started with, or use a new --workdir") from e
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *, model=None, data_iter=None,
@@ -742,131 +94,75 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
 
     `model`, `data_iter`, `eval_fn`, `mesh` override what the config would build (tests, notebooks)."""
     # ---------------------------------------------------------------------------------------- config checks
-    validate_config(config)
-    check_workdir(config, workdir)
+    config_lib.validate_config(config)
+    workdir_lib.check_workdir(config, workdir)
     if data_iter is None:
-        check_data_dirs(config)
-    setup_logging()
+        config_lib.check_data_dirs(config)
+    progress_lib.setup_logging()
     log.info("processes %d, devices %d (%d local), kind %s", jax.process_count(), jax.device_count(),
              jax.local_device_count(), jax.devices()[0].device_kind)
     if jax.devices()[0].platform == "cpu":
-        from clap_jax import hostmem
         log.info("%s", hostmem.describe())
 
     # ---------------------------------------------------------------------------------------- mesh
     mesh = mesh if mesh is not None else shd.make_mesh(config.mesh)
     log.info("mesh %s", dict(mesh.shape))
-    n_dev = mesh.size
 
     # ---------------------------------------------------------------------------------------- input pipeline
     own_iter = data_iter is None
-    data_iter = data_iter if data_iter is not None else make_data_iterator(config, mesh)
+    data_iter = data_iter if data_iter is not None else data_lib.make_data_iterator(config, mesh)
 
     # ---------------------------------------------------------------------------------------- model & optimizer
-    model = model if model is not None else make_model(config)
-    tx, schedule, init_fn, abstract_state, state_sh = abstract_setup(model, config, mesh)
-    rng = jax.random.PRNGKey(config.seed)
+    model = model if model is not None else state_lib.make_model(config)
+    tx, schedule, init_fn, abstract_state, state_sh = state_lib.abstract_setup(model, config, mesh)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state["params"]))
     log.info("params %.2fM; sharding: %s", n_params / 1e6,
              shd.describe(state_sh["params"], abstract_state["params"]))
 
     # ---------------------------------------------------------------------------------------- update step
-    train_step = make_train_step(model, tx, config, mesh, schedule, state_sh["params"])
-    step_fn, compile_info = compile_train_step(train_step, abstract_state, state_sh, mesh, config)
+    train_step = step_lib.make_train_step(model, tx, config, mesh, schedule, state_sh["params"])
+    step_fn, compile_info = step_lib.compile_train_step(train_step, abstract_state, state_sh, mesh, config)
     log.info("train step compiled: %s", {k: round(v, 3) for k, v in compile_info.items()})
 
     # ---------------------------------------------------------------------------------------- checkpoint load
-    mngr = None
-    if workdir is not None:
-        if jax.process_index() == 0:  # lets `CLAP(workdir)`, the eval and the converter read this run's weights
-            os.makedirs(workdir, exist_ok=True)
-            write_workdir_model_config(workdir, config.model)
-        mngr = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), keep=config.ckpt.keep,
-                                     save_every=config.ckpt.every_steps or config.total_steps,
-                                     async_save=config.ckpt.async_save)
+    mngr = _checkpoint_manager(config, workdir)
     latest = mngr.latest_step() if mngr is not None else None
     if latest is not None:
-        try:
-            state = ckpt_lib.restore(mngr, latest, abstract_state, data_iter)
-        except Exception as e:  # noqa: BLE001 - e.g. the optimizer changed: its state no longer fits
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise UserError(f"{workdir}/checkpoints/{latest}: cannot resume from it with this config ({first}); "
-                            f"resume with the config the run was started with, or use a new --workdir") from e
+        state = _restore(mngr, latest, abstract_state, data_iter, workdir)
         log.info("resumed from %s at step %d", workdir, latest)
     else:
-        state = jax.jit(init_fn, out_shardings=state_sh)(rng)
-        state = load_initial_weights(config, state, abstract_state, state_sh)
+        state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(config.seed))
+        state = state_lib.load_initial_weights(config, state, abstract_state, state_sh)
     start = int(state["step"])
 
     # ---------------------------------------------------------------------------------------- evals
     eval_fn = eval_fn if eval_fn is not None else resolve_eval_fn(config, mesh)
-
-    def run_eval(step):
-        nonlocal t_window
-        variables = {"params": state["params"], "batch_stats": state["batch_stats"], "constants": state["constants"]}
-        t0 = time.time()
-        res = eval_fn(variables, step) or {}
-        t_window += time.time() - t0  # eval time is not training time (steps/s, ETA)
-        writer.scalars(step, {f"eval/{k}": v for k, v in res.items()})
-        log.info("eval step %d (%.1fs): %s", step, time.time() - t0, {k: round(float(v), 4) for k, v in res.items()})
-        summary["evals"].append((step, res))
+    eval_every = config.eval.every_steps if eval_fn is not None else 0
 
     # ---------------------------------------------------------------------------------------- train loop
-    writer = MetricWriter(workdir)
-    flops_ex = flops_lib.clap_train_flops_per_example(config.model, model_config.clip_samples(config.model))
-    peak = flops_lib.peak_flops(jax.devices()[0].device_kind, config.get("peak_flops_per_device"))
-    preempt = _Preemption()
+    writer = progress_lib.MetricWriter(workdir)
+    progress = progress_lib.Progress(
+        config, writer, mesh.size,
+        flops_per_example=flops_lib.clap_train_flops_per_example(config.model,
+                                                                 model_config.clip_samples(config.model)),
+        peak_flops=flops_lib.peak_flops(jax.devices()[0].device_kind, config.get("peak_flops_per_device")))
+    preempt = distributed.Preemption()
     preempt.install()
-    summary = {"losses": {}, "evals": [], "start_step": start, "stopped": "done", "compile": compile_info}
-    window: dict[str, clu_metrics.Average] = {}
-    t_window, steps_window = time.time(), 0
-    pending = None  # metrics of the last step, read one step late so the host never stalls the device
-
-    def handle(step, metrics):
-        nonlocal t_window, steps_window
-        m = jax.device_get(metrics)
-        summary["losses"][step] = float(m["loss"])
-        for k, v in m.items():  # clu metrics: running averages over the log window
-            avg_k = clu_metrics.Average.from_model_output(np.asarray(v, np.float32))
-            window[k] = window[k].merge(avg_k) if k in window else avg_k
-        steps_window += 1
-        if int(m["nan_streak"]) >= config.nan.max_consecutive:
-            raise NonFiniteError(
-                f"{int(m['nan_streak'])} consecutive non-finite steps at step {step} (config.nan.max_consecutive="
-                f"{config.nan.max_consecutive}); stopping. The last checkpoint holds the last good state.")
-        if step % config.log.every_steps == 0 or step == config.total_steps:
-            dt = time.time() - t_window
-            sps = steps_window / dt if dt > 0 else float("nan")
-            avg = {k: float(v.compute()) for k, v in window.items()}
-            avg.update(nan_streak=float(m["nan_streak"]), nan_total=float(m["nan_total"]))
-            eps_dev = sps * config.batch_size / n_dev
-            mfu = eps_dev * flops_ex / peak if peak else None
-            eta = (config.total_steps - step) / sps if sps > 0 else float("inf")
-            writer.scalars(step, {**{f"train/{k}": v for k, v in avg.items()}, "perf/steps_per_s": sps,
-                                  "perf/examples_per_s_per_device": eps_dev, **({"perf/mfu": mfu} if mfu else {})})
-            log.info("step %d/%d | loss %.4f acc a2t %.3f t2a %.3f | scale %.2f lr %.2e gnorm %.3g | %.2f steps/s "
-                     "%.1f ex/s/dev | ETA %s | MFU %s%s", step, config.total_steps, avg["loss"], avg["acc_a2t"],
-                     avg["acc_t2a"], avg["logit_scale"], avg["lr"], avg["grad_norm"], sps, eps_dev,
-                     flops_lib.fmt_duration(eta),
-                     f"{100 * mfu:.1f}%" if mfu else "n/a",
-                     f" | skipped {int(m['nan_total'])}" if m["nan_total"] else "")
-            window.clear()
-            t_window, steps_window = time.time(), 0
-
-    fetcher = _Fetcher(data_iter, preempt)
+    summary = {"losses": progress.losses, "evals": [], "start_step": start, "stopped": "done",
+               "compile": compile_info}
+    fetcher = data_lib.Fetcher(data_iter, lambda: preempt.requested)
     failed = True
     try:
-        if eval_fn is not None and start == 0 and config.eval.every_steps:
-            run_eval(0)
-        t_window = time.time()
+        if eval_every and start == 0:
+            summary["evals"].append((0, _run_eval(eval_fn, state, 0, writer, progress)))
+        progress.start_clock()
         for step in range(start + 1, config.total_steps + 1):
-            data_state = data_iter.get_state() if mngr is not None else None  # before the fetch: see below
+            # the iterator's position before this fetch: what a save must record if SIGTERM interrupts the fetch
+            data_state = data_iter.get_state() if mngr is not None else None
             try:
                 batch = fetcher.next()
-            except _WaitInterrupted:  # save what the steps so far did (if any), then stop
-                if pending is not None:
-                    handle(*pending)
-                    pending = None
+            except data_lib.WaitInterrupted:  # save what the steps so far did (if any), then stop
+                progress.flush()
                 done = step - 1
                 log.warning("SIGTERM while waiting for data: %s and exiting", f"saving checkpoint at step {done}"
                             if mngr is not None and done > start else "no new step to save")
@@ -874,29 +170,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
                     ckpt_lib.save(mngr, done, state, data_iter, force=True, data_state=data_state)
                 summary["stopped"] = "preempted"
                 break
-            batch = {k: batch[k] for k in BATCH_KEYS}  # pipelines may carry more (ids, dataset index)
+            batch = {k: batch[k] for k in data_lib.BATCH_KEYS}
             state, metrics = step_fn(state, batch)
-            if pending is not None:
-                handle(*pending)
-            pending = (step, metrics)
+            progress.update(step, metrics)  # reads the previous step's metrics: the device runs ahead
             if mngr is not None and config.ckpt.every_steps and step % config.ckpt.every_steps == 0:
                 ckpt_lib.save(mngr, step, state, data_iter)
-            if eval_fn is not None and config.eval.every_steps and step % config.eval.every_steps == 0:
-                run_eval(step)
-            if preempt.any_process():
-                handle(*pending)
-                pending = None
+            if eval_every and step % eval_every == 0:
+                summary["evals"].append((step, _run_eval(eval_fn, state, step, writer, progress)))
+            if preempt.any_process():  # every process stops at the same step
+                progress.flush()
                 log.warning("SIGTERM: saving checkpoint at step %d and exiting", step)
                 if mngr is not None:
                     ckpt_lib.save(mngr, step, state, data_iter, force=True)
                 summary["stopped"] = "preempted"
                 break
-        if pending is not None:
-            handle(*pending)
+        progress.flush()
         if mngr is not None and summary["stopped"] == "done":
             ckpt_lib.save(mngr, int(state["step"]), state, data_iter, force=True)
         failed = False
-    except NonFiniteError:
+    except progress_lib.NonFiniteError:
         summary["stopped"] = "nonfinite"
         raise
     finally:

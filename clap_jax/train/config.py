@@ -1,19 +1,27 @@
-"""Defaults for every trainer field; `configs/*.py` start from `base()` and override. Every field is read.
+"""The trainer's config: every field with its default, and the checks a config passes before anything is built.
 
-`check_known_fields` rejects a config holding a field `base()` does not know (a typo would otherwise be silently
-ignored) and locks it, so that setting an unknown field later raises too. `parse_args` reads a config file's
-`:arg` string (`configs/x.py:fsdp,batch_size=512,dirs=/a,dirs=/b`) against the file's typed defaults.
+`configs/*.py` start from `base()` and override. Every field is read. `check_known_fields` rejects a config holding
+a field `base()` does not know (a typo would otherwise be silently ignored) and locks it, so that setting an unknown
+field later raises too. `parse_args` reads a config file's `:arg` string
+(`configs/x.py:fsdp,batch_size=512,dirs=/a,dirs=/b`) against the file's typed defaults. `validate_config` and
+`check_data_dirs` reject bad values and missing data with a ConfigError naming the field, before any compile.
 """
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Any, Mapping
 
+import jax
 import ml_collections
+import numpy as np
 from ml_collections.config_dict import placeholder
 
+from clap_jax.data import pipeline
 from clap_jax.errors import ConfigError
 from clap_jax.models import config as model_config
+from clap_jax.train import optim as optim_lib
+from clap_jax.train import sharding as shd
 
 
 def base() -> ml_collections.ConfigDict:
@@ -143,7 +151,7 @@ def nearest_field(path: str, known: list[str]) -> str | None:
 def unknown_field_message(path: str, known: list[str] | None = None) -> str:
     known = field_paths(base()) if known is None else known
     near = nearest_field(path, known)
-    return f"unknown field {path}" + (f", did you mean {near}?" if near else " (see clap_jax/train/config_base.py)")
+    return f"unknown field {path}" + (f", did you mean {near}?" if near else " (see clap_jax/train/config.py)")
 
 
 def check_known_fields(c: ml_collections.ConfigDict, where: str = "config") -> None:
@@ -196,3 +204,83 @@ def parse_args(arg: str | None, defaults: Mapping[str, Any], where: str = "confi
                 raise ConfigError(f"{where}: argument {name} must be a {type(default).__name__}, got {value!r}") \
                     from None
     return out
+
+
+# ============================================================================================ value checks
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Reject an invalid config before any compute with a ConfigError naming the field; unknown fields (typos)
+    included. Locks the config: setting an unknown field afterwards raises too."""
+    check_known_fields(config)
+    try:
+        _validate_values(config, num_devices)
+    except ConfigError:
+        raise
+    except ValueError as e:  # the model / optimizer / mesh checks name their field in a ValueError
+        raise ConfigError(str(e)) from e
+
+
+def _validate_values(config, num_devices):
+    def need(ok, field, msg):
+        if not ok:
+            raise ConfigError(f"config.{field}: {msg}")
+
+    model_config.validate(config.model)
+    need(config.total_steps > 0, "total_steps", f"must be positive, got {config.total_steps}")
+    need(config.batch_size > 0, "batch_size", f"must be positive, got {config.batch_size}")
+    need(config.data.kind in ("random", "tfrecord"), "data.kind",
+         f"unknown data kind {config.data.kind!r} ('random' or 'tfrecord')")
+    clip, duration = config.data.get("clip_seconds"), config.model.audio.duration
+    need(clip is None or clip == duration, "data.clip_seconds",
+         f"{clip} s disagrees with config.model.audio.duration = {duration} s: the model config owns the clip "
+         f"length (leave data.clip_seconds unset, or make the two equal)")
+    if config.data.kind == "tfrecord":
+        need(bool(config.data.dirs), "data.dirs", "needs at least one directory of TFRecords")
+        need(not config.data.weights or len(config.data.weights) == len(config.data.dirs), "data.weights",
+             f"needs one weight per directory ({len(config.data.dirs)})")
+        need(config.batch_size % jax.process_count() == 0, "batch_size",
+             f"must be divisible by the number of processes ({jax.process_count()})")
+        need(config.data.max_consecutive_bad_records >= 1, "data.max_consecutive_bad_records", "must be >= 1")
+    need(config.loss.kind in ("global", "sharded"), "loss.kind", f"unknown {config.loss.kind!r} (global, sharded)")
+    need(config.ckpt.every_steps >= 0, "ckpt.every_steps", "must be >= 0 (0 = only at the end)")
+    need(config.ckpt.keep >= 1, "ckpt.keep", "must be >= 1")
+    need(config.log.every_steps >= 1, "log.every_steps", "must be >= 1")
+    need(config.eval.every_steps >= 0, "eval.every_steps", "must be >= 0 (0 = never)")
+    need(config.nan.max_consecutive >= 1, "nan.max_consecutive", "must be >= 1")
+    optim_lib.validate(config.optim)
+    shd.validate_rules(config.sharding.rules)
+    for key in ("clap_jax", "msclap", "hf_gpt2", "audio_encoder"):
+        path = config.init.get(key)
+        if path and "://" not in str(path):
+            need(os.path.exists(path), f"init.{key}", f"path does not exist: {path}")
+    if config.eval.get("data_root") and "://" not in str(config.eval.data_root):
+        need(os.path.isdir(config.eval.data_root), "eval.data_root", f"not a directory: {config.eval.data_root}")
+    n = num_devices if num_devices is not None else jax.device_count()
+    ici, dcn = shd.mesh_shape(config.mesh, n, int(np.prod([config.mesh.get(f"dcn_{a}", 1) for a in shd.AXES])))
+    shards = (ici[0] * dcn[0]) * (ici[1] * dcn[1])
+    accum = config.optim.grad_accum_steps
+    need(config.batch_size % (shards * accum) == 0, "batch_size",
+         f"{config.batch_size} must be divisible by batch shards ({shards} = data x fsdp) x "
+         f"optim.grad_accum_steps ({accum})")
+
+
+def check_data_dirs(config) -> None:
+    """Every TFRecord directory exists and holds shards: a missing or empty one is reported now, before the
+    compile, as a ConfigError naming it."""
+    if config.data.kind != "tfrecord":
+        return
+    for d in config.data.dirs:
+        if "://" in str(d):
+            continue
+        if not os.path.isdir(d):
+            raise ConfigError(f"config.data.dirs: {d}: not a directory (expected the --out of "
+                              f"python -m clap_jax.data.preprocess)")
+        try:
+            pipeline.shard_paths(d)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"config.data.dirs: {e}") from e
+        stored = ((pipeline.read_metadata(d) or {}).get("settings") or {}).get("sample_rate")
+        if stored is not None and stored != config.model.audio.sample_rate:
+            raise ConfigError(f"config.data.dirs: {d} holds audio at {stored} Hz but config.model.audio.sample_rate "
+                              f"is {config.model.audio.sample_rate} Hz: preprocess it with --sample-rate "
+                              f"{config.model.audio.sample_rate}, or train a model at {stored} Hz")

@@ -1,4 +1,5 @@
-"""Deterministic in-memory batches with the data pipeline's contract (`config.data.kind = 'random'`).
+"""Random batches for tests and benchmarks (`config.data.kind = 'random'`): deterministic, in memory, with the
+data pipeline's contract, so the trainer runs without a dataset on disk.
 
 Yields {'audio': (B, samples) float32, 'input_ids': (B, L) int32, 'attention_mask': (B, L) int32} as global
 jax Arrays split over the batch axes of the mesh, and supports `get_state()` / `set_state()` like a Grain
@@ -45,7 +46,7 @@ def make_global_batch(seed: int, index: int, batch_size: int, num_samples: int, 
     return {"audio": audio.astype(np.float32), "input_ids": ids, "attention_mask": mask}
 
 
-class SyntheticBatches:
+class RandomBatches:
     """Infinite iterator of global batches; state = number of batches already produced."""
 
     def __init__(self, *, batch_size: int, num_samples: int, text_len: int = 77, num_classes: int = 0,
