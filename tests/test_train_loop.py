@@ -13,6 +13,11 @@ from clap_jax.train.random_batches import RandomBatches
 from _train_helpers import load_config, make_model
 
 
+def restore_params(checkpoints_dir, abstract_params):
+    from clap_jax.convert.workdir import restore_variables
+    return restore_variables(checkpoints_dir, {"params": abstract_params})["params"]
+
+
 def test_eval_hook_and_tensorboard_events(tmp_path):
     config = load_config("tiny", "steps=4")
     config.eval.every_steps = 2
@@ -58,8 +63,7 @@ def test_nan_streak_stops_run_and_keeps_last_good_checkpoint(tmp_path):
     assert steps and steps[-1] <= 4 + config.nan.max_consecutive + 1
     config2 = load_config("tiny", "steps=4")
     s4 = train.train_and_evaluate(config2, None, model=make_model(config2))["state"]["params"]
-    from clap_jax.train import checkpoint as ckpt_lib
-    restored = ckpt_lib.restore_params(str(tmp_path / "checkpoints"), jax.tree.map(
+    restored = restore_params(str(tmp_path / "checkpoints"), jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), s4), step=steps[-1])
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(s4)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

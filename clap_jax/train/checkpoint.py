@@ -24,6 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from clap_jax.convert.workdir import orbax_path
 from clap_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,6 @@ log = logging.getLogger(__name__)
 
 class DiskFullError(UserError):
     """A checkpoint could not be written for lack of space; the last complete checkpoint is intact."""
-
-
-def _path(directory) -> epath.Path:
-    """orbax wants absolute local paths: a relative one ('runs/x/checkpoints') is made absolute; URLs pass."""
-    d = str(directory)
-    return epath.Path(d if "://" in d else os.path.abspath(d))
 
 
 # ------------------------------------------------------------------------------------- iterator-state item
@@ -110,7 +105,7 @@ def make_manager(directory: str, *, keep: int, save_every: int, async_save: bool
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save, create=True,
         cleanup_tmp_directories=True)  # a save cut short (disk full, killed) leaves a tmp dir: removed at restart
-    return ocp.CheckpointManager(_path(directory), options=options, item_names=("state", "data"))
+    return ocp.CheckpointManager(orbax_path(directory), options=options, item_names=("state", "data"))
 
 
 def _disk_full(e: BaseException) -> BaseException | None:
@@ -184,24 +179,3 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_it
     if has_data:
         data_iter.set_state(out["data"])
     return out["state"]
-
-
-def restore_variables(directory: str, abstract: dict, step: int | None = None) -> dict:
-    """Some top-level entries of a clap_jax checkpoint's train state (e.g. {'params': ..., 'batch_stats': ...},
-    given as ShapeDtypeStructs with shardings), from its latest step unless given; nothing else is read."""
-    directory = _path(directory)
-    with ocp.CheckpointManager(directory, item_names=("state", "data")) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no clap_jax checkpoint under {directory}")
-    path = directory / str(step) / "state"
-    restore_args = jax.tree.map(
-        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), abstract)
-    with ocp.PyTreeCheckpointer() as ckptr:
-        return ckptr.restore(path, args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
-                                                               partial_restore=True))
-
-
-def restore_params(directory: str, abstract_params: Any, step: int | None = None) -> Any:
-    """The params of a clap_jax checkpoint, placed with the shardings of `abstract_params`."""
-    return restore_variables(directory, {"params": abstract_params}, step)["params"]

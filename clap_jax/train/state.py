@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from clap_jax.convert import msclap as convert_msclap
-from clap_jax.convert.hf_gpt2 import load_hf_gpt2
+from clap_jax.convert.hf_gpt2 import load_hf_gpt2, with_text_tower
+from clap_jax.convert.tree import check_tree
+from clap_jax.convert.workdir import restore_variables
 from clap_jax.models import registry
-from clap_jax.train import checkpoint as ckpt_lib
 from clap_jax.train import optim as optim_lib
 from clap_jax.train import sharding as shd
 
@@ -83,14 +84,7 @@ def state_shardings(abstract_state: dict, mesh, config) -> dict:
 # ============================================================================================ pretrained weights
 
 def _check_tree(name: str, loaded: Any, expected: Any) -> None:
-    """Same paths and shapes, else a ValueError listing the first differences."""
-    lp = {shd.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(loaded)}
-    ep = {shd.path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(expected)}
-    missing, extra = sorted(set(ep) - set(lp)), sorted(set(lp) - set(ep))
-    bad = sorted(k for k in set(ep) & set(lp) if ep[k] != lp[k])
-    if missing or extra or bad:
-        raise ValueError(f"config.init.{name}: weights do not fit the model: missing {missing[:5]}, unexpected "
-                         f"{extra[:5]}, shape mismatch {[(k, lp[k], ep[k]) for k in bad[:5]]}")
+    check_tree(loaded, expected, f"config.init.{name}", what="the model")
 
 
 def load_initial_weights(config, state: dict, abstract_state: dict, state_sh: dict) -> dict:
@@ -106,7 +100,7 @@ def load_initial_weights(config, state: dict, abstract_state: dict, state_sh: di
 
     colls = ("params", "batch_stats", "constants")
     if ic.get("clap_jax"):
-        loaded = ckpt_lib.restore_variables(ic.clap_jax, {k: abstract_state[k] for k in colls})
+        loaded = restore_variables(ic.clap_jax, {k: abstract_state[k] for k in colls})
         for k in colls:
             _check_tree(f"clap_jax({k})", loaded[k], abstract_state[k])
         params = loaded["params"]
@@ -126,7 +120,7 @@ def load_initial_weights(config, state: dict, abstract_state: dict, state_sh: di
     if ic.get("audio_encoder"):
         want = {k: {"audio_encoder": abstract_state[k]["audio_encoder"]} for k in colls
                 if "audio_encoder" in abstract_state[k]}
-        loaded = ckpt_lib.restore_variables(ic.audio_encoder, want)
+        loaded = restore_variables(ic.audio_encoder, want)
         for k in want:
             _check_tree(f"audio_encoder({k})", loaded[k], want[k])
         params = dict(params, audio_encoder=loaded["params"]["audio_encoder"])
@@ -137,9 +131,7 @@ def load_initial_weights(config, state: dict, abstract_state: dict, state_sh: di
     if ic.get("hf_gpt2"):
         text, _ = load_hf_gpt2(ic.hf_gpt2, config.model.text)
         _check_tree("hf_gpt2", text, abstract_params["caption_encoder"]["base"])
-        cap = dict(params["caption_encoder"])
-        cap["base"] = put(text, state_sh["params"]["caption_encoder"]["base"])
-        params = dict(params, caption_encoder=cap)
+        params = with_text_tower(params, put(text, state_sh["params"]["caption_encoder"]["base"]))
         log.info("init: GPT-2 text encoder from %s", ic.hf_gpt2)
     if params is not state["params"]:
         state = dict(state, params=params,

@@ -1,6 +1,6 @@
 """The run directory (`--workdir`) before and after the trainer builds anything.
 
-A run records its model config in `<workdir>/model_config.json` (once, when it starts); `clap_jax.weights` reads it
+A run records its model config in `<workdir>/model_config.json` (once, when it starts); `clap_jax.convert` reads it
 to rebuild the model, and a resume is refused when the recorded model differs from the config's, because the
 checkpoints could not be loaded into it. `check_workdir` runs before any compile and changes nothing.
 """
@@ -10,11 +10,15 @@ import json
 import os
 
 import jax
+import ml_collections
 
+from clap_jax import files
+from clap_jax.convert import workdir as convert_workdir
+from clap_jax.convert.tree import config_to_json
 from clap_jax.errors import ConfigError, UserError
-from clap_jax.models import config as model_config
+from clap_jax.models import registry
 
-WORKDIR_CONFIG_FILE = "model_config.json"  # the model config of a run; clap_jax.weights.load_workdir reads it
+WORKDIR_CONFIG_FILE = convert_workdir.CONFIG_FILE  # the model config of a run; clap_jax.convert.workdir reads it
 
 
 def _flatten_dict(d: dict, prefix: str = "") -> dict:
@@ -34,8 +38,12 @@ def _model_dict(model_cfg) -> dict:
 
 def model_config_diff(recorded: dict, model_cfg) -> list[str]:
     """'field: recorded vs new' for every model field that differs. Fields the recorded file lacks (written by an
-    older version) take their defaults, as clap_jax.weights does when it reads the file."""
-    old = _flatten_dict(_model_dict(model_config.clap_2023()))
+    older version) take the family's defaults, as clap_jax.convert does when it reads the file."""
+    try:
+        defaults = registry.default_config(recorded.get("family", model_cfg.get("family")))
+    except ValueError:   # a family this version does not know: every recorded field counts as it is
+        defaults = ml_collections.ConfigDict()
+    old = _flatten_dict(_model_dict(defaults))
     old.update(_flatten_dict(recorded))
     new = _flatten_dict(_model_dict(model_cfg))
     return [f"model.{k}: {old.get(k, '<absent>')!r} (workdir) vs {new.get(k, '<absent>')!r} (config)"
@@ -85,11 +93,4 @@ def write_workdir_model_config(workdir: str, model_cfg) -> None:
     path = os.path.join(workdir, WORKDIR_CONFIG_FILE)
     if os.path.isfile(path):
         return
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(_model_dict(model_cfg), f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    files.write_text(path, config_to_json(model_cfg))
