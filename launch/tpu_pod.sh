@@ -2,7 +2,7 @@
 # Train on a Cloud TPU pod slice (one process per TPU-VM host; jax.distributed finds its peers by itself).
 #
 #   TPU_NAME=my-v5p-64 ZONE=us-east5-a WORKDIR=gs://my-bucket/clap_run1 \
-#     CONFIG=configs/clap_2023.py:fsdp,dirs=gs://my-bucket/tfr_audiocaps:gs://my-bucket/tfr_clotho \
+#     CONFIG=configs/clap_2023.py:fsdp,dirs=gs://my-bucket/tfr_audiocaps,dirs=gs://my-bucket/tfr_clotho \
 #     bash launch/tpu_pod.sh
 #
 # Variables:

@@ -195,8 +195,8 @@ def parse_args(arg: str | None, defaults: Mapping[str, Any], where: str = "confi
         elif not has_value:
             raise ConfigError(f"{where}: argument {name} needs a value ({name}=...)")
         elif isinstance(default, (tuple, list)):
-            out[name] = (out[name] if name in given_tuples else ()) + (value,)
-            given_tuples.add(name)
+            out[name] = (out[name] if name in given_tuples else ()) + ((value,) if value else ())
+            given_tuples.add(name)   # `dirs=` alone gives an empty tuple
         else:
             try:
                 out[name] = type(default)(value) if default is not None else value
