@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from clap_jax.convert.workdir import restore_variables
 from clap_jax.errors import ConfigError, UserError
 from clap_jax.models import config as model_config
 from clap_jax.train import checkpoint as ckpt_lib
@@ -19,11 +20,6 @@ from clap_jax.train import train
 from clap_jax.train.random_batches import RandomBatches
 
 from _train_helpers import load_config, make_model
-
-
-def restore_params(checkpoints_dir, abstract_params):
-    from clap_jax.convert.workdir import restore_variables
-    return restore_variables(checkpoints_dir, {"params": abstract_params})["params"]
 
 
 def _digest(d):
@@ -90,7 +86,7 @@ def test_disk_full_during_save_is_one_error_and_the_last_checkpoint_survives(tmp
     assert not [n for n in os.listdir(os.path.join(wd, "checkpoints")) if "tmp" in n]  # partial save removed
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), saved[2])
-    restored = restore_params(os.path.join(wd, "checkpoints"), abstract)
+    restored = restore_variables(os.path.join(wd, "checkpoints"), {"params": abstract})["params"]
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(saved[2])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # space freed: the same command resumes from step 2 and finishes

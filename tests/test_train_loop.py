@@ -6,16 +6,12 @@ import jax
 import numpy as np
 import pytest
 
+from clap_jax.convert.workdir import restore_variables
 from clap_jax.models import config as model_config
 from clap_jax.train import progress, train
 from clap_jax.train.random_batches import RandomBatches
 
 from _train_helpers import load_config, make_model
-
-
-def restore_params(checkpoints_dir, abstract_params):
-    from clap_jax.convert.workdir import restore_variables
-    return restore_variables(checkpoints_dir, {"params": abstract_params})["params"]
 
 
 def test_eval_hook_and_tensorboard_events(tmp_path):
@@ -63,8 +59,8 @@ def test_nan_streak_stops_run_and_keeps_last_good_checkpoint(tmp_path):
     assert steps and steps[-1] <= 4 + config.nan.max_consecutive + 1
     config2 = load_config("tiny", "steps=4")
     s4 = train.train_and_evaluate(config2, None, model=make_model(config2))["state"]["params"]
-    restored = restore_params(str(tmp_path / "checkpoints"), jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), s4), step=steps[-1])
+    restored = restore_variables(str(tmp_path / "checkpoints"), {"params": jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), s4)}, step=steps[-1])["params"]
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(s4)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
