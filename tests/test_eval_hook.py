@@ -72,3 +72,22 @@ def test_tiny_config_is_evaluated_at_its_own_clip_length(tmp_path):
     assert eval_fn.loader.duration == 1.0 and eval_fn.loader.sample_rate == c.model.audio.sample_rate
     assert eval_fn.loader.num_samples == model_config.clip_samples(c.model) == 44100
     assert CLAP(config=c.model).preprocess_audio(str(tmp_path / "synthetic/clips/s0000.wav")).shape == (1, 44100)
+
+
+def test_periodic_eval_in_a_training_run_compiles_the_towers_once(tmp_path):
+    """The real tiny CLAP trained 4 steps with an eval every 2: three evals (steps 0, 2, 4), one compile per tower,
+    and the numbers change as the weights do."""
+    from _train_helpers import load_config
+    from clap_jax.train import sharding as shd
+    from clap_jax.train import train
+
+    fx.builtin(fx.Writer(tmp_path / "data"))
+    c = load_config("tiny", "steps=4,ckpt_every=0")
+    c.eval.every_steps = 2
+    mesh = shd.make_mesh(c.mesh)
+    eval_fn = make_eval_fn(str(tmp_path / "data"), c.model, tasks="builtin", batch_size=8, workers=1, mesh=mesh)
+    out = train.train_and_evaluate(c, None, eval_fn=eval_fn, mesh=mesh)
+    assert [s for s, _ in out["evals"]] == [0, 2, 4]
+    emb = eval_fn.embedder()
+    assert emb._audio_fn._cache_size() == 1 and emb._text_fn._cache_size() == 1
+    assert out["evals"][0][1] != out["evals"][-1][1]
