@@ -148,3 +148,10 @@ def test_topologies_of_each_generation_and_bad_names():
     for bad in ("v5e", "v7:2x2", "v5e-16", "v5p:4x4x4x4"):
         with pytest.raises(errors.UserError, match="--topology"):
             compile_lib.parse_topology(bad)
+
+
+def test_compile_only_validation_needs_no_data():
+    from clap_jax.train import config as config_lib
+    with pytest.raises(errors.ConfigError, match="config.data.dirs"):
+        config_lib.validate_config(load_config("clap_2023"), num_devices=16)
+    config_lib.validate_config(load_config("clap_2023", "fsdp"), num_devices=16, data=False)
