@@ -1,11 +1,7 @@
 """`python -m clap_jax.train.compile`: the trainer's step compiled ahead of time for a TPU slice that is not attached
 (libtpu's deviceless compiler), and the report built from it: memory per chip against HBM, compiled FLOPs against
-train/flops.py, collectives, roofline. One CLI run (FSDP, in a subprocess) and one in-process compile (data
-parallel) run side by side; everything else reads their reports.
-
-The model is configs/tiny.py with wider layers (HTSAT embed_dim 64, GPT-2 width 128): at the tiny widths (8 and 32
-channels) the vector work XLA counts (softmax, GELU's erf, norms) is a fifth of its FLOPs, which an MFU count leaves
-out by convention; at these widths matmuls dominate as they do at full size, and the compile takes no longer."""
+train/flops.py, collectives, roofline. One CLI run (configs/tiny.py with FSDP, in a subprocess) is compiled once per
+test session; the tests read its report."""
 from __future__ import annotations
 
 import json
@@ -23,40 +19,23 @@ from _train_helpers import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPOLOGY = "v5e:2x2"
-WIDE = {"model.audio.embed_dim": 64, "model.text.n_embd": 128}
-
-
-def _tiny(arg: str):
-    c = load_config("tiny", arg)
-    for field, value in WIDE.items():
-        node = c
-        *parents, leaf = field.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory):
+def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("compile") / "fsdp.json"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu",
                ALLOW_MULTIPLE_LIBTPU_LOAD="1")  # this process loads libtpu too
     cmd = [sys.executable, "-m", "clap_jax.train.compile", "--config", "configs/tiny.py:fsdp,batch_size=32",
-           *[f"--config.{k}={v}" for k, v in WIDE.items()], "--topology", TOPOLOGY, "--json", str(out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        dp = compile_lib.compile_report(_tiny("batch_size=32"), TOPOLOGY)
-    finally:
-        stdout, stderr = proc.communicate(timeout=1200)
-    assert proc.returncode == 0, stderr[-3000:]
+           "--topology", TOPOLOGY, "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out) as f:
-        fsdp = json.load(f)
-    return {"dp": dp, "fsdp": fsdp, "stdout": stdout}
+        return {"fsdp": json.load(f), "stdout": proc.stdout}
 
 
-def test_cli_prints_the_report_and_writes_json(reports):
-    text, r = reports["stdout"], reports["fsdp"]
+def test_cli_prints_the_report_and_writes_json(report):
+    text, r = report["stdout"], report["fsdp"]
     for part in ("memory per chip:", "temporaries", "FLOPs compiled", "all-gather", "roofline (ICI ignored)",
                  "h per epoch", "compile wall time"):
         assert part in text, part
@@ -64,15 +43,15 @@ def test_cli_prints_the_report_and_writes_json(reports):
     assert r["compile_s"] > 0
 
 
-@pytest.mark.parametrize("layout", ["dp", "fsdp"])
-def test_compiled_flops_match_the_analytic_count(reports, layout):
-    fl = reports[layout]["flops"]
-    assert 0.9 < fl["compiled"] / fl["analytic"] < 1.1, fl
+def test_compiled_flops_follow_the_analytic_count(report):
+    """At the tiny widths (8 and 32 channels) the vector work XLA counts (softmax, GELU, norms) is about a fifth of
+    the step's FLOPs, which the analytic (matmul) count leaves out as MFU counts do; at full size matmuls dominate."""
+    fl = report["fsdp"]["flops"]
+    assert 1.0 < fl["compiled"] / fl["analytic"] < 1.3, fl
 
 
-@pytest.mark.parametrize("layout", ["dp", "fsdp"])
-def test_memory_fields_are_positive_and_sum_to_the_total(reports, layout):
-    mem = reports[layout]["memory_bytes"]
+def test_memory_fields_are_positive_and_sum_to_the_total(report):
+    mem = report["fsdp"]["memory_bytes"]
     parts = [mem[k] for k in ("arguments", "outputs", "temporaries", "generated_code")]
     assert all(p >= 0 for p in parts) and mem["arguments"] > 0 and mem["temporaries"] > 0
     assert sum(parts) == mem["total"] < mem["hbm"] == 16 * 2 ** 30
@@ -80,20 +59,17 @@ def test_memory_fields_are_positive_and_sum_to_the_total(reports, layout):
     assert mem["outputs"] < mem["arguments"] / 10
 
 
-def test_fsdp_shards_the_state_and_gathers_the_weights(reports):
-    dp, fsdp = reports["dp"], reports["fsdp"]
-    # params + two Adam moments split four ways: the arguments shrink to little more than a quarter
-    assert fsdp["memory_bytes"]["arguments"] < 0.35 * dp["memory_bytes"]["arguments"]
-    state_bytes = 3 * 4 * fsdp["params"]       # float32 params, mu, nu
-    gathered = fsdp["collectives"]["all-gather"]["bytes"] + fsdp["collectives"]["reduce-scatter"]["bytes"]
-    assert gathered >= state_bytes / 3 / 4     # at least every weight's shard is gathered once
-    assert fsdp["collectives"]["all-gather"]["count"] > dp["collectives"]["all-gather"]["count"]
-    assert dp["collectives"]["all-reduce"]["bytes"] >= 4 * dp["params"] * 0.9   # data parallel: gradient all-reduce
+def test_fsdp_shards_the_state_and_gathers_the_weights(report):
+    r = report["fsdp"]
+    state_bytes = 3 * 4 * r["params"]       # float32 params and two Adam moments, if replicated
+    # split four ways: each chip holds little more than a quarter (small arrays stay replicated)
+    assert r["memory_bytes"]["arguments"] < 0.35 * state_bytes
+    gathered = r["collectives"]["all-gather"]["bytes"] + r["collectives"]["reduce-scatter"]["bytes"]
+    assert r["collectives"]["all-gather"]["count"] > 0 and gathered >= state_bytes / 3 / 4
 
 
-@pytest.mark.parametrize("layout", ["dp", "fsdp"])
-def test_roofline_is_consistent(reports, layout):
-    r = reports[layout]
+def test_roofline_is_consistent(report):
+    r = report["fsdp"]
     roof, chip = r["roofline"], r["chip"]
     assert roof["step_s"] == max(roof["compute_s"], roof["hbm_s"]) > 0
     assert roof["hbm_s"] == pytest.approx(r["bytes_accessed"] / chip["hbm_bw"])
@@ -114,8 +90,8 @@ def test_step_that_cannot_fit_exits_non_zero_with_one_line(capsys):
     assert len(err) == 1 and err[0].startswith("error: does not fit:") and "v5e" in err[0] and "GiB" in err[0]
 
 
-def test_compiled_total_over_hbm_is_reported(reports):
-    r = reports["dp"]
+def test_compiled_total_over_hbm_is_reported(report):
+    r = report["fsdp"]
     chip = compile_lib.CHIPS["v5e"]
     with pytest.raises(compile_lib.DoesNotFit, match="does not fit: .* GiB per chip"):
         compile_lib._check_fits("the compiled step's buffers", r["memory_bytes"]["total"], chip,
