@@ -21,7 +21,10 @@ CORE = [
     "tensorboard",  # TensorBoard event files (without TensorFlow)
 ]
 TORCH = ["torch==2.13.0"]  # always pin: an unpinned torch pulls a multi-GB CUDA build
-TEST = TORCH + ["pytest>=8", "pyyaml", "scikit-learn", "pycocoevalcap==1.2"]  # CIDEr-D cross-check
+# libtpu: the TPU compiler, for deviceless compiles of the train step (clap_jax.train.compile and its tests); pinned
+# to the release jax[tpu]==0.10.2 resolves. It needs no TPU, and jax still defaults to CPU under JAX_PLATFORMS=cpu.
+TPU = ["libtpu==0.0.42.1"]
+TEST = TORCH + TPU + ["pytest>=8", "pyyaml", "scikit-learn", "pycocoevalcap==1.2"]  # CIDEr-D cross-check
 
 setup(
     name="clap_jax",
@@ -30,5 +33,5 @@ setup(
     packages=find_packages(include=["clap_jax", "clap_jax.*"]),
     python_requires=">=3.11",
     install_requires=CORE,
-    extras_require={"torch": TORCH, "test": TEST},
+    extras_require={"torch": TORCH, "tpu": TPU, "test": TEST},
 )

@@ -17,5 +17,7 @@
                      freezing and learning-rate multipliers
   checkpoint.py      orbax CheckpointManager: train state + data-iterator state per step; params-only restore
   flops.py           analytic FLOPs for MFU, peak FLOP/s per device kind
+  compile.py         `python -m clap_jax.train.compile`: the step compiled ahead of time for a TPU slice (no TPU
+                     needed): memory per chip against HBM, FLOPs, collectives, roofline step time and MFU
   random_batches.py  deterministic random batches for tests and benchmarks (config.data.kind = 'random')
 """

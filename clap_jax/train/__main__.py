@@ -109,15 +109,16 @@ def _parse_flags(argv):
         sys.exit(errors.EXIT_USER_ERROR)
 
 
-def run(main_fn=main, argv=None) -> None:
-    """The entry point: absl flags, `--help` exits 0, input errors are one line (see module docstring)."""
+def run(main_fn=main, argv=None, usage: str = "--config configs/tiny.py --workdir /tmp/run") -> None:
+    """The entry point: absl flags, `--help` exits 0, input errors are one line (see module docstring).
+    `python -m clap_jax.train.compile` shares it (`usage`: the example its missing-`--config` error shows)."""
     argv = list(sys.argv if argv is None else argv)
     if any(a in _HELP for a in argv[1:]):
         flags.FLAGS.mark_as_parsed()  # absl prints and exits 1 on --help; help is no error here
         print(flags.FLAGS.main_module_help() if "--helpfull" not in argv else flags.FLAGS.get_help())
         sys.exit(0)
     if not any(a in ("--config", "-config") or a.startswith(("--config=", "-config=")) for a in argv[1:]):
-        print("error: --config is required, e.g. --config configs/tiny.py --workdir /tmp/run", file=sys.stderr)
+        print(f"error: --config is required, e.g. {usage}", file=sys.stderr)
         sys.exit(errors.EXIT_USER_ERROR)
     app.run(lambda rest: errors.run_cli(lambda _: main_fn(rest), ["--debug"] if _DEBUG.value else []),
             argv=argv, flags_parser=_parse_flags)

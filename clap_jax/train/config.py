@@ -208,19 +208,20 @@ def parse_args(arg: str | None, defaults: Mapping[str, Any], where: str = "confi
 
 # ============================================================================================ value checks
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None, data: bool = True) -> None:
     """Reject an invalid config before any compute with a ConfigError naming the field; unknown fields (typos)
-    included. Locks the config: setting an unknown field afterwards raises too."""
+    included. Locks the config: setting an unknown field afterwards raises too. `data=False` skips the checks of
+    `config.data.*` sources (a compile-only run reads no data)."""
     check_known_fields(config)
     try:
-        _validate_values(config, num_devices)
+        _validate_values(config, num_devices, data)
     except ConfigError:
         raise
     except ValueError as e:  # the model / optimizer / mesh checks name their field in a ValueError
         raise ConfigError(str(e)) from e
 
 
-def _validate_values(config, num_devices):
+def _validate_values(config, num_devices, data=True):
     def need(ok, field, msg):
         if not ok:
             raise ConfigError(f"config.{field}: {msg}")
@@ -234,7 +235,7 @@ def _validate_values(config, num_devices):
     need(clip is None or clip == duration, "data.clip_seconds",
          f"{clip} s disagrees with config.model.audio.duration = {duration} s: the model config owns the clip "
          f"length (leave data.clip_seconds unset, or make the two equal)")
-    if config.data.kind == "tfrecord":
+    if data and config.data.kind == "tfrecord":
         need(bool(config.data.dirs), "data.dirs", "needs at least one directory of TFRecords")
         need(not config.data.weights or len(config.data.weights) == len(config.data.dirs), "data.weights",
              f"needs one weight per directory ({len(config.data.dirs)})")

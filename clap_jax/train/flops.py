@@ -22,6 +22,15 @@ def frontend_flops(a, num_samples: int) -> float:
     return 2 * frames * a.n_fft * n_freq * 2 + 2 * frames * n_freq * a.mel_bins
 
 
+def resize_flops(a, num_samples: int) -> float:
+    """Bicubic resize of the log-mel along time to spec_size * freq_ratio frames (a (T_out, T) matmul), forward
+    only; identity (no FLOPs) when the frame count already matches. Clips longer than the target are cropped
+    (training) and not resized."""
+    frames = num_samples // a.hop_size + 1
+    target = a.spec_size * (a.spec_size // a.mel_bins)
+    return 0.0 if frames >= target else 2.0 * target * frames * a.mel_bins
+
+
 def htsat_forward_flops(a, num_samples: int) -> float:
     """Swin part of HTSAT (after the front end)."""
     flops = 0
@@ -43,12 +52,21 @@ def htsat_forward_flops(a, num_samples: int) -> float:
 
 
 def clap_train_flops_per_example(model_cfg, num_samples: int) -> float:
-    """3 x (HTSAT + GPT-2 + both projections) forward FLOPs for one (clip, caption) pair, plus the front end once."""
+    """3 x (HTSAT + GPT-2 + both projections) forward FLOPs for one (clip, caption) pair, plus the front end once
+    and the time resize twice (forward, and its backward to the input: bn0 before it is trained; the resize
+    matrix is a constant, so there is no weight gradient)."""
     a, t, dp = model_cfg.audio, model_cfg.text, model_cfg.d_proj
     c_last = a.embed_dim * 2 ** (len(a.depths) - 1)
     proj = 2 * (c_last * dp + dp * dp) + 2 * (t.n_embd * dp + dp * dp)
-    return (frontend_flops(a, num_samples)
+    return (frontend_flops(a, num_samples) + 2.0 * resize_flops(a, num_samples)
             + 3.0 * (htsat_forward_flops(a, num_samples) + gpt2_forward_flops(t, t.max_length) + proj))
+
+
+def highest_precision_flops_per_example(model_cfg, num_samples: int) -> float:
+    """The part of `clap_train_flops_per_example` done in float32 at Precision.HIGHEST (the STFT, mel filterbank
+    and resize matmuls, for msclap-exact features): on TPU each such matmul takes 6 bf16 MXU passes."""
+    a = model_cfg.audio
+    return frontend_flops(a, num_samples) + 2.0 * resize_flops(a, num_samples)
 
 
 # Dense bf16 peak FLOP/s per chip (vendor figures).

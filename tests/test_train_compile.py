@@ -1,0 +1,133 @@
+"""`python -m clap_jax.train.compile`: the trainer's step compiled ahead of time for a TPU slice that is not attached
+(libtpu's deviceless compiler), and the report built from it: memory per chip against HBM, compiled FLOPs against
+train/flops.py, collectives, roofline. One CLI run (configs/tiny.py with FSDP, in a subprocess) is compiled once per
+test session; the tests read its report."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from clap_jax import errors
+from clap_jax.train import compile as compile_lib
+
+from _train_helpers import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOPOLOGY = "v5e:2x2"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compile") / "fsdp.json"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu",
+               ALLOW_MULTIPLE_LIBTPU_LOAD="1")  # this process loads libtpu too
+    cmd = [sys.executable, "-m", "clap_jax.train.compile", "--config", "configs/tiny.py:fsdp,batch_size=32",
+           "--topology", TOPOLOGY, "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as f:
+        return {"fsdp": json.load(f), "stdout": proc.stdout}
+
+
+def test_cli_prints_the_report_and_writes_json(report):
+    text, r = report["stdout"], report["fsdp"]
+    for part in ("memory per chip:", "temporaries", "FLOPs compiled", "all-gather", "roofline (ICI ignored)",
+                 "h per epoch", "compile wall time"):
+        assert part in text, part
+    assert r["chips"] == 4 and r["device_kind"] == "TPU v5 lite" and r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert r["compile_s"] > 0
+
+
+def test_compiled_flops_follow_the_analytic_count(report):
+    """At the tiny widths (8 and 32 channels) the vector work XLA counts (softmax, GELU, norms) is about a fifth of
+    the step's FLOPs, which the analytic (matmul) count leaves out as MFU counts do; at full size matmuls dominate."""
+    fl = report["fsdp"]["flops"]
+    assert 1.0 < fl["compiled"] / fl["analytic"] < 1.3, fl
+
+
+def test_memory_fields_are_positive_and_sum_to_the_total(report):
+    mem = report["fsdp"]["memory_bytes"]
+    parts = [mem[k] for k in ("arguments", "outputs", "temporaries", "generated_code")]
+    assert all(p >= 0 for p in parts) and mem["arguments"] > 0 and mem["temporaries"] > 0
+    assert sum(parts) == mem["total"] < mem["hbm"] == 16 * 2 ** 30
+    # the donated state is updated in place: only the metrics are output buffers of their own
+    assert mem["outputs"] < mem["arguments"] / 10
+
+
+def test_fsdp_shards_the_state_and_gathers_the_weights(report):
+    r = report["fsdp"]
+    state_bytes = 3 * 4 * r["params"]       # float32 params and two Adam moments, if replicated
+    # split four ways: each chip holds little more than a quarter (small arrays stay replicated)
+    assert r["memory_bytes"]["arguments"] < 0.35 * state_bytes
+    gathered = r["collectives"]["all-gather"]["bytes"] + r["collectives"]["reduce-scatter"]["bytes"]
+    assert r["collectives"]["all-gather"]["count"] > 0 and gathered >= state_bytes / 3 / 4
+
+
+def test_roofline_is_consistent(report):
+    r = report["fsdp"]
+    roof, chip = r["roofline"], r["chip"]
+    assert roof["step_s"] == max(roof["compute_s"], roof["hbm_s"]) > 0
+    assert roof["hbm_s"] == pytest.approx(r["bytes_accessed"] / chip["hbm_bw"])
+    assert roof["compute_s"] >= r["flops"]["compiled"] / chip["peak_bf16"]
+    assert roof["pairs_per_s"] == pytest.approx(r["batch_size"] / roof["step_s"])
+    assert roof["hours_per_epoch"] == pytest.approx(4.6e6 / roof["pairs_per_s"] / 3600)
+    assert 0 < roof["mfu"] <= 1
+    assert jax.devices()[0].platform == "cpu"  # libtpu loaded for the compile; jax still runs on the CPU
+
+
+def test_step_that_cannot_fit_exits_non_zero_with_one_line(capsys):
+    argv = ["compile", "--config", os.path.join(ROOT, "configs/clap_2023.py:random,batch_size=262144"),
+            "--topology", TOPOLOGY]
+    with pytest.raises(SystemExit) as e:
+        compile_lib.run(argv)
+    assert e.value.code == errors.EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: does not fit:") and "v5e" in err[0] and "GiB" in err[0]
+
+
+def test_compiled_total_over_hbm_is_reported(report):
+    r = report["fsdp"]
+    chip = compile_lib.CHIPS["v5e"]
+    with pytest.raises(compile_lib.DoesNotFit, match="does not fit: .* GiB per chip"):
+        compile_lib._check_fits("the compiled step's buffers", r["memory_bytes"]["total"], chip,
+                                r["memory_bytes"]["total"] - 1, TOPOLOGY)
+
+
+def test_collectives_counted_once_per_op_with_operand_bytes():
+    hlo = "\n".join([
+        "  %p0 = f32[1024]{0} parameter(0)",
+        "  %p1 = bf16[8,128]{1,0:T(8,128)(2,1)} parameter(1)",
+        "  %ar = f32[1024]{0} all-reduce(%p0), channel_id=1, to_apply=%add",
+        "  %ags = (bf16[8,128]{1,0}, bf16[32,128]{1,0}) all-gather-start(%p1), channel_id=2, dimensions={0}",
+        "  %agd = bf16[32,128]{1,0} all-gather-done(%ags)",
+        "  ROOT %rs = f32[256]{0} reduce-scatter(%p0), channel_id=3, dimensions={0}, to_apply=%add",
+    ])
+    got = compile_lib.count_collectives(hlo)
+    assert got["all-reduce"] == {"count": 1, "bytes": 4096}
+    assert got["all-gather"] == {"count": 1, "bytes": 2048}
+    assert got["reduce-scatter"] == {"count": 1, "bytes": 4096}
+    assert got["all-to-all"] == {"count": 0, "bytes": 0}
+
+
+def test_topologies_of_each_generation_and_bad_names():
+    for name, n, kind in [("v4:2x2x1", 4, "TPU v4"), ("v5e:4x4", 16, "TPU v5 lite"), ("v5p:2x2x2", 8, "TPU v5"),
+                          ("v6e:2x2", 4, "TPU v6 lite")]:
+        _, devices = compile_lib.topology_devices(name)
+        assert len(devices) == n and devices[0].device_kind == kind, name
+    _, two = compile_lib.topology_devices("v5e:2x2", num_slices=2)
+    assert len(two) == 8 and {d.slice_index for d in two} == {0, 1}
+    for bad in ("v5e", "v7:2x2", "v5e-16", "v5p:4x4x4x4"):
+        with pytest.raises(errors.UserError, match="--topology"):
+            compile_lib.parse_topology(bad)
+
+
+def test_compile_only_validation_needs_no_data():
+    from clap_jax.train import config as config_lib
+    with pytest.raises(errors.ConfigError, match="config.data.dirs"):
+        config_lib.validate_config(load_config("clap_2023"), num_devices=16)
+    config_lib.validate_config(load_config("clap_2023", "fsdp"), num_devices=16, data=False)
