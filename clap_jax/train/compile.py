@@ -30,7 +30,6 @@ default here). A full-size step takes tens of minutes and several GB of host mem
 from __future__ import annotations
 
 import os
-import sys
 
 if __name__ == "__main__":  # before jax is imported: the compile is host-only, and libtpu must not probe for TPUs
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
