@@ -13,9 +13,9 @@ from clap_jax.train.random_batches import RandomBatches
 from _train_helpers import load_config, make_model
 
 
-def restore_params(checkpoints_dir, abstract_params):
+def restore_params(checkpoints_dir, abstract_params, step=None):
     from clap_jax.convert.workdir import restore_variables
-    return restore_variables(checkpoints_dir, {"params": abstract_params})["params"]
+    return restore_variables(checkpoints_dir, {"params": abstract_params}, step=step)["params"]
 
 
 def test_eval_hook_and_tensorboard_events(tmp_path):
