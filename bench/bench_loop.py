@@ -96,7 +96,7 @@ def main():
         for name in ("old", "new"):
             res[name].append(run(a.config, a.steps, a.warmup, old=name == "old"))
     print(f"\n{a.config}, steps {a.warmup + 1}..{a.steps} timed; {machine()}")
-    print(f"| loop | prefetch | metrics read | steps/s |\n|---|---|---|---|")
+    print("| loop | prefetch | metrics read | steps/s |\n|---|---|---|---|")
     print(f"| old | 0 | every step | {max(res['old']):.3f} |")
     print(f"| new | 2 | every log step | {max(res['new']):.3f} |")
     print(f"speed-up {max(res['new']) / max(res['old']):.2f}x (runs: old {[round(x, 3) for x in res['old']]}, "

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from clap_jax.errors import ConfigError
+from clap_jax.errors import ConfigError, UserError
 from clap_jax.train import config as config_lib
 from clap_jax.train import data as data_lib
 from clap_jax.train import distributed, progress, train
@@ -130,7 +130,7 @@ def test_processes_agree_on_the_same_steps(monkeypatch):
     p = distributed.Preemption(every=0, target_s=1e9)   # this process alone would wait MAX_EVERY steps
     checks = [s for s in range(1, 13) if p.agrees_at(s) and not p.should_stop(s)]
     assert checks == [1, 2, 7, 12] and seen[0][1] == 1 and seen[1][1] == distributed.Preemption.MAX_EVERY
-    assert not p.agrees_at(13) and p.agrees_at(13, sync=True)   # log / checkpoint steps agree too
+    assert not p.agrees_at(13) and p.agrees_at(13, sync=True)   # checkpoint steps agree too
     proposals["flag"] = 1
     assert p.should_stop(13, sync=True)
     proposals["flag"] = 0
@@ -138,11 +138,26 @@ def test_processes_agree_on_the_same_steps(monkeypatch):
     assert [s for s in range(1, 10) if fixed.agrees_at(s) and fixed.should_stop(s) is False] == [1, 5, 9]
 
 
-def test_new_fields_are_checked():
+def test_worker_count_travels_with_the_iterator_state(tmp_path):
+    """Grain's state of n worker processes gives other batches in more of them: the state records n, a
+    different count is refused by name, and the auto count of a resumed run is the checkpoint's."""
+    make_tfrecord_dataset(str(tmp_path / "d"), n=16, seconds=0.5, sample_rate=8000)
+    it = pipeline.make_iterator(str(tmp_path / "d"), per_host_batch_size=4, sample_rate=8000, duration=0.5,
+                                process_index=0, process_count=1)
+    next(it)
+    state = it.get_state()
+    assert state["worker_count"] == 0
+    with pytest.raises(UserError, match="saved with 2 worker processes.*data.num_workers=2"):
+        it.set_state({**state, "worker_count": 2})
+    it.set_state(state)
     c = load_config("tiny")
-    assert data_lib.num_workers(c) == 0
+    assert data_lib.num_workers(c) == 0 and data_lib.num_workers(c, saved=3) == 0   # explicit wins
     c.data.num_workers = -1
     assert data_lib.num_workers(c) == min(8, (os.cpu_count() or 1) // 2)
+    assert data_lib.num_workers(c, saved=3) == 3
+
+
+def test_new_fields_are_checked():
     for field, value, msg in (("data.prefetch", -1, "data.prefetch"), ("data.num_workers", -2, "num_workers"),
                               ("profile.steps", (3, 2), "profile.steps")):
         bad = load_config("tiny")

@@ -417,9 +417,10 @@ class ClapDataIterator:
     ``checkpoint_args(it)`` / ``checkpoint_args(it, restore=True)`` in an ``orbax`` ``Composite``.
     """
 
-    def __init__(self, dataset: grain.IterDataset, mesh=None, data_axes: str | Sequence[str] = ("data",)):
+    def __init__(self, dataset: grain.IterDataset, mesh=None, data_axes: str | Sequence[str] = ("data",),
+                 worker_count: int | None = None):
         self.grain_iterator = iter(dataset)
-        self.mesh, self.data_axes = mesh, data_axes
+        self.mesh, self.data_axes, self.worker_count = mesh, data_axes, worker_count
 
     def __iter__(self):
         return self
@@ -437,9 +438,21 @@ class ClapDataIterator:
         return batch if self.mesh is None else make_global_batch(batch, self.mesh, self.data_axes)
 
     def get_state(self) -> dict:
-        return self.grain_iterator.get_state()
+        """Grain's state, plus the number of worker processes it was made with ('worker_count'): Grain's state
+        of n workers fails to restore into fewer and silently gives other batches in more."""
+        state = self.grain_iterator.get_state()
+        if self.worker_count is not None and isinstance(state, dict):
+            state = {**state, "worker_count": self.worker_count}
+        return state
 
     def set_state(self, state: dict) -> None:
+        if isinstance(state, dict) and "worker_count" in state:
+            state = dict(state)
+            saved = state.pop("worker_count")
+            if self.worker_count is not None and saved != self.worker_count:
+                raise UserError(f"the data iterator state was saved with {saved} worker processes, this iterator "
+                                f"has {self.worker_count}: its position cannot be restored (data.num_workers="
+                                f"{saved} resumes it)")
         self.grain_iterator.set_state(state)
 
     def close(self) -> None:
@@ -452,7 +465,7 @@ def make_iterator(data_dirs, *, per_host_batch_size: int, mesh=None, data_axes=(
                   ) -> ClapDataIterator:
     """``build_dataset(...)`` wrapped in a ClapDataIterator (global batches over ``mesh`` when given)."""
     return ClapDataIterator(build_dataset(data_dirs, per_host_batch_size=per_host_batch_size, **kwargs), mesh,
-                            data_axes)
+                            data_axes, worker_count=kwargs.get("worker_count", 0))
 
 
 def checkpoint_args(iterator: ClapDataIterator | Any, restore: bool = False):

@@ -41,9 +41,9 @@ def base() -> ml_collections.ConfigDict:
     c.data.weights = placeholder(tuple)  # 'tfrecord': mixing weights, one per directory (None: one dataset)
     c.data.seed = 0
     c.data.num_workers = -1             # 'tfrecord': Grain worker processes per host (decode, crop, tokenize);
-    #                                     -1: auto = min(8, cores // 2), 0: in the main process (threads). A
-    #                                     resumed run needs the count its checkpoint was written with: on another
-    #                                     machine type, set it to that count
+    #                                     -1: auto = min(8, cores // 2), or when resuming the count the
+    #                                     checkpoint's iterator ran with (Grain's state needs the same count);
+    #                                     0: in the main process (threads)
     c.data.prefetch = 2                 # global batches made and put on the devices ahead of the running step,
     #                                     while it runs (0: each fetched when its step is due)
     c.data.max_consecutive_bad_records = 1000  # 'tfrecord': corrupt/undecodable records in a row before the run

@@ -23,14 +23,17 @@ from clap_jax.train.random_batches import RandomBatches
 BATCH_KEYS = ("audio", "input_ids", "attention_mask")  # what the train step takes; pipelines may carry more
 
 
-def num_workers(config) -> int:
-    """`config.data.num_workers`, with -1 (auto) resolved to min(8, cores // 2): decoding and tokenizing in their
-    own processes leaves the main process's core to dispatching steps."""
+def num_workers(config, saved: int | None = None) -> int:
+    """`config.data.num_workers`, with -1 (auto) resolved to `saved` (the count a checkpoint's iterator state was
+    made with: a resume needs the same) or else min(8, cores // 2): decoding and tokenizing in their own processes
+    leaves the main process's core to dispatching steps."""
     n = config.data.num_workers
-    return min(8, (os.cpu_count() or 1) // 2) if n == -1 else n
+    if n != -1:
+        return n
+    return saved if saved is not None else min(8, (os.cpu_count() or 1) // 2)
 
 
-def make_real_pipeline(config, mesh) -> Iterator[dict]:
+def make_real_pipeline(config, mesh, saved_workers: int | None = None) -> Iterator[dict]:
     """=== THE REAL PIPELINE (config.data.kind == 'tfrecord'): clap_jax.data.pipeline ===
 
     Each process reads its own share of the records (per-host batch B / process_count); the pipeline assembles
@@ -41,17 +44,18 @@ def make_real_pipeline(config, mesh) -> Iterator[dict]:
         list(dc.dirs), per_host_batch_size=per_host, mesh=mesh, data_axes=shd.BATCH_AXES,
         weights=list(dc.weights) if dc.weights else None, seed=dc.seed, num_epochs=None,
         sample_rate=config.model.audio.sample_rate, duration=config.model.audio.duration,
-        text_length=config.model.text.max_length, worker_count=num_workers(config),
+        text_length=config.model.text.max_length, worker_count=num_workers(config, saved_workers),
         max_consecutive_bad=dc.max_consecutive_bad_records, audio_dtype="int16")
 
 
-def make_data_iterator(config, mesh) -> Iterator[dict]:
-    """The iterator `config.data.kind` names: 'random' (tests, benchmarks) or 'tfrecord' (the real pipeline)."""
+def make_data_iterator(config, mesh, saved_workers: int | None = None) -> Iterator[dict]:
+    """The iterator `config.data.kind` names: 'random' (tests, benchmarks) or 'tfrecord' (the real pipeline;
+    `saved_workers`: the worker count of the state it will be restored from, if any)."""
     if config.data.kind == "random":
         return RandomBatches(batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
                              text_len=config.model.text.max_length, num_classes=config.data.num_classes,
                              seed=config.data.seed, sharding=shd.batch_sharding(mesh))
-    return make_real_pipeline(config, mesh)
+    return make_real_pipeline(config, mesh, saved_workers)
 
 
 @jax.jit

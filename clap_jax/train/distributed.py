@@ -32,8 +32,7 @@ class Preemption:
     `requested` is this process's flag. `should_stop(step, sync)` is what the loop asks after each step: one
     process reads its flag (free). Several processes must stop at the same step, so they agree with a collective
     (an all-gather, which waits for the devices to finish the queued steps) at the same steps everywhere: at
-    `sync` steps (checkpoint and log steps, where the loop reads from the devices anyway) and every `every`
-    steps; `every=0` (auto) spaces them about `target_s` seconds of training apart, each process proposing an
+    `sync` steps (checkpoint steps, where the loop waits for the devices anyway) and every `every` steps; `every=0` (auto) spaces them about `target_s` seconds of training apart, each process proposing an
     interval from its own step time and all taking the smallest, so the next agreement step is the same on all.
 
     (JAX's own `multihost_utils.reached_preemption_sync_point` needs its preemption service to own SIGTERM,

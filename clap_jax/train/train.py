@@ -170,8 +170,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     log.info("mesh %s", dict(mesh.shape))
 
     # ---------------------------------------------------------------------------------------- input pipeline
+    mngr = _checkpoint_manager(config, workdir)
+    latest = mngr.latest_step() if mngr is not None else None
     own_iter = data_iter is None
-    data_iter = data_iter if data_iter is not None else data_lib.make_data_iterator(config, mesh)
+    if own_iter:  # auto worker count: the one the checkpoint's iterator state was made with, if resuming
+        saved = ckpt_lib.saved_data_state(mngr, latest) if latest is not None else None
+        data_iter = data_lib.make_data_iterator(
+            config, mesh, saved_workers=saved.get("worker_count") if isinstance(saved, dict) else None)
 
     # ---------------------------------------------------------------------------------------- model & optimizer
     model = model if model is not None else state_lib.make_model(config)
@@ -187,8 +192,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     log.info("train step compiled: %s", {k: round(v, 3) for k, v in compile_info.items()})
 
     # ---------------------------------------------------------------------------------------- checkpoint load
-    mngr = _checkpoint_manager(config, workdir)
-    latest = mngr.latest_step() if mngr is not None else None
     if latest is not None:
         state = _restore(mngr, latest, abstract_state, data_iter, workdir)
         log.info("resumed from %s at step %d", workdir, latest)
@@ -215,7 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     batches = data_lib.Prefetcher(data_iter, config.data.prefetch, lambda: preempt.requested,
                                   with_state=mngr is not None)
     profile = _Profile(config, workdir)
-    ckpt_every, log_every = config.ckpt.every_steps if mngr is not None else 0, config.log.every_steps
+    ckpt_every = config.ckpt.every_steps if mngr is not None else 0
     failed = True
     try:
         if eval_every and start == 0:
@@ -224,10 +227,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
         for step in range(start + 1, config.total_steps + 1):
             is_ckpt = bool(ckpt_every) and step % ckpt_every == 0
             is_eval = bool(eval_every) and step % eval_every == 0
-            is_log = step % log_every == 0 or step == config.total_steps
             # the steps where the host reads nothing from the devices: they run under the guard when asked
             quiet = not (is_ckpt or is_eval or progress.reads_at_next_update or profile.covers(step)
-                         or preempt.agrees_at(step, sync=is_ckpt or is_log))
+                         or preempt.agrees_at(step, sync=is_ckpt))
             guard = jax.transfer_guard_device_to_host("disallow") if quiet and config.debug.guard_host_reads \
                 else contextlib.nullcontext()
             with guard:
@@ -251,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
                 if is_eval:
                     summary["evals"].append((step, _run_eval(eval_fn, state, step, writer, progress)))
                 profile.after(step, state)
-                if preempt.should_stop(step, sync=is_ckpt or is_log):  # every process stops at the same step
+                if preempt.should_stop(step, sync=is_ckpt):  # every process stops at the same step
                     progress.flush()
                     log.warning("SIGTERM: saving checkpoint at step %d and exiting", step)
                     if mngr is not None:
