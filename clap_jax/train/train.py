@@ -11,9 +11,9 @@ are in their own modules (config, workdir, progress, data, state, step, checkpoi
 
 The loop never waits on the host on an ordinary step: the next batches are made and put on the devices by a helper
 thread while the current step runs (`data.prefetch`), metrics are summed on the devices and read at log steps (one
-step late), and the processes agree on SIGTERM only every so many steps (`ckpt.preemption_check_every`). Reads
-from the devices happen at log, checkpoint, eval and agreement steps only; `debug.guard_host_reads` makes any
-other read an error.
+step late), and the processes agree on SIGTERM only every so many steps (`ckpt.preemption_check_every`). The
+host reads from the devices only on the step after a log step and at checkpoint, eval, profile and agreement
+steps; `debug.guard_host_reads` makes a read on any other step an error.
 """
 from __future__ import annotations
 
