@@ -16,6 +16,7 @@ def get_config(arg: str = ""):
     c.batch_size = a["batch_size"]
     c.total_steps = a["steps"]
     c.data.kind = "random"
+    c.data.num_workers = 0                  # tests run in-process ('tfrecord' variants): no worker processes
     c.optim.schedule = "constant"
     c.optim.lr = 1e-3
     c.sharding.fsdp_min_size = 0

@@ -52,22 +52,31 @@ def encode_audio(x: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     raise ValueError(f"unknown audio format {fmt!r}; use one of {FORMATS}")
 
 
-def decode_audio(data: bytes, fmt: str, start: int = 0, length: int | None = None) -> np.ndarray:
-    """Bytes in ``fmt`` -> float32 (n,) samples ``[start, start+length)`` (all when ``length`` is None).
+def decode_audio_int16(data: bytes, fmt: str, start: int = 0, length: int | None = None) -> np.ndarray:
+    """Bytes in ``fmt`` -> int16 (n,) samples ``[start, start+length)`` (all when ``length`` is None): the stored
+    values in half float32's bytes; ``int16_to_float`` of them is ``decode_audio``'s floats exactly.
 
-    For PCM only the window is converted; for FLAC the decoder seeks, so long clips are not fully decoded.
+    For PCM only the window is copied; for FLAC the decoder seeks, so long clips are not fully decoded.
     """
     if fmt == "pcm16":
         q = np.frombuffer(data, "<i2")
         q = q[start:] if length is None else q[start:start + length]
-        x = q.astype(np.float32)
-        x *= np.float32(1 / 32768)
-        return x
+        return q.astype(np.int16)  # native byte order, a copy (the record's buffer is not kept)
     if fmt == "flac":
         with sf.SoundFile(io.BytesIO(data)) as f:
             if start:
                 f.seek(start)
-            x = f.read(frames=-1 if length is None else length, dtype="int16").astype(np.float32)
-        x *= np.float32(1 / 32768)
-        return x
+            return f.read(frames=-1 if length is None else length, dtype="int16")
     raise ValueError(f"unknown audio format {fmt!r}; use one of {FORMATS}")
+
+
+def int16_to_float(q: np.ndarray) -> np.ndarray:
+    """int16 samples -> float32 in [-1, 1): x / 32768 (a power of two: exact, the same bits on host and device)."""
+    x = np.asarray(q).astype(np.float32)
+    x *= np.float32(1 / 32768)
+    return x
+
+
+def decode_audio(data: bytes, fmt: str, start: int = 0, length: int | None = None) -> np.ndarray:
+    """Bytes in ``fmt`` -> float32 (n,) samples ``[start, start+length)`` (all when ``length`` is None)."""
+    return int16_to_float(decode_audio_int16(data, fmt, start, length))

@@ -10,8 +10,9 @@ pure function of (seed, position) and its state is one small JSON):
                                                        rng seeded by (seed, position): resumes see the same crops
       [-> MapDataset.mix(datasets, weights)]           several dataset dirs mixed by weight
       -> slice(process_index::process_count)           per-host sharding: hosts see disjoint positions
+      -> map(Tokenize)                                 GPT-2 BPE of the record's caption (per record: in the read
+                                                       threads, or the worker processes when there are any)
       -> to_iter_dataset (threads) -> batch(per_host_batch) -> mp_prefetch(worker processes)
-      -> map(Tokenize)                                 GPT-2 BPE of the batch's captions, in the main process
       -> make_global_batch                             jax.make_array_from_process_local_data, NamedSharding over
                                                        the mesh's data axes
 
@@ -19,6 +20,9 @@ One element / host batch (B = per-host batch, L = duration x sample_rate samples
 
     {'audio': float32 (B, L), 'input_ids': int32 (B, T), 'attention_mask': int32 (B, T),
      'id': int32 (B,) (stable hash of the record id), 'dataset': int32 (B,) (index into ``data_dirs``)}
+
+With ``audio_dtype='int16'`` the audio stays in its stored form, int16 (half the bytes to copy between processes
+and to the devices); ``audio.int16_to_float`` (or the trainer, on the device) gives the float32 values exactly.
 
 A corrupt record (CRC/framing/parse/audio error) is skipped and counted (``TFRecordDataSource.num_corrupt`` /
 ``DecodeCrop.num_bad`` in the process that read it). The first few are logged one by one (shard and record), then
@@ -236,8 +240,8 @@ def _tokenize(caption: str, source: str | None, max_length: int) -> tuple[np.nda
 class DecodeCrop(grain.transforms.RandomMap):
     """Serialized record -> model example, deterministic in the rng Grain derives from (seed, position).
 
-    Output: {'audio': float32 (num_samples,), 'caption': bytes (UTF-8), 'id': int32 (), 'dataset': int32 ()}
-    (captions are tokenized per batch by ``Tokenize``). Long clips: a ``num_samples`` window, uniformly random
+    Output: {'audio': float32 (num_samples,) (int16 with ``audio_dtype='int16'``), 'caption': bytes (UTF-8),
+    'id': int32 (), 'dataset': int32 ()} (``Tokenize`` turns the caption into token ids). Long clips: a ``num_samples`` window, uniformly random
     (``crop='random'``, msclap training) or the first / centre one (``'start'``/``'center'``, for evaluation); clips
     of n <= num_samples samples: tiled ceil(num_samples/n) times and cut (msclap). One caption, drawn uniformly
     (``caption='random'``) or the first.
@@ -245,11 +249,15 @@ class DecodeCrop(grain.transforms.RandomMap):
     """
 
     def __init__(self, sample_rate: int, num_samples: int, dataset_index: int = 0, where: str = "",
-                 crop: str = "random", caption: str = "random", bad_records: BadRecords | None = None):
+                 crop: str = "random", caption: str = "random", bad_records: BadRecords | None = None,
+                 audio_dtype: str = "float32"):
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
         if caption not in ("random", "first"):
             raise ValueError(f"caption must be 'random' or 'first', got {caption!r}")
+        if audio_dtype not in ("float32", "int16"):
+            raise ValueError(f"audio_dtype must be 'float32' or 'int16', got {audio_dtype!r}")
+        self.audio_dtype = audio_dtype
         self.sample_rate = sample_rate
         self.num_samples = num_samples
         self.dataset_index = dataset_index
@@ -269,9 +277,11 @@ class DecodeCrop(grain.transforms.RandomMap):
                 raise ValueError(f"record sample rate {sr} != pipeline sample rate {self.sample_rate}; "
                                  "preprocess with --sample-rate to match the model")
             start = audio_io.crop_start(int(ex["num_samples"][0]), self.num_samples, self.crop, rng)
-            wave = audio_lib.decode_audio(ex["audio"][0], bytes(ex["audio_format"][0]).decode(), start,
-                                          self.num_samples)   # only the window is decoded
+            wave = audio_lib.decode_audio_int16(ex["audio"][0], bytes(ex["audio_format"][0]).decode(), start,
+                                                self.num_samples)   # only the window is decoded
             wave = audio_io.repeat_pad(wave, self.num_samples)
+            if self.audio_dtype == "float32":
+                wave = audio_lib.int16_to_float(wave)
             caps = ex["captions"]
             pick = int(rng.integers(len(caps))) if len(caps) > 1 and self.caption == "random" else 0
             caption = bytes(caps[pick]).decode()
@@ -286,24 +296,23 @@ class DecodeCrop(grain.transforms.RandomMap):
 
 
 class Tokenize(grain.transforms.Map):
-    """Host batch with 'caption' (bytes (B,)) -> with 'input_ids', 'attention_mask' int32 (B, max_length), no
-    'caption' (max_length is the model's text length).
+    """Example with 'caption' (bytes) -> with 'input_ids', 'attention_mask' int32 (max_length,), no 'caption'
+    (max_length is the model's text length).
 
-    Runs in the main process after ``mp_prefetch`` (GPT-2 BPE is ~0.05 ms a caption, cached), so worker
-    processes never import transformers.
+    Per record, before batching: it runs where the records are read (Grain's read threads, or the worker processes
+    when ``worker_count`` > 0), not in the main process that feeds the devices. Each process loads the tokenizer
+    once; GPT-2 BPE is ~0.05 ms a caption, cached.
     """
 
     def __init__(self, tokenizer: str | None = None, max_length: int = 77):
         self.tokenizer = tokenizer
         self.max_length = max_length
 
-    def map(self, batch: dict) -> dict:
-        batch = dict(batch)
-        caps = batch.pop("caption")
-        rows = [_tokenize(c.decode(), self.tokenizer, self.max_length) for c in np.asarray(caps).reshape(-1)]
-        batch["input_ids"] = np.stack([r[0] for r in rows])
-        batch["attention_mask"] = np.stack([r[1] for r in rows])
-        return batch
+    def map(self, example: dict) -> dict:
+        example = dict(example)
+        ids, mask = _tokenize(bytes(example.pop("caption")).decode(), self.tokenizer, self.max_length)
+        example["input_ids"], example["attention_mask"] = ids, mask
+        return example
 
 
 def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, split: str = "train",
@@ -312,7 +321,8 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
                   process_count: int | None = None, worker_count: int = 0, worker_buffer_size: int = 2,
                   read_threads: int | None = None, drop_remainder: bool = True, tokenizer: str | None = None,
                   text_length: int = 77, shuffle: bool = True, crop: str = "random",
-                  caption: str = "random", max_consecutive_bad: int | None = 1000) -> grain.IterDataset:
+                  caption: str = "random", max_consecutive_bad: int | None = 1000,
+                  audio_dtype: str = "float32") -> grain.IterDataset:
     """The Grain dataset of host batches (see module docstring for the flow and the element layout).
 
     ``data_dirs``: one preprocessed directory, or several mixed by ``weights`` (then the stream is infinite, each
@@ -324,6 +334,7 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
     ``mp_prefetch`` worker processes; a restored state needs the same ``worker_count`` and host count.
 
     ``max_consecutive_bad``: bad records in a row (per dataset and process) that raise BadDataError (None: never).
+    ``audio_dtype``: 'float32' (values in [-1, 1)) or 'int16' (the stored samples; see the module docstring).
 
     For evaluation: ``shuffle=False, crop='start', caption='first', num_epochs=1, drop_remainder=False`` gives
     every record once, in shard order (split over hosts).
@@ -354,13 +365,14 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
             ds = ds.shuffle(seed=_derive(seed, i, 0))
         ds = ds.repeat(num_epochs if len(data_dirs) == 1 else None)
         ds = ds.random_map(DecodeCrop(sample_rate, num_samples, i, where=d, crop=crop, caption=caption,
-                                      bad_records=bad),
+                                      bad_records=bad, audio_dtype=audio_dtype),
                            seed=_derive(seed, i, 1))
         parts.append(ds)
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
     if num_epochs is not None and drop_remainder:  # every host gets the same number of full batches
         ds = ds[: len(ds) // (per_host_batch_size * process_count) * (per_host_batch_size * process_count)]
     ds = ds[process_index::process_count]
+    ds = ds.map(Tokenize(tokenizer, text_length))  # (a bad record's None passes through Grain's map untouched)
     if read_threads is None:
         read_threads = 1 if worker_count > 0 else 2
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
@@ -369,7 +381,7 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
     if worker_count > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
                                                          per_worker_buffer_size=worker_buffer_size))
-    return it.map(Tokenize(tokenizer, text_length))
+    return it
 
 
 def _derive(seed: int, *parts: int) -> int:
@@ -405,9 +417,10 @@ class ClapDataIterator:
     ``checkpoint_args(it)`` / ``checkpoint_args(it, restore=True)`` in an ``orbax`` ``Composite``.
     """
 
-    def __init__(self, dataset: grain.IterDataset, mesh=None, data_axes: str | Sequence[str] = ("data",)):
+    def __init__(self, dataset: grain.IterDataset, mesh=None, data_axes: str | Sequence[str] = ("data",),
+                 worker_count: int | None = None):
         self.grain_iterator = iter(dataset)
-        self.mesh, self.data_axes = mesh, data_axes
+        self.mesh, self.data_axes, self.worker_count = mesh, data_axes, worker_count
 
     def __iter__(self):
         return self
@@ -425,9 +438,21 @@ class ClapDataIterator:
         return batch if self.mesh is None else make_global_batch(batch, self.mesh, self.data_axes)
 
     def get_state(self) -> dict:
-        return self.grain_iterator.get_state()
+        """Grain's state, plus the number of worker processes it was made with ('worker_count'): Grain's state
+        of n workers fails to restore into fewer and silently gives other batches in more."""
+        state = self.grain_iterator.get_state()
+        if self.worker_count is not None and isinstance(state, dict):
+            state = {**state, "worker_count": self.worker_count}
+        return state
 
     def set_state(self, state: dict) -> None:
+        if isinstance(state, dict) and "worker_count" in state:
+            state = dict(state)
+            saved = state.pop("worker_count")
+            if self.worker_count is not None and saved != self.worker_count:
+                raise UserError(f"the data iterator state was saved with {saved} worker processes, this iterator "
+                                f"has {self.worker_count}: its position cannot be restored (data.num_workers="
+                                f"{saved} resumes it)")
         self.grain_iterator.set_state(state)
 
     def close(self) -> None:
@@ -440,7 +465,7 @@ def make_iterator(data_dirs, *, per_host_batch_size: int, mesh=None, data_axes=(
                   ) -> ClapDataIterator:
     """``build_dataset(...)`` wrapped in a ClapDataIterator (global batches over ``mesh`` when given)."""
     return ClapDataIterator(build_dataset(data_dirs, per_host_batch_size=per_host_batch_size, **kwargs), mesh,
-                            data_axes)
+                            data_axes, worker_count=kwargs.get("worker_count", 0))
 
 
 def checkpoint_args(iterator: ClapDataIterator | Any, restore: bool = False):

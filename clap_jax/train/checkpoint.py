@@ -169,6 +169,15 @@ def finish(mngr: ocp.CheckpointManager) -> None:
             log.warning("closing the checkpoint manager: %s", e)
 
 
+def saved_data_state(mngr: ocp.CheckpointManager, step: int) -> Any | None:
+    """This process's data-iterator state saved at `step` (None if that checkpoint has none), read without
+    restoring anything (to build the iterator the state fits before restoring)."""
+    try:
+        return IteratorStateHandler().restore(epath.Path(mngr.directory) / str(step) / "data")
+    except FileNotFoundError:
+        return None
+
+
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, data_iter: Any | None) -> Any:
     """Restore the state into the shardings of `abstract_state` (ShapeDtypeStructs); set the iterator's state."""
     items = {"state": ocp.args.StandardRestore(abstract_state)}

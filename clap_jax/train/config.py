@@ -40,7 +40,12 @@ def base() -> ml_collections.ConfigDict:
     c.data.num_classes = 0              # 'random': >0 gives learnable tone/caption pairs (demo)
     c.data.weights = placeholder(tuple)  # 'tfrecord': mixing weights, one per directory (None: one dataset)
     c.data.seed = 0
-    c.data.num_workers = 0              # 'tfrecord': Grain worker processes per host
+    c.data.num_workers = -1             # 'tfrecord': Grain worker processes per host (decode, crop, tokenize);
+    #                                     -1: auto = min(8, cores // 2), or when resuming the count the
+    #                                     checkpoint's iterator ran with (Grain's state needs the same count);
+    #                                     0: in the main process (threads)
+    c.data.prefetch = 2                 # global batches made and put on the devices ahead of the running step,
+    #                                     while it runs (0: each fetched when its step is due)
     c.data.max_consecutive_bad_records = 1000  # 'tfrecord': corrupt/undecodable records in a row before the run
     #                                     stops with an error naming the data (skipped and counted until then)
 
@@ -98,6 +103,22 @@ def base() -> ml_collections.ConfigDict:
     c.ckpt.every_steps = 1000           # 0: only at the end
     c.ckpt.keep = 3
     c.ckpt.async_save = True
+    c.ckpt.preemption_check_every = 0   # several processes: steps between the SIGTERM agreement (a collective
+    #                                     that waits for the device); 0: auto, about every preemption_check_s of
+    #                                     training. One process reads its own flag every step, for free
+    c.ckpt.preemption_check_s = 2.0     # auto: target seconds between agreements (well inside a grace period)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.compile_cache = True        # JAX's persistent compilation cache in <workdir>/jax_cache (a rerun or
+    #                                     resume compiles from it); a cache dir set in JAX already is kept
+
+    c.profile = ml_collections.ConfigDict()
+    c.profile.steps = ()                # (first, last): a jax.profiler trace of those steps in <workdir>/profile
+    #                                     (TensorBoard's profile tab); (): none
+
+    c.debug = ml_collections.ConfigDict()
+    c.debug.guard_host_reads = False    # steps with no planned host read run under
+    #                                     jax.transfer_guard_device_to_host('disallow'): a stray read raises
 
     c.log = ml_collections.ConfigDict()
     c.log.every_steps = 50
@@ -246,6 +267,13 @@ def _validate_values(config, num_devices, data=True):
     need(config.ckpt.every_steps >= 0, "ckpt.every_steps", "must be >= 0 (0 = only at the end)")
     need(config.ckpt.keep >= 1, "ckpt.keep", "must be >= 1")
     need(config.log.every_steps >= 1, "log.every_steps", "must be >= 1")
+    need(config.data.num_workers >= -1, "data.num_workers", "must be >= 0, or -1 (auto)")
+    need(config.data.prefetch >= 0, "data.prefetch", "must be >= 0")
+    need(config.ckpt.preemption_check_every >= 0, "ckpt.preemption_check_every", "must be >= 0 (0 = auto)")
+    need(config.ckpt.preemption_check_s > 0, "ckpt.preemption_check_s", "must be positive")
+    prof = tuple(config.profile.steps or ())
+    need(not prof or (len(prof) == 2 and 1 <= prof[0] <= prof[1]), "profile.steps",
+         f"must be () or (first, last) with 1 <= first <= last, got {prof}")
     need(config.eval.every_steps >= 0, "eval.every_steps", "must be >= 0 (0 = never)")
     need(config.nan.max_consecutive >= 1, "nan.max_consecutive", "must be >= 1")
     optim_lib.validate(config.optim)

@@ -1,16 +1,19 @@
-"""The trainer's input: an iterator of global batches on the mesh, and a fetch that SIGTERM can interrupt.
+"""The trainer's input: an iterator of global batches on the mesh, and a prefetcher that keeps the next ones ready.
 
-Every iterator yields {'audio': (B, samples) f32, 'input_ids': (B, L) i32, 'attention_mask': (B, L) i32} as global
-jax Arrays split over the batch axes ('data', 'fsdp'), B = config.batch_size, and has `get_state()` /
-`set_state()` (Grain's DatasetIterator protocol) so that a checkpoint holds its position.
+Every iterator yields {'audio': (B, samples) int16 or f32, 'input_ids': (B, L) i32, 'attention_mask': (B, L) i32}
+as global jax Arrays split over the batch axes ('data', 'fsdp'), B = config.batch_size, and has `get_state()` /
+`set_state()` (Grain's DatasetIterator protocol) so that a checkpoint holds its position. The real pipeline sends
+audio as stored (int16, half the bytes); `Prefetcher` turns it into the model's float32 on the devices.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 
 from clap_jax.data import pipeline
 from clap_jax.models import config as model_config
@@ -20,7 +23,17 @@ from clap_jax.train.random_batches import RandomBatches
 BATCH_KEYS = ("audio", "input_ids", "attention_mask")  # what the train step takes; pipelines may carry more
 
 
-def make_real_pipeline(config, mesh) -> Iterator[dict]:
+def num_workers(config, saved: int | None = None) -> int:
+    """`config.data.num_workers`, with -1 (auto) resolved to `saved` (the count a checkpoint's iterator state was
+    made with: a resume needs the same) or else min(8, cores // 2): decoding and tokenizing in their own processes
+    leaves the main process's core to dispatching steps."""
+    n = config.data.num_workers
+    if n != -1:
+        return n
+    return saved if saved is not None else min(8, (os.cpu_count() or 1) // 2)
+
+
+def make_real_pipeline(config, mesh, saved_workers: int | None = None) -> Iterator[dict]:
     """=== THE REAL PIPELINE (config.data.kind == 'tfrecord'): clap_jax.data.pipeline ===
 
     Each process reads its own share of the records (per-host batch B / process_count); the pipeline assembles
@@ -31,64 +44,96 @@ def make_real_pipeline(config, mesh) -> Iterator[dict]:
         list(dc.dirs), per_host_batch_size=per_host, mesh=mesh, data_axes=shd.BATCH_AXES,
         weights=list(dc.weights) if dc.weights else None, seed=dc.seed, num_epochs=None,
         sample_rate=config.model.audio.sample_rate, duration=config.model.audio.duration,
-        text_length=config.model.text.max_length, worker_count=dc.num_workers,
-        max_consecutive_bad=dc.max_consecutive_bad_records)
+        text_length=config.model.text.max_length, worker_count=num_workers(config, saved_workers),
+        max_consecutive_bad=dc.max_consecutive_bad_records, audio_dtype="int16")
 
 
-def make_data_iterator(config, mesh) -> Iterator[dict]:
-    """The iterator `config.data.kind` names: 'random' (tests, benchmarks) or 'tfrecord' (the real pipeline)."""
+def make_data_iterator(config, mesh, saved_workers: int | None = None) -> Iterator[dict]:
+    """The iterator `config.data.kind` names: 'random' (tests, benchmarks) or 'tfrecord' (the real pipeline;
+    `saved_workers`: the worker count of the state it will be restored from, if any)."""
     if config.data.kind == "random":
         return RandomBatches(batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
                              text_len=config.model.text.max_length, num_classes=config.data.num_classes,
                              seed=config.data.seed, sharding=shd.batch_sharding(mesh))
-    return make_real_pipeline(config, mesh)
+    return make_real_pipeline(config, mesh, saved_workers)
+
+
+@jax.jit
+def _audio_to_float(audio):
+    # x / 32768 with a power of two: exact, the same bits as the host's conversion (audio.int16_to_float)
+    return audio.astype(jnp.float32) * jnp.float32(1 / 32768)
+
+
+def to_model_batch(batch: dict) -> dict:
+    """The train step's inputs from an iterator's batch: BATCH_KEYS only, int16 audio made float32 on the devices
+    (a jitted elementwise op: each device converts its own rows, the sharding is kept)."""
+    out = {k: batch[k] for k in BATCH_KEYS}
+    if out["audio"].dtype == jnp.int16:
+        out["audio"] = _audio_to_float(out["audio"])
+    return out
 
 
 class WaitInterrupted(Exception):
     """A stop was requested (SIGTERM) while the loop was waiting for the next batch."""
 
 
-class Fetcher:
-    """`next(data_iter)` in a helper thread, so that the loop can stop waiting when SIGTERM arrives: a pipeline that
-    is slow, stalled or skipping bad records would otherwise hold the run past the scheduler's grace period. The
-    thread is a daemon (a fetch abandoned on SIGTERM never holds up the exit); batches still come one at a time,
-    in order, so the iterator's state is the same as with a plain `next()`.
+class Prefetcher:
+    """The iterator's batches, made in a helper thread `depth` steps ahead of the loop and put on the devices
+    (`to_model_batch`) while the current step runs; each comes with the iterator's state right after it was
+    drawn, so that a checkpoint after step N records the position after batch N however far the thread has read
+    ahead. `depth=0`: a batch is drawn only when the loop asks for it.
 
-    `stop_requested()` is polled while waiting; it must be this process's own flag, with no collective, since the
-    other processes may be stepping."""
+    The wait for a batch can be cut short: a pipeline that is slow, stalled or skipping bad records would
+    otherwise hold the run past the scheduler's grace period. `stop_requested()` is polled while waiting; it must
+    be this process's own flag, with no collective, since the other processes may be stepping. The thread is a
+    daemon (a fetch abandoned on SIGTERM never holds up the exit). Batches come in order, one `next()` at a
+    time, so the iterator's states are those of plain `next()` calls."""
 
     POLL_S = 0.2
 
-    def __init__(self, data_iter, stop_requested: Callable[[], bool]):
-        self._it, self._stop_requested = data_iter, stop_requested
-        self._req: queue.Queue = queue.Queue()
+    def __init__(self, data_iter, depth: int, stop_requested: Callable[[], bool], with_state: bool = True,
+                 prepare: Callable[[dict], dict] = to_model_batch):
+        self._it, self._stop_requested, self._with_state, self._prepare = data_iter, stop_requested, with_state, prepare
+        self._credits = threading.Semaphore(depth)  # batches the thread may draw before the loop asks for more
         self._res: queue.Queue = queue.Queue()
+        self._closed = threading.Event()
         self._thread = None
+        # the position before the first batch: what a stop before that batch arrives must record
+        self.state = data_iter.get_state() if with_state else None
 
     def _run(self):
-        while self._req.get():
+        while True:
+            while not self._credits.acquire(timeout=self.POLL_S):
+                if self._closed.is_set():
+                    return
+            if self._closed.is_set():
+                return
             try:
-                self._res.put((True, next(self._it)))
+                batch = next(self._it)
+                state = self._it.get_state() if self._with_state else None
+                self._res.put((True, self._prepare(batch), state))
             except BaseException as e:  # noqa: BLE001 - handed to the loop, which raises it
-                self._res.put((False, e))
+                self._res.put((False, e, None))
+                return
 
-    def next(self):
-        """The next batch; raises WaitInterrupted if a stop is requested first, or what the iterator raised."""
+    def next(self) -> dict:
+        """The next batch (on the devices); `self.state` is then the iterator's position after it. Raises
+        WaitInterrupted if a stop is requested first, or what the iterator raised."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="clap_jax_data", daemon=True)
             self._thread.start()
-        self._req.put(True)
+        self._credits.release()  # one more batch may be drawn: the one replacing this one in the queue
         while True:
             try:
-                ok, value = self._res.get(timeout=self.POLL_S)
+                ok, value, state = self._res.get(timeout=self.POLL_S)
             except queue.Empty:
                 if self._stop_requested():
                     raise WaitInterrupted from None
                 continue
-            if ok:
-                return value
-            raise value
+            if not ok:
+                raise value
+            self.state = state
+            return value
 
     def close(self):
-        if self._thread is not None:
-            self._req.put(False)  # ends the thread after any fetch in flight
+        self._closed.set()  # the thread ends after any fetch in flight

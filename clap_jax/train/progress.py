@@ -1,8 +1,10 @@
 """What a run reports while it trains: the log setup, TensorBoard scalars, and the per-step progress line.
 
-`Progress` takes each step's metrics (device arrays) and reads them one step late, so that the host never waits
-for the device; it averages them over the log window, writes them every `config.log.every_steps` steps with
-steps/s, examples/s/device, ETA and MFU, and stops the run (NonFiniteError) after too many non-finite steps.
+`Progress` adds each step's metrics (device arrays) into sums kept on the devices (a small jitted update, no
+transfer), and reads them at log steps only, one step late (while the next step runs), with every step's loss as
+one array. It writes the log window's averages every `config.log.every_steps` steps with steps/s,
+examples/s/device, ETA and MFU, and stops the run (NonFiniteError) after too many non-finite steps; `sync()` reads
+at once (before a checkpoint, so that a run past its non-finite limit never saves).
 """
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ import logging
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging as absl_logging
-from clu import metrics as clu_metrics
 
 from clap_jax.errors import debug_requested
 from clap_jax.train import flops as flops_lib
@@ -82,20 +84,48 @@ def setup_logging() -> None:
     log.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
 
 
-class Progress:
-    """Per-step metrics -> running averages, the progress line and TensorBoard scalars of each log window.
+_LAST = ("nan_streak", "nan_total")  # counters reported as they stand at the log step, not averaged
 
-    `update(step, metrics)` keeps this step's metrics and reads the previous step's; `flush()` reads the last
-    one. `losses` holds every step's loss. Time spent outside training steps (evals) is left out of the rates
-    with `exclude(seconds)`."""
+
+def _start_sums(metrics, capacity: int) -> dict:
+    """The device-side sums of a window that starts with this step's `metrics`."""
+    return {"sums": {k: v.astype(jnp.float32) for k, v in metrics.items() if k not in _LAST},
+            "n": jnp.int32(1),
+            "losses": jnp.zeros((capacity,), jnp.float32).at[0].set(metrics["loss"].astype(jnp.float32)),
+            "nan_streak_max": metrics["nan_streak"],
+            "last": {k: metrics[k] for k in _LAST}}
+
+
+def _add_step(acc, metrics):
+    return {"sums": {k: acc["sums"][k] + metrics[k].astype(jnp.float32) for k in acc["sums"]},
+            "n": acc["n"] + 1,
+            "losses": acc["losses"].at[acc["n"]].set(metrics["loss"].astype(jnp.float32)),
+            "nan_streak_max": jnp.maximum(acc["nan_streak_max"], metrics["nan_streak"]),
+            "last": {k: metrics[k] for k in _LAST}}
+
+
+class Progress:
+    """Per-step metrics -> sums on the devices -> the progress line and TensorBoard scalars of each log window.
+
+    `update(step, metrics)` adds this step into the device sums (and reads the previous log window's, if it is
+    waiting); `sync()` (alias `flush()`) reads everything now. `losses` holds every step's loss
+    (filled at each read). `reads_at_next_update` says whether `update` will read from the devices (for the
+    loop's transfer guard). Time spent outside training steps (evals) is left out of the rates with
+    `exclude(seconds)`."""
 
     def __init__(self, config, writer: MetricWriter, n_devices: int, flops_per_example: float,
                  peak_flops: float | None):
         self.config, self.writer = config, writer
         self.n_devices, self.flops_per_example, self.peak_flops = n_devices, flops_per_example, peak_flops
         self.losses: dict[int, float] = {}
-        self._window: dict[str, clu_metrics.Average] = {}
-        self._pending = None  # (step, metrics) of the last step, not yet read from the device
+        # the steps between two reads fit the loss buffer: a read at least every log step
+        capacity = config.log.every_steps
+        self._start = jax.jit(lambda m: _start_sums(m, capacity))
+        self._add = jax.jit(_add_step, donate_argnums=(0,))
+        self._acc = self._acc_first = self._acc_last = None  # device sums of the steps not read yet, their steps
+        self._pending = None                          # (first step, last step, sums) of a log window, to read
+        self._window_sums: dict[str, float] = {}      # host: this log window's sums read so far
+        self._window_n = 0
         self.start_clock()
 
     def start_clock(self) -> None:
@@ -105,30 +135,54 @@ class Progress:
     def exclude(self, seconds: float) -> None:
         self._t_window += seconds
 
+    @property
+    def reads_at_next_update(self) -> bool:
+        return self._pending is not None
+
     def update(self, step: int, metrics: dict) -> None:
+        """Add `step`'s metrics (call it after dispatching the step: a waiting log window is read while the
+        step runs)."""
         if self._pending is not None:
-            self._read(*self._pending)
-        self._pending = (step, metrics)
-
-    def flush(self) -> None:
-        if self._pending is not None:
-            self._read(*self._pending)
+            self._read(*self._pending, log_step=True)
             self._pending = None
-
-    def _read(self, step: int, metrics: dict) -> None:
-        m = jax.device_get(metrics)
-        self.losses[step] = float(m["loss"])
-        for k, v in m.items():  # clu metrics: running averages over the log window
-            avg_k = clu_metrics.Average.from_model_output(np.asarray(v, np.float32))
-            self._window[k] = self._window[k].merge(avg_k) if k in self._window else avg_k
+        if self._acc is None:
+            self._acc, self._acc_first = self._start(metrics), step
+        else:
+            self._acc = self._add(self._acc, metrics)
+        self._acc_last = step
         self._steps_window += 1
+        if self._is_log_step(step):
+            self._pending, self._acc = (self._acc_first, step, self._acc), None
+
+    def sync(self) -> None:
+        """Read every step so far now (waits for the devices)."""
+        if self._pending is not None:
+            self._read(*self._pending, log_step=True)
+            self._pending = None
+        if self._acc is not None:
+            acc, self._acc = self._acc, None
+            self._read(self._acc_first, self._acc_last, acc, log_step=False)
+
+    flush = sync
+
+    def _is_log_step(self, step: int) -> bool:
+        return step % self.config.log.every_steps == 0 or step == self.config.total_steps
+
+    def _read(self, first: int, last: int, acc, log_step: bool) -> None:
+        m = jax.device_get(acc)  # one transfer: sums, counters and the window's per-step losses
+        n = int(m["n"])
+        for i, loss in enumerate(np.asarray(m["losses"][:n])):
+            self.losses[first + i] = float(loss)
+        for k, v in m["sums"].items():
+            self._window_sums[k] = self._window_sums.get(k, 0.0) + float(v)
+        self._window_n += n
         limit = self.config.nan.max_consecutive
-        if int(m["nan_streak"]) >= limit:
+        if int(m["nan_streak_max"]) >= limit:
             raise NonFiniteError(
-                f"{int(m['nan_streak'])} consecutive non-finite steps at step {step} (config.nan.max_consecutive="
-                f"{limit}); stopping. The last checkpoint holds the last good state.")
-        if step % self.config.log.every_steps == 0 or step == self.config.total_steps:
-            self.log_line(step, m)
+                f"{int(m['nan_streak_max'])} consecutive non-finite steps by step {last} "
+                f"(config.nan.max_consecutive={limit}); stopping. The last checkpoint holds the last good state.")
+        if log_step:
+            self.log_line(last, m["last"])
 
     def log_line(self, step: int, last: dict) -> None:
         """Write the window's averages and rates (TensorBoard and the log), then start a new window. `last`: this
@@ -136,7 +190,7 @@ class Progress:
         c = self.config
         dt = time.time() - self._t_window
         sps = self._steps_window / dt if dt > 0 else float("nan")
-        avg = {k: float(v.compute()) for k, v in self._window.items()}
+        avg = {k: v / max(self._window_n, 1) for k, v in self._window_sums.items()}
         avg.update(nan_streak=float(last["nan_streak"]), nan_total=float(last["nan_total"]))
         eps_dev = sps * c.batch_size / self.n_devices
         mfu = eps_dev * self.flops_per_example / self.peak_flops if self.peak_flops else None
@@ -148,5 +202,5 @@ class Progress:
                  avg["acc_t2a"], avg["logit_scale"], avg["lr"], avg["grad_norm"], sps, eps_dev,
                  flops_lib.fmt_duration(eta), f"{100 * mfu:.1f}%" if mfu else "n/a",
                  f" | skipped {int(last['nan_total'])}" if last["nan_total"] else "")
-        self._window.clear()
+        self._window_sums, self._window_n = {}, 0
         self.start_clock()

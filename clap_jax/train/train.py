@@ -5,12 +5,19 @@
         --config.optim.lr=3e-4
 
 Read top to bottom: config checks, logging, mesh, input pipeline, model and optimizer (shape-first init), update
-step (compiled once, up front), checkpoint load / weight initialisation, evals, train loop. A `--workdir` holding
-checkpoints is resumed from its latest step, iterator included. The parts are in their own modules (config,
-workdir, progress, data, state, step, checkpoint, distributed).
+step (compiled once, up front, through the persistent compilation cache), checkpoint load / weight initialisation,
+evals, train loop. A `--workdir` holding checkpoints is resumed from its latest step, iterator included. The parts
+are in their own modules (config, workdir, progress, data, state, step, checkpoint, distributed).
+
+The loop never waits on the host on an ordinary step: the next batches are made and put on the devices by a helper
+thread while the current step runs (`data.prefetch`), metrics are summed on the devices and read at log steps (one
+step late), and the processes agree on SIGTERM only every so many steps (`ckpt.preemption_check_every`). The
+host reads from the devices only on the step after a log step and at checkpoint, eval, profile and agreement
+steps; `debug.guard_host_reads` makes a read on any other step an error.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -18,6 +25,7 @@ import time
 from typing import Callable
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import ml_collections
 import numpy as np
 
@@ -88,6 +96,59 @@ def _restore(mngr, step, abstract_state, data_iter, workdir) -> dict:
                         f"resume with the config the run was started with, or use a new --workdir") from e
 
 
+def _use_compile_cache(config, workdir) -> Callable[[], None]:
+    """JAX's persistent compilation cache in <workdir>/jax_cache (`train.compile_cache`), so that a rerun or a
+    resume loads its programs instead of compiling them; a cache directory already set in JAX (flag, environment,
+    jax.config) is kept. Returns the function that puts the previous setting back."""
+    if not config.train.compile_cache or workdir is None:
+        return lambda: None
+    if jax.config.jax_compilation_cache_dir:
+        log.info("compilation cache: %s", jax.config.jax_compilation_cache_dir)
+        return lambda: None
+    path = os.path.join(workdir, "jax_cache")
+    compilation_cache.set_cache_dir(path)
+    compilation_cache.reset_cache()  # a cache opened earlier in this process would otherwise stay in use
+    log.info("compilation cache: %s", path)
+
+    def restore():
+        compilation_cache.set_cache_dir(None)
+        compilation_cache.reset_cache()
+    return restore
+
+
+class _Profile:
+    """A jax.profiler trace of the steps `profile.steps = (first, last)` in <workdir>/profile (TensorBoard's
+    profile tab reads it). The trace stops once the last step's work is done on the devices."""
+
+    def __init__(self, config, workdir):
+        steps = tuple(config.profile.steps or ())
+        self.first, self.last = steps if steps else (0, -1)
+        self.dir = os.path.join(workdir, "profile") if workdir is not None else None
+        if steps and self.dir is None:
+            log.warning("config.profile.steps is set but there is no --workdir to write the trace to: no profile")
+        self.on = False
+
+    def covers(self, step: int) -> bool:
+        return self.dir is not None and self.first <= step <= self.last
+
+    def before(self, step: int) -> None:
+        if self.dir is not None and step == self.first and not self.on:
+            jax.profiler.start_trace(self.dir)
+            self.on = True
+
+    def after(self, step: int, state) -> None:
+        if self.on and step >= self.last:
+            self.stop(state)
+
+    def stop(self, state=None) -> None:
+        if self.on:
+            if state is not None:
+                jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.on = False
+            log.info("profile of steps %d-%d in %s", self.first, self.last, self.dir)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *, model=None, data_iter=None,
                        eval_fn: Callable | None = None, mesh=None) -> dict:
     """Train (resuming from `workdir` if it holds checkpoints). Returns a summary dict with per-step losses.
@@ -109,8 +170,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     log.info("mesh %s", dict(mesh.shape))
 
     # ---------------------------------------------------------------------------------------- input pipeline
+    mngr = _checkpoint_manager(config, workdir)
+    latest = mngr.latest_step() if mngr is not None else None
     own_iter = data_iter is None
-    data_iter = data_iter if data_iter is not None else data_lib.make_data_iterator(config, mesh)
+    if own_iter:  # auto worker count: the one the checkpoint's iterator state was made with, if resuming
+        saved = ckpt_lib.saved_data_state(mngr, latest) if latest is not None else None
+        data_iter = data_lib.make_data_iterator(
+            config, mesh, saved_workers=saved.get("worker_count") if isinstance(saved, dict) else None)
 
     # ---------------------------------------------------------------------------------------- model & optimizer
     model = model if model is not None else state_lib.make_model(config)
@@ -121,12 +187,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
 
     # ---------------------------------------------------------------------------------------- update step
     train_step = step_lib.make_train_step(model, tx, config, mesh, schedule, state_sh["params"])
+    restore_cache_setting = _use_compile_cache(config, workdir)
     step_fn, compile_info = step_lib.compile_train_step(train_step, abstract_state, state_sh, mesh, config)
     log.info("train step compiled: %s", {k: round(v, 3) for k, v in compile_info.items()})
 
     # ---------------------------------------------------------------------------------------- checkpoint load
-    mngr = _checkpoint_manager(config, workdir)
-    latest = mngr.latest_step() if mngr is not None else None
     if latest is not None:
         state = _restore(mngr, latest, abstract_state, data_iter, workdir)
         log.info("resumed from %s at step %d", workdir, latest)
@@ -146,53 +211,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
         flops_per_example=flops_lib.clap_train_flops_per_example(config.model,
                                                                  model_config.clip_samples(config.model)),
         peak_flops=flops_lib.peak_flops(jax.devices()[0].device_kind, config.get("peak_flops_per_device")))
-    preempt = distributed.Preemption()
+    preempt = distributed.Preemption(config.ckpt.preemption_check_every, config.ckpt.preemption_check_s)
     preempt.install()
     summary = {"losses": progress.losses, "evals": [], "start_step": start, "stopped": "done",
-               "compile": compile_info}
-    fetcher = data_lib.Fetcher(data_iter, lambda: preempt.requested)
+               "compile": compile_info, "guarded_steps": []}
+    batches = data_lib.Prefetcher(data_iter, config.data.prefetch, lambda: preempt.requested,
+                                  with_state=mngr is not None)
+    profile = _Profile(config, workdir)
+    ckpt_every = config.ckpt.every_steps if mngr is not None else 0
     failed = True
     try:
         if eval_every and start == 0:
             summary["evals"].append((0, _run_eval(eval_fn, state, 0, writer, progress)))
         progress.start_clock()
         for step in range(start + 1, config.total_steps + 1):
-            # the iterator's position before this fetch: what a save must record if SIGTERM interrupts the fetch
-            data_state = data_iter.get_state() if mngr is not None else None
-            try:
-                batch = fetcher.next()
-            except data_lib.WaitInterrupted:  # save what the steps so far did (if any), then stop
-                progress.flush()
+            is_ckpt = bool(ckpt_every) and step % ckpt_every == 0
+            is_eval = bool(eval_every) and step % eval_every == 0
+            # the steps where the host reads nothing from the devices: they run under the guard when asked
+            quiet = not (is_ckpt or is_eval or progress.reads_at_next_update or profile.covers(step)
+                         or preempt.agrees_at(step, sync=is_ckpt))
+            guard = jax.transfer_guard_device_to_host("disallow") if quiet and config.debug.guard_host_reads \
+                else contextlib.nullcontext()
+            with guard:
                 done = step - 1
-                log.warning("SIGTERM while waiting for data: %s and exiting", f"saving checkpoint at step {done}"
-                            if mngr is not None and done > start else "no new step to save")
-                if mngr is not None and done > start:
-                    ckpt_lib.save(mngr, done, state, data_iter, force=True, data_state=data_state)
-                summary["stopped"] = "preempted"
-                break
-            batch = {k: batch[k] for k in data_lib.BATCH_KEYS}
-            state, metrics = step_fn(state, batch)
-            progress.update(step, metrics)  # reads the previous step's metrics: the device runs ahead
-            if mngr is not None and config.ckpt.every_steps and step % config.ckpt.every_steps == 0:
-                ckpt_lib.save(mngr, step, state, data_iter)
-            if eval_every and step % eval_every == 0:
-                summary["evals"].append((step, _run_eval(eval_fn, state, step, writer, progress)))
-            if preempt.any_process():  # every process stops at the same step
-                progress.flush()
-                log.warning("SIGTERM: saving checkpoint at step %d and exiting", step)
-                if mngr is not None:
-                    ckpt_lib.save(mngr, step, state, data_iter, force=True)
-                summary["stopped"] = "preempted"
-                break
+                try:
+                    batch = batches.next()  # on the devices already; batches.state: the iterator after it
+                except data_lib.WaitInterrupted:  # save what the steps so far did (if any), then stop
+                    progress.flush()
+                    log.warning("SIGTERM while waiting for data: %s and exiting", f"saving checkpoint at step {done}"
+                                if mngr is not None and done > start else "no new step to save")
+                    if mngr is not None and done > start:
+                        ckpt_lib.save(mngr, done, state, data_iter, force=True, data_state=batches.state)
+                    summary["stopped"] = "preempted"
+                    break
+                profile.before(step)
+                state, metrics = step_fn(state, batch)
+                progress.update(step, metrics)  # device-side sums; a log window is read one step late
+                if is_ckpt:
+                    progress.sync()  # a run past its non-finite limit stops here, before saving
+                    ckpt_lib.save(mngr, step, state, data_iter, data_state=batches.state)
+                if is_eval:
+                    summary["evals"].append((step, _run_eval(eval_fn, state, step, writer, progress)))
+                profile.after(step, state)
+                if preempt.should_stop(step, sync=is_ckpt):  # every process stops at the same step
+                    progress.flush()
+                    log.warning("SIGTERM: saving checkpoint at step %d and exiting", step)
+                    if mngr is not None:
+                        ckpt_lib.save(mngr, step, state, data_iter, force=True, data_state=batches.state)
+                    summary["stopped"] = "preempted"
+                    break
+            if quiet and config.debug.guard_host_reads:
+                summary["guarded_steps"].append(step)
         progress.flush()
         if mngr is not None and summary["stopped"] == "done":
-            ckpt_lib.save(mngr, int(state["step"]), state, data_iter, force=True)
+            ckpt_lib.save(mngr, int(state["step"]), state, data_iter, force=True, data_state=batches.state)
         failed = False
     except progress_lib.NonFiniteError:
         summary["stopped"] = "nonfinite"
         raise
     finally:
-        fetcher.close()
+        batches.close()
+        profile.stop()
         if mngr is not None:
             try:
                 ckpt_lib.finish(mngr)  # waits for the background save: a disk-full error surfaces here too
@@ -203,6 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
         writer.flush()
         writer.close()
         preempt.uninstall()
+        restore_cache_setting()
         if own_iter and hasattr(data_iter, "close"):  # Grain worker processes
             data_iter.close()
     summary["end_step"] = int(state["step"])
