@@ -36,3 +36,16 @@ def make_model(config, deterministic: bool = False):
 def mesh(shape):
     from jax.sharding import Mesh
     return Mesh(np.asarray(jax.devices()[:8]).reshape(shape), ("data", "fsdp", "tensor"))
+
+
+def tree_digest(d) -> str:
+    """Names and contents of every file under `d`: equal digests mean nothing changed."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(d)):
+        for f in sorted(files):
+            p = os.path.join(root, f)
+            h.update(p.encode() + open(p, "rb").read())
+        h.update(repr(sorted(dirs)).encode())
+    return h.hexdigest()

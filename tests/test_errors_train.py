@@ -1,7 +1,6 @@
 """`python -m clap_jax.train` given bad input: exit code 2, one `error:` line naming the file or field, and no
 traceback (unless --debug). Most rows fail in the checks made before anything is compiled, so each takes a few
 seconds; the bad-data row needs a compiled step (the stand-in model keeps it short)."""
-import hashlib
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ from clap_jax.data import pipeline, tfrecord
 from data_fixtures import make_tfrecord_dataset
 from clap_jax.models import config as model_config
 
-from _train_helpers import COMPILE_CACHE, ROOT, load_config
+from _train_helpers import COMPILE_CACHE, ROOT, load_config, tree_digest
 
 TINY = f"{ROOT}/configs/tiny.py"
 
@@ -38,15 +37,6 @@ def _error_line(r):
     return lines[0]
 
 
-def _tree_digest(d):
-    """Names and contents of every file under `d`: equal digests mean nothing changed."""
-    h = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(d)):
-        for f in sorted(files):
-            p = os.path.join(root, f)
-            h.update(p.encode() + open(p, "rb").read())
-        h.update(repr(sorted(dirs)).encode())
-    return h.hexdigest()
 
 
 def _bad_config_file(tmp_path):
@@ -124,14 +114,14 @@ ROWS = [
 def test_bad_invocation_is_one_line(name, argv, expect, tmp_path):
     args = argv(tmp_path)
     wd = next(a.split("=", 1)[1] for a in args if a.startswith("--workdir="))
-    before = _tree_digest(wd) if os.path.isdir(wd) else None
+    before = tree_digest(wd) if os.path.isdir(wd) else None
     t0 = time.time()
     line = _error_line(_run(args))
     for e in expect:
         assert e in line, (e, line)
     assert time.time() - t0 < 60  # refused before any compile
     if before is not None:  # a refused run leaves its workdir exactly as it was
-        assert _tree_digest(wd) == before
+        assert tree_digest(wd) == before
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -2,7 +2,6 @@
 anything in the workdir changes; a full disk during a checkpoint save is one clear error and the previous
 checkpoint still restores and resumes; SIGTERM while the loop waits for data stops the run cleanly."""
 import errno
-import hashlib
 import os
 import signal
 import threading
@@ -19,17 +18,9 @@ from clap_jax.train import step as step_lib
 from clap_jax.train import train
 from clap_jax.train.random_batches import RandomBatches
 
-from _train_helpers import load_config, make_model
+from _train_helpers import load_config, make_model, tree_digest
 
 
-def _digest(d):
-    h = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(d)):
-        for f in sorted(files):
-            p = os.path.join(root, f)
-            h.update(p.encode() + open(p, "rb").read())
-        h.update(repr(sorted(dirs)).encode())
-    return h.hexdigest()
 
 
 def _steps(wd):
@@ -41,7 +32,7 @@ def test_resume_with_another_model_is_refused_and_changes_nothing(tmp_path, monk
     wd = str(tmp_path / "wd")
     config = load_config("tiny", "steps=2")
     train.train_and_evaluate(config, wd, model=make_model(config))
-    before = _digest(wd)
+    before = tree_digest(wd)
     other = load_config("tiny", "steps=4")
     other.model.text.n_layer = 3
     other.model.d_proj = 48
@@ -52,7 +43,7 @@ def test_resume_with_another_model_is_refused_and_changes_nothing(tmp_path, monk
     msg = str(e.value)
     assert "model_config.json" in msg and "\n" not in msg
     assert "model.d_proj: 32 (workdir) vs 48 (config)" in msg and "model.text.n_layer: 2 (workdir) vs 3" in msg
-    assert _digest(wd) == before  # model_config.json still describes the run's own model
+    assert tree_digest(wd) == before  # model_config.json still describes the run's own model
 
 
 def test_disk_full_during_save_is_one_error_and_the_last_checkpoint_survives(tmp_path, monkeypatch):
