@@ -1,5 +1,6 @@
 """Shared helpers of the trainer tests: load configs/*.py, build the model under test, a tiny batch."""
 import atexit
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -40,8 +41,6 @@ def mesh(shape):
 
 def tree_digest(d) -> str:
     """Names and contents of every file under `d`: equal digests mean nothing changed."""
-    import hashlib
-
     h = hashlib.sha256()
     for root, dirs, files in sorted(os.walk(d)):
         for f in sorted(files):
