@@ -135,5 +135,10 @@ class Prefetcher:
             self.state = state
             return value
 
-    def close(self):
-        self._closed.set()  # the thread ends after any fetch in flight
+    def close(self, timeout: float = 5.0):
+        """Stop the thread and wait for a fetch in flight: a daemon thread still inside XLA (putting a batch on the
+        devices) when the interpreter shuts down aborts the process. A fetch stalled in the pipeline is left after
+        `timeout` (it holds no XLA call, and the daemon thread does not hold up the exit)."""
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
