@@ -1,6 +1,8 @@
 """Pipeline throughput: clips/s for 7 s crops (44.1 kHz) read from TFRecords, per worker and in total.
 
     PYTHONPATH=. JAX_PLATFORMS=cpu python3 bench/bench_pipeline.py --num-clips 256 --workers 0,2 --formats pcm16,flac
+    PYTHONPATH=. JAX_PLATFORMS=cpu python3 bench/bench_pipeline.py --formats pcm16 --workers 0 --global-workers 1 \
+        --compile-json runs/compile/*.json     # the trainer's input path, and what each compiled layout needs
 
 Writes ``--num-clips`` noise+tone clips of ``--clip-seconds`` (default 10 s, cropped to 7 s like AudioSet) per
 format into ``--dir`` (reused if present), then times the full pipeline (random read, CRC, Example parse, decode,
@@ -99,6 +101,51 @@ def bench_core(d: str, sr: int, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def bench_global(d: str, workers: int, batch: int, batches: int) -> tuple[float, float]:
+    """The trainer's own input path at full size: configs/clap_2023.py over `d` (7 s at 44.1 kHz, 77 tokens,
+    int16 audio), `batch` pairs per step as global arrays on a mesh of this host's devices, made float32 on the
+    devices by the trainer's Prefetcher (depth 2). Returns (pairs per wall second, pairs per CPU second)."""
+    import multiprocessing
+
+    import jax
+
+    from clap_jax.train import data as data_lib
+    from clap_jax.train import sharding as shd
+    from configs import clap_2023
+
+    c = clap_2023.get_config(f"dirs={d},batch_size={batch}")
+    c.data.num_workers = workers
+    mesh = shd.make_mesh(c.mesh)
+    it = data_lib.make_data_iterator(c, mesh)
+    pf = data_lib.Prefetcher(it, 2, lambda: False)
+    b = pf.next()  # warm-up: workers, tokenizer, first reads, the conversion's compile
+    assert b["audio"].shape == (batch, int(7.0 * 44100)) and b["audio"].dtype == np.float32
+    jax.block_until_ready(b)
+    pids = [os.getpid()] + [c.pid for c in multiprocessing.active_children()]
+    c0, t0 = _cpu_seconds(pids), time.perf_counter()
+    for _ in range(batches):
+        jax.block_until_ready(pf.next())
+    dt, cpu = time.perf_counter() - t0, _cpu_seconds(pids) - c0
+    pf.close()
+    if hasattr(it, "close"):
+        it.close()
+    return batch * batches / dt, batch * batches / max(cpu, 1e-9)
+
+
+def per_host_need(reports: list[str], per_cpu: float) -> None:
+    """For each `python -m clap_jax.train.compile --json` report: pairs/s one host must feed at the roofline step
+    time, and the cores that takes at the measured pairs per CPU-second."""
+    import json
+
+    print(f"\n{'compiled layout':44s} {'hosts':>5s} {'pairs/s per host':>16s} {'cores per host':>14s}")
+    for path in reports:
+        with open(path) as f:
+            r = json.load(f)
+        need = r["roofline"]["pairs_per_s_per_host"]
+        name = f"{r['topology']} x{r['num_slices']} mesh {r['mesh']['data']}x{r['mesh']['fsdp']} B{r['batch_size']}"
+        print(f"{name:44s} {r['hosts']:5d} {need:16.0f} {need / per_cpu:14.1f}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", default="/tmp/clap_jax_bench")
@@ -110,6 +157,10 @@ def main(argv=None) -> int:
     p.add_argument("--read-threads", type=int, default=None, help="default: the pipeline's (2 in-process, 1/worker)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--global-workers", default="", help="also time the trainer's input path (global arrays on "
+                   "this host's devices, clap_2023 config) with these worker counts, on the first format")
+    p.add_argument("--compile-json", nargs="*", default=[], help="compile reports: print each one's per-host need "
+                   "next to the measured rate (the last --global-workers rate, else the last pipeline rate)")
     a = p.parse_args(argv)
     from absl import flags
 
@@ -126,6 +177,15 @@ def main(argv=None) -> int:
             r, per_cpu = bench_pipeline(d, w, a.batch, a.batches, a.sample_rate, a.read_threads)
             print(f"{fmt:7s} {w:7d} {r:14.1f} {r / max(w, 1):19.1f} {per_cpu:21.1f}")
             sys.stdout.flush()
+    if a.global_workers:
+        d = make_data(a.dir, a.num_clips, a.clip_seconds, a.sample_rate, a.formats.split(",")[0])
+        for w in (int(x) for x in a.global_workers.split(",")):
+            r, per_cpu = bench_global(d, w, a.batch, a.batches)
+            print(f"{'global':7s} {w:7d} {r:14.1f} {r / max(w, 1):19.1f} {per_cpu:21.1f}  (trainer input: global "
+                  f"arrays on {__import__('jax').device_count()} devices, float32 made on them)")
+            sys.stdout.flush()
+    if a.compile_json:
+        per_host_need(a.compile_json, per_cpu)
     return 0
 
 

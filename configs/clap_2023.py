@@ -1,5 +1,6 @@
 # python -m clap_jax.train --config configs/clap_2023.py:dirs=/data/tfr_a,dirs=/data/tfr_b --workdir $WORKDIR
-# variants: :fsdp  |  :cosine  |  :bf16  |  :remat  |  :batch_size=512  |  :epochs=N  |  :random (synthetic data);
+# variants: :pod (FSDP + bf16: the layout for TPU pods and multi-GPU)  |  :fsdp  |  :cosine  |  :bf16  |  :remat  |
+#           :batch_size=512  |  :epochs=N  |  :random (synthetic data);
 # combine with commas, e.g. configs/clap_2023.py:fsdp,bf16,dirs=gs://bucket/a,dirs=gs://bucket/b
 """The CLAP 2023 recipe: HTSAT + GPT-2, d_proj 1024, global batch 1536, Adam lr 1e-3, learnable temperature,
 reduce-on-plateau (x0.1 after 15 epochs without improvement). Warmup + cosine as an option (`:cosine`)."""
@@ -7,7 +8,7 @@ from clap_jax.models import registry
 from clap_jax.train.config import base, parse_args
 
 ARGS = dict(batch_size=1536, dirs=(), random=False, epoch_examples=4_600_000, epochs=45, cosine=False, fsdp=False,
-            bf16=False, remat=False)
+            bf16=False, remat=False, pod=False)
 
 
 def get_config(arg: str = ""):
@@ -32,6 +33,10 @@ def get_config(arg: str = ""):
     if args["cosine"]:
         c.optim.schedule = "warmup_cosine"
         c.optim.warmup_steps = 2000
+    if args["pod"]:
+        # From the deviceless compile table (python -m clap_jax.train.compile, README "Scale"): FSDP over every
+        # chip of a slice and bfloat16 compute. Remat stays off: the step fits without it on v5e-16 and v5p-64.
+        args["fsdp"] = args["bf16"] = True
     if args["fsdp"]:
         c.mesh.data, c.mesh.fsdp = 1, -1
         c.sharding.rules = [(".*", "fsdp")]

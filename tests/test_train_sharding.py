@@ -47,13 +47,43 @@ def test_rules_fsdp_shards_largest_divisible_dim_and_replicates_small():
     assert all(s.spec == P() for s in jax.tree.leaves(sh_rep))
 
 
-def test_tensor_tactic_and_gather_spec_for_compute():
-    m = shd.make_mesh(_mesh_cfg(data=2, fsdp=2, tensor=2))
-    tree = {"k": jnp.zeros((8, 6)), "odd": jnp.zeros((8, 5))}
-    sh = shd.tree_shardings(tree, m, [("k", "tensor"), (".*", "fsdp")])
-    assert sh["k"].spec == P(None, "tensor") and sh["odd"].spec == P("fsdp", None)
-    assert shd.without_axis(sh["odd"], "fsdp").spec == P(None, None)
-    assert shd.without_axis(sh["k"], "fsdp").spec == P(None, "tensor")
+def test_gather_spec_for_compute_drops_only_fsdp():
+    m = shd.make_mesh(_mesh_cfg(data=2, fsdp=4))
+    tree = {"k": jnp.zeros((8, 6)), "odd": jnp.zeros((7, 5))}
+    sh = shd.tree_shardings(tree, m, [(".*", "fsdp")])
+    assert sh["k"].spec == P("fsdp", None) and sh["odd"].spec == P()
+    assert shd.without_axis(sh["k"], "fsdp").spec == P(None, None)
+    both = jax.sharding.NamedSharding(m, P(("data", "fsdp"), None))
+    assert shd.without_axis(both, "fsdp").spec == P("data", None)
+
+
+def test_tensor_parallelism_is_refused_by_name():
+    with pytest.raises(ValueError, match="no tactic|unknown tactic 'tensor'"):
+        shd.validate_rules([("k", "tensor")])
+    from clap_jax.train import config as config_lib
+    c = config_lib.base()
+    c.data.kind = "random"
+    c.mesh.data, c.mesh.tensor = -1, 2
+    with pytest.raises(ValueError, match="mesh.tensor: tensor parallelism is not offered"):
+        config_lib.validate_config(c, num_devices=8, data=False)
+
+
+def test_fsdp_refuses_large_arrays_it_cannot_split_and_names_sizes_that_would():
+    """The 50257 x 768 token embedding splits over 256 FSDP devices (768 = 256 x 3) but not 512: at 512 the
+    layout is refused before compiling, with the sizes that work; under the limit it is only reported."""
+    abstract = {"wte": jax.ShapeDtypeStruct((50257, 768), jnp.float32),
+                "k": jax.ShapeDtypeStruct((1024, 1024), jnp.float32)}
+
+    class _Mesh:  # only .shape is read: a 512-way FSDP axis without 512 devices
+        shape = {"data": 1, "fsdp": 512, "tensor": 1}
+    left = shd.fsdp_leftovers(abstract, _Mesh, [(".*", "fsdp")], 4096)
+    assert left == [("wte", (50257, 768), 50257 * 768 * 4)]
+    with pytest.raises(ValueError, match=r"fsdp=512: 1 parameter arrays \(147.2 MiB.*wte \(50257, 768\).*"
+                                         r"FSDP sizes that split them: \[.*256.*\]"):
+        shd.check_fsdp_coverage(abstract, _Mesh, [(".*", "fsdp")], 4096, 64 * 2 ** 20)
+    assert shd.check_fsdp_coverage(abstract, _Mesh, [(".*", "fsdp")], 4096, 200 * 2 ** 20) == 50257 * 768 * 4
+    _Mesh.shape = {"data": 2, "fsdp": 256, "tensor": 1}
+    assert shd.check_fsdp_coverage(abstract, _Mesh, [(".*", "fsdp")], 4096, 0) == 0
 
 
 def test_optimizer_state_mirrors_param_sharding():

@@ -12,8 +12,10 @@ topology that is not attached (libtpu's deviceless compiler, `jax.experimental.t
                in the compiled module and its operand bytes (ops inside loops counted once)
   roofline     step time = max(compute, HBM traffic): compute = compiled FLOPs at the bf16 peak, with the float32
                Precision.HIGHEST matmuls of the front end counted at 6 bf16 passes; HBM = bytes accessed / HBM
-               bandwidth. ICI / DCN time is ignored (collective bytes are listed, not timed), so this is a lower
-               bound on the step time, and MFU (analytic FLOPs / (step time x peak)) an upper bound
+               bandwidth. ICI / DCN time is left out of it (XLA overlaps collectives with compute), so this is a
+               lower bound on the step time, and MFU (analytic FLOPs / (step time x peak)) an upper bound; an ICI
+               estimate (every collective's bytes over a ring of the slice's chips, none overlapped) is printed
+               beside it as the pessimistic side
   throughput   pairs/s, hours per epoch (4.6M pairs, `--epoch_pairs`), and the compile's wall time
 
 Topologies: `GEN:AxB[xC]` with GEN in v4, v5e, v5p, v6e (`v5p:4x4x4` is 64 chips: Google sells it as v5p-128,
@@ -69,15 +71,30 @@ class Chip:
     hbm_bw: float           # bytes/s
     accelerator: str        # TPU_ACCELERATOR_TYPE prefix; v4 / v5p count TensorCores (2 per chip)
     cores_per_chip: int
+    ici_bw: float           # bytes/s of inter-chip interconnect per chip (all links, one direction)
 
 
-# cloud.google.com/tpu/docs/{v4,v5e,v5p,v6e}: peak bf16 per chip, HBM capacity, HBM bandwidth.
+# cloud.google.com/tpu/docs/{v4,v5e,v5p,v6e}: peak bf16 per chip, HBM capacity, HBM bandwidth, and the ICI
+# bandwidth per chip (v4 2400, v5e 1600, v5p 4800, v6e 3584 Gbit/s).
 CHIPS = {
-    "v4": Chip("v4", "v4", "megacore", 275e12, 32 * GiB, 1.2e12, "v4", 2),
-    "v5e": Chip("v5e", "v5e", "default", 197e12, 16 * GiB, 8.19e11, "v5litepod", 1),
-    "v5p": Chip("v5p", "v5", "megacore", 459e12, 95 * GiB, 2.765e12, "v5p", 2),
-    "v6e": Chip("v6e", "v6e", "default", 918e12, 32 * GiB, 1.64e12, "v6e", 1),
+    "v4": Chip("v4", "v4", "megacore", 275e12, 32 * GiB, 1.2e12, "v4", 2, 2400e9 / 8),
+    "v5e": Chip("v5e", "v5e", "default", 197e12, 16 * GiB, 8.19e11, "v5litepod", 1, 1600e9 / 8),
+    "v5p": Chip("v5p", "v5", "megacore", 459e12, 95 * GiB, 2.765e12, "v5p", 2, 4800e9 / 8),
+    "v6e": Chip("v6e", "v6e", "default", 918e12, 32 * GiB, 1.64e12, "v6e", 1, 3584e9 / 8),
 }
+# bytes each chip sends per operand byte in a ring over g chips
+_WIRE = {"all-gather": lambda g: g - 1, "reduce-scatter": lambda g: (g - 1) / g,
+         "all-reduce": lambda g: 2 * (g - 1) / g, "all-to-all": lambda g: (g - 1) / g,
+         "collective-permute": lambda g: 1.0}
+
+
+def ici_seconds(collectives: dict, group: int, chip: Chip) -> float:
+    """A rough ICI time per step: every collective's operand bytes over a ring of `group` chips (the slice), at
+    the chip's ICI bandwidth, none overlapped with compute. Torus links and overlap make real steps faster;
+    collectives over a sub-axis make them cheaper still."""
+    if group <= 1:
+        return 0.0
+    return sum(v["bytes"] * _WIRE[k](group) for k, v in collectives.items()) / chip.ici_bw
 HIGHEST_PASSES = 6  # bf16 MXU passes per float32 matmul at Precision.HIGHEST on TPU
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
@@ -138,9 +155,15 @@ def shape_bytes(shape: str) -> int:
     return int(total)
 
 
+_CALLS = re.compile(r"calls=%([a-z\-]+)")
+_FUSED_COLLECTIVES = {"all-reduce-scatter": "reduce-scatter", "reduce-scatter": "reduce-scatter",
+                      "all-gather": "all-gather", "all-reduce": "all-reduce"}
+
+
 def count_collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     """{kind: {count, bytes}} over the compiled module's text: one per collective op (an async `-start` counts,
-    its `-done` does not), bytes = its operands' sizes. Ops inside a loop body are counted once."""
+    its `-done` does not; a fusion whose body is a collective, as the TPU compiler makes of reduce-scatters, counts as
+that collective), bytes = its operands' sizes. Ops inside a loop body are counted once."""
     shapes, out = {}, {k: {"count": 0, "bytes": 0} for k in COLLECTIVES}
     defs = []
     for line in hlo_text.splitlines():
@@ -151,6 +174,9 @@ def count_collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     for m in defs:
         op = m.group(3)
         kind = op[:-len("-start")] if op.endswith("-start") else op
+        if op == "fusion":  # the TPU compiler fuses gradient reduce-scatters into one `%all-reduce-scatter` body
+            called = _CALLS.search(m.group(4))
+            kind = _FUSED_COLLECTIVES.get(called.group(1)) if called else None
         if kind not in out:
             continue
         args = m.group(4).split(")", 1)[0]
@@ -194,6 +220,9 @@ def compile_report(config, topology: str, num_slices: int = 1, *, epoch_pairs: i
     tx, schedule, _, abstract_state, state_sh = state_lib.abstract_setup(model, config, mesh)
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state["params"]))
     state_bytes = _per_chip_bytes(abstract_state)
+    state_whole = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
+    left_whole = sum(r[2] for r in shd.fsdp_leftovers(abstract_state["params"], mesh, config.sharding.rules,
+                                                      config.sharding.fsdp_min_size))
     samples = model_config.clip_samples(config.model)
     batch_bytes = sum(math.prod(s.shape) * s.dtype.itemsize for s in
                       registry.family_of(config.model).example_inputs(config.model, config.batch_size))
@@ -240,21 +269,27 @@ def compile_report(config, topology: str, num_slices: int = 1, *, epoch_pairs: i
     compute_s = (xla_flops + (HIGHEST_PASSES - 1) * highest) / chip.peak_bf16
     hbm_s = bytes_accessed / chip.hbm_bw
     step_s = max(compute_s, hbm_s)
+    collectives = count_collectives(hlo_text)
+    ici_s = ici_seconds(collectives, n // num_slices, chip)
     pairs_s = config.batch_size / step_s if step_s > 0 else float("inf")
     report = {
         "topology": topology, "num_slices": num_slices, "chips": n, "chip": dataclasses.asdict(chip),
         "device_kind": devices[0].device_kind, "mesh": dict(mesh.shape), "batch_size": config.batch_size,
+        "hosts": len({d.process_index for d in devices}),
         "params": int(n_params), "compile_s": compile_s,
         "memory_bytes": memory,
+        "state_bytes": {"per_chip": state_bytes, "unsharded": state_whole, "per_chip_fraction": state_bytes /
+                        state_whole, "fsdp_params_left_whole": left_whole},
         "flops": {"compiled": xla_flops, "analytic": analytic, "compiled_over_analytic":
                   xla_flops / analytic if analytic else float("nan"), "highest_precision_analytic": highest},
         "bytes_accessed": bytes_accessed,
         "transcendentals": float(cost.get("transcendentals", 0.0)),
-        "collectives": count_collectives(hlo_text),
-        "roofline": {"compute_s": compute_s, "hbm_s": hbm_s, "step_s": step_s,
+        "collectives": collectives,
+        "roofline": {"compute_s": compute_s, "hbm_s": hbm_s, "step_s": step_s, "ici_s": ici_s,
                      "bound": "compute" if compute_s >= hbm_s else "HBM bandwidth", "ici": "ignored",
                      "mfu": analytic / (step_s * chip.peak_bf16) if step_s > 0 else float("nan"),
                      "pairs_per_s": pairs_s, "epoch_pairs": epoch_pairs,
+                     "pairs_per_s_per_host": pairs_s / len({d.process_index for d in devices}),
                      "hours_per_epoch": epoch_pairs / pairs_s / 3600},
     }
     _check_fits("the compiled step's buffers", memory["total"], chip, hbm, topology)
@@ -272,6 +307,11 @@ def format_report(r: dict) -> str:
         lines.append(f"  {k:<15}{g(mem[k])}")
     lines.append(f"  {'HBM':<15}{g(mem['hbm'])}   ({100 * mem['total'] / mem['hbm']:.1f}% used"
                  + (f"; live peak {mem['peak_heap'] / GiB:.3f} GiB)" if "peak_heap" in mem else ")"))
+    st = r["state_bytes"]
+    lines.append(f"  train state {g(st['per_chip'])} per chip = {100 * st['per_chip_fraction']:.1f}% of "
+                 f"{st['unsharded'] / GiB:.3f} GiB"
+                 + (f"; FSDP left {st['fsdp_params_left_whole'] / 2**20:.1f} MiB of params whole"
+                    if st["fsdp_params_left_whole"] else ""))
     lines += ["per chip per step:",
               f"  FLOPs compiled {fl['compiled']:.4g}   analytic {fl['analytic']:.4g}   "
               f"(compiled / analytic {fl['compiled_over_analytic']:.3f})",
@@ -282,7 +322,10 @@ def format_report(r: dict) -> str:
     lines += [f"roofline (ICI {roof['ici']}): compute {1e3 * roof['compute_s']:.1f} ms, HBM "
               f"{1e3 * roof['hbm_s']:.1f} ms -> step {1e3 * roof['step_s']:.1f} ms ({roof['bound']} bound), "
               f"MFU {100 * roof['mfu']:.1f}%",
-              f"  {roof['pairs_per_s']:.0f} pairs/s, {roof['hours_per_epoch']:.2f} h per epoch of "
+              f"  ICI estimate {1e3 * roof['ici_s']:.1f} ms per step if none of it overlapped compute (ring over "
+              f"the slice's chips at {r['chip']['ici_bw'] * 8 / 1e9:.0f} Gbit/s)",
+              f"  {roof['pairs_per_s']:.0f} pairs/s ({roof['pairs_per_s_per_host']:.0f} per host, {r['hosts']} "
+              f"hosts: what each host's input pipeline must feed), {roof['hours_per_epoch']:.2f} h per epoch of "
               f"{roof['epoch_pairs'] / 1e6:.1f}M pairs"]
     return "\n".join(lines)
 

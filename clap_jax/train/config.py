@@ -52,7 +52,7 @@ def base() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                    # within-slice sizes; one may be -1 (fills the rest)
     c.mesh.fsdp = 1
-    c.mesh.tensor = 1
+    c.mesh.tensor = 1                   # must be 1: tensor parallelism is not offered (FSDP splits the state)
     c.mesh.dcn_data = 1                 # across slices (multi-slice TPU); product = number of slices
     c.mesh.dcn_fsdp = 1
     c.mesh.dcn_tensor = 1
@@ -60,6 +60,8 @@ def base() -> ml_collections.ConfigDict:
     c.sharding = ml_collections.ConfigDict()
     c.sharding.rules = [(".*", "replicate")]   # (regex on param path, tactic); FSDP: [('.*', 'fsdp')]
     c.sharding.fsdp_min_size = 2 ** 12  # arrays smaller than this stay replicated under 'fsdp'
+    c.sharding.max_replicated_mb = 64   # 'fsdp' arrays no dimension of which the axis divides, held whole by
+    #                                     every chip: more than this many MiB of them is refused before compiling
 
     c.loss = ml_collections.ConfigDict()
     c.loss.kind = "global"              # 'global' | 'sharded' (row-sharded logits, memory-lean)
@@ -278,6 +280,10 @@ def _validate_values(config, num_devices, data=True):
     need(config.nan.max_consecutive >= 1, "nan.max_consecutive", "must be >= 1")
     optim_lib.validate(config.optim)
     shd.validate_rules(config.sharding.rules)
+    need(config.mesh.tensor == 1 and config.mesh.get("dcn_tensor", 1) == 1, "mesh.tensor",
+         "tensor parallelism is not offered (must be 1): the model's state fits a chip and FSDP "
+         "(config.mesh.fsdp) splits it further")
+    need(config.sharding.max_replicated_mb >= 0, "sharding.max_replicated_mb", "must be >= 0")
     for key in ("clap_jax", "msclap", "hf_gpt2", "audio_encoder"):
         path = config.init.get(key)
         if path and "://" not in str(path):

@@ -9,7 +9,13 @@ Params: `config.sharding.rules` is a list of (regex, tactic) pairs matched with 
   replicate   every device holds the whole array
   fsdp        split the largest dimension divisible by the 'fsdp' axis size over 'fsdp' (replicated if none,
               or if the array has fewer than `config.sharding.fsdp_min_size` elements)
-  tensor      split the last dimension over 'tensor' if divisible
+Large arrays that an 'fsdp' rule cannot split (no dimension divisible by the axis) are refused by
+`check_fsdp_coverage` over `config.sharding.max_replicated_mb`, and their bytes are logged.
+
+Tensor parallelism is not offered: the 'tensor' axis exists so checkpoints and meshes keep one shape, but
+`config.mesh.tensor` must be 1. CLAP 2023 (about 200M parameters, 2.4 GB of float32 state with Adam) fits one chip,
+and FSDP over the batch axes splits its state further with collectives that overlap compute; splitting its
+768- and 1024-wide matmuls over chips would only add latency-bound collectives to every layer.
 Optimizer states get the sharding of the parameter whose path they end with (Adam's mu/nu mirror params),
 so FSDP of params and optimizer together is one config line: `rules = [('.*', 'fsdp')]`.
 """
@@ -96,14 +102,7 @@ def _tactic_fsdp(shape, mesh, min_size):
     return P()
 
 
-def _tactic_tensor(shape, mesh, min_size):
-    n = mesh.shape["tensor"]
-    if n == 1 or not shape or shape[-1] % n:
-        return P()
-    return P(*([None] * (len(shape) - 1) + ["tensor"]))
-
-
-TACTICS: dict[str, Callable] = {"replicate": _tactic_replicate, "fsdp": _tactic_fsdp, "tensor": _tactic_tensor}
+TACTICS: dict[str, Callable] = {"replicate": _tactic_replicate, "fsdp": _tactic_fsdp}
 
 
 def without_axis(s: NamedSharding, axis: str) -> NamedSharding:
@@ -160,6 +159,48 @@ def tree_shardings(tree: Any, mesh: Mesh, rules, fsdp_min_size: int = 0) -> Any:
         return NamedSharding(mesh, P())
 
     return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def fsdp_leftovers(tree: Any, mesh: Mesh, rules, fsdp_min_size: int = 0) -> list[tuple[str, tuple, int]]:
+    """(path, shape, bytes) of every array an 'fsdp' rule matches that stays whole on each chip although it is
+    at least `fsdp_min_size` elements: no dimension is divisible by the 'fsdp' axis size. Largest first."""
+    n = mesh.shape["fsdp"]
+    if n == 1:
+        return []
+    compiled = [(re.compile(rx), t) for rx, t in rules]
+    out = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        name, shape = path_str(path), tuple(getattr(leaf, "shape", ()))
+        tactic = next((t for rx, t in compiled if rx.search(name)), "replicate")
+        if tactic != "fsdp" or math.prod(shape) < fsdp_min_size or any(d % n == 0 for d in shape):
+            continue
+        out.append((name, shape, math.prod(shape) * np.dtype(leaf.dtype).itemsize))
+    return sorted(out, key=lambda r: -r[2])
+
+
+def fsdp_sizes_that_split(shapes: Sequence[tuple], limit: int) -> list[int]:
+    """FSDP axis sizes up to `limit` that split at least one dimension of every shape."""
+    return [n for n in range(2, limit + 1) if all(any(d % n == 0 for d in s) for s in shapes)]
+
+
+def check_fsdp_coverage(tree: Any, mesh: Mesh, rules, fsdp_min_size: int, max_replicated_bytes: int) -> int:
+    """Refuses (ValueError naming the arrays and the FSDP sizes that would work) a layout where arrays meant for
+    FSDP, together over `max_replicated_bytes`, would be held whole by every chip because the 'fsdp' axis divides
+    none of their dimensions (msclap's 50257 x 768 token embedding, 154 MB in float32, splits over 256 devices but
+    not 512). Returns the bytes left whole, for the log."""
+    left = fsdp_leftovers(tree, mesh, rules, fsdp_min_size)
+    total = sum(r[2] for r in left)
+    if total > max_replicated_bytes:
+        n = mesh.shape["fsdp"]
+        names = ", ".join(f"{p} {s} ({b / 2**20:.1f} MiB)" for p, s, b in left[:4])
+        sizes = fsdp_sizes_that_split([r[1] for r in left], n)
+        sizes = [k for k in sizes if k > 1][-6:]
+        raise ValueError(
+            f"config.mesh.fsdp={n}: {len(left)} parameter arrays ({total / 2**20:.1f} MiB, each chip holding them "
+            f"whole with their optimizer state) have no dimension divisible by {n}: {names}. FSDP sizes that split "
+            f"them: {sizes or 'none'}; move the rest of the devices to config.mesh.data (batch only), or raise "
+            f"config.sharding.max_replicated_mb to accept it")
+    return total
 
 
 def describe(shardings: Any, tree: Any, max_lines: int = 12) -> str:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clap_jax.convert import msclap as convert_msclap
+from clap_jax.errors import ConfigError
 from clap_jax.convert.hf_gpt2 import load_hf_gpt2, with_text_tower
 from clap_jax.convert.tree import check_tree
 from clap_jax.convert.workdir import restore_variables
@@ -75,6 +76,15 @@ def state_shardings(abstract_state: dict, mesh, config) -> dict:
     """Params by the rules; optimizer state mirrors params; everything else replicated."""
     rep = shd.replicated(mesh)
     p_sh = shd.tree_shardings(abstract_state["params"], mesh, config.sharding.rules, config.sharding.fsdp_min_size)
+    try:
+        left = shd.check_fsdp_coverage(abstract_state["params"], mesh, config.sharding.rules,
+                                       config.sharding.fsdp_min_size,
+                                       int(config.sharding.get("max_replicated_mb", 64) * 2 ** 20))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if left:
+        log.warning("FSDP leaves %.1f MiB of parameters whole on every chip (no dimension divisible by fsdp=%d)",
+                    left / 2 ** 20, mesh.shape["fsdp"])
     out = jax.tree.map(lambda _: rep, abstract_state)
     out["params"] = p_sh
     out["opt_state"] = shd.mirror_shardings(abstract_state["opt_state"], abstract_state["params"], p_sh, mesh)
