@@ -14,6 +14,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _gcs_emulator_sends_generations() -> None:
+    """Real GCS sends an object's generation with its bytes (`x-goog-generation`); tensorstore (orbax's array
+    writer) reads it to version its OCDBT manifest and rejects a download without it. The emulator only puts it
+    in the JSON metadata: add the header to its downloads."""
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.handlers import objects
+
+    orig = objects.download
+    if getattr(orig, "_sends_generation", False):
+        return
+
+    def download(request, response, storage, *args, **kwargs):
+        try:
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+            response["x-goog-generation"] = str(obj.get("generation") or 1)
+            response["x-goog-metageneration"] = str(obj.get("metageneration") or 1)
+        except Exception:  # noqa: BLE001 - a missing object: the original handler answers 404
+            pass
+        return orig(request, response, storage, *args, **kwargs)
+
+    download._sends_generation = True
+    objects.download = download
+    for _, handlers in server.HANDLERS:
+        for method, fn in list(handlers.items()):
+            if fn is orig:
+                handlers[method] = download
+
+
 @contextlib.contextmanager
 def storage_servers():
     """Yields {'env': the variables to set, 'gs': 'gs://BUCKET', 's3': 's3://BUCKET'} while both servers run."""
@@ -22,6 +50,7 @@ def storage_servers():
 
     for name in ("werkzeug", "gcp_storage_emulator", "gcp_storage_emulator.storage", "gcp_storage_emulator.server"):
         logging.getLogger(name).setLevel(logging.CRITICAL)   # one line per request otherwise
+    _gcs_emulator_sends_generations()
     gport, sport = _free_port(), _free_port()
     gcs = create_server("127.0.0.1", gport, in_memory=True, default_bucket=GCS_BUCKET)
     gcs.start()
