@@ -19,7 +19,8 @@ written to a local temporary file and uploaded after its index, with one put eac
 and records are read by ranged reads through a block cache (``files.RangeReader``) instead of ``mmap``/``pread``.
 
 Damage is never silent. ``read_index`` checks the index against the shard (shape, contiguous frames, the length
-header at every offset); an unreadable, garbage or mismatched index is treated as absent: a warning names it and
+header at every offset; for a remote shard its size and the first and last headers, every record's CRCs being
+checked when it is read); an unreadable, garbage or mismatched index is treated as absent: a warning names it and
 the shard is rescanned. ``scan`` / ``build_index`` read a shard without its index: a frame whose data CRC fails is
 skipped whole; a damaged length header or a cut-off tail is skipped by resynchronising on the next position where
 both the length CRC and the data CRC check out. Every loss is counted (bytes skipped, records lost, where) and
