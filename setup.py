@@ -25,6 +25,8 @@ TORCH = ["torch==2.13.0"]  # always pin: an unpinned torch pulls a multi-GB CUDA
 # to the release jax[tpu]==0.10.2 resolves. It needs no TPU, and jax still defaults to CPU under JAX_PLATFORMS=cpu.
 TPU = ["libtpu==0.0.42.1"]
 TEST = TORCH + TPU + ["pytest>=8", "pyyaml", "scikit-learn", "pycocoevalcap==1.2"]  # CIDEr-D cross-check
+CLOUD = ["gcsfs>=2024.6", "s3fs>=2024.6"]  # gs:// and s3:// paths (fsspec); checkpoints go through tensorstore
+TEST += CLOUD + ["gcp-storage-emulator>=2024.8", "moto[server]>=5.0"]  # GCS and S3 servers on loopback (tests)
 
 setup(
     name="clap_jax",
@@ -33,5 +35,5 @@ setup(
     packages=find_packages(include=["clap_jax", "clap_jax.*"]),
     python_requires=">=3.11",
     install_requires=CORE,
-    extras_require={"torch": TORCH, "tpu": TPU, "test": TEST},
+    extras_require={"torch": TORCH, "tpu": TPU, "cloud": CLOUD, "test": TEST},
 )

@@ -1,10 +1,11 @@
 # XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python -m clap_jax.train --config configs/tiny.py --workdir /tmp/clap_tiny
 # variants: configs/tiny.py:fsdp  |  :sharded_loss  |  :steps=20  |  :seconds=0.5
+#   :dirs=gs://bucket/a,dirs=s3://bucket/b,rate=8000   train on preprocessed TFRecords (local or bucket) at 8 kHz
 """Tiny model, 1 s clips, batch 16 on 8 simulated CPU devices: every code path in seconds (tests)."""
 from clap_jax.models import registry
 from clap_jax.train.config import base, parse_args
 
-ARGS = dict(batch_size=16, steps=6, seconds=1.0, fsdp=False, sharded_loss=False, ckpt_every=2)
+ARGS = dict(batch_size=16, steps=6, seconds=1.0, fsdp=False, sharded_loss=False, ckpt_every=2, dirs=(), rate=0)
 
 
 def get_config(arg: str = ""):
@@ -17,6 +18,11 @@ def get_config(arg: str = ""):
     c.total_steps = a["steps"]
     c.data.kind = "random"
     c.data.num_workers = 0                  # tests run in-process ('tfrecord' variants): no worker processes
+    if a["dirs"]:
+        c.data.kind = "tfrecord"
+        c.data.dirs = a["dirs"]
+    if a["rate"]:
+        c.model.audio.sample_rate = a["rate"]   # the rate the data was preprocessed at
     c.optim.schedule = "constant"
     c.optim.lr = 1e-3
     c.sharding.fsdp_min_size = 0

@@ -9,12 +9,20 @@ Nothing is deleted that clap_jax did not write: an existing destination is repla
 output of clap_jax (a checkpoint directory holding only its two files, an export it wrote) or with --overwrite,
 and a checkpoint written into a directory with other files (--overwrite) leaves those files alone.
 Exports carry the model config (architecture), so importing them needs no --n-head.
+
+Sources and destinations may be object-storage URLs (gs://bucket/..., s3://bucket/...): a training workdir there
+is read in place, other sources are downloaded to a temporary directory first; outputs are written locally and
+uploaded one file per put. An existing destination in a bucket is replaced only with --overwrite (or, for a
+checkpoint directory, when it holds nothing but a checkpoint's two files).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
+import tempfile
 
 import jax
 
@@ -22,8 +30,30 @@ from clap_jax.convert.checkpoint import load_checkpoint, save_checkpoint
 from clap_jax.convert.formats import load_weights
 from clap_jax.convert.hf_gpt2 import load_hf_gpt2, with_text_tower
 from clap_jax.convert.msclap import check_export_path, load_msclap_checkpoint, save_msclap
-from clap_jax.errors import run_cli
+from clap_jax import files
+from clap_jax.convert.checkpoint import CONFIG_FILE, VARIABLES_FILE
+from clap_jax.errors import UserError, run_cli
 from clap_jax.models import registry
+
+
+@contextlib.contextmanager
+def _output(dst: str, overwrite: bool, is_dir: bool):
+    """A local path to write `dst` at: itself when local; for a URL a temporary one, uploaded on success."""
+    if not files.is_url(dst):
+        yield dst
+        return
+    if files.exists(dst) and not overwrite:
+        names = set(files.listdir(dst)) if files.isdir(dst) else None
+        if not (is_dir and names is not None and names <= {CONFIG_FILE, VARIABLES_FILE}):
+            raise UserError(f"{dst}: exists and is not an earlier clap_jax checkpoint; pass --overwrite to replace "
+                            f"it")
+    tmp = tempfile.mkdtemp(prefix="clap_jax_convert_")
+    try:
+        local = os.path.join(tmp, files.basename(dst) or "out")
+        yield local
+        files.upload(local, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv=None) -> int:
@@ -50,8 +80,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     if args.cmd == "msclap-to-jax":
-        variables, cfg = load_msclap_checkpoint(args.src, n_head=args.n_head)
-        save_checkpoint(args.dst, variables, cfg, overwrite=args.overwrite)
+        with files.local_copy(args.src) as src:
+            variables, cfg = load_msclap_checkpoint(src, n_head=args.n_head)
+        with _output(args.dst, args.overwrite, is_dir=True) as dst:
+            save_checkpoint(dst, variables, cfg, overwrite=args.overwrite)
         n = sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
         print(f"wrote {args.dst} (clap_jax checkpoint, {n / 1e6:.1f} M params)")
     elif args.cmd == "jax-to-msclap":
@@ -59,20 +91,28 @@ def main(argv=None) -> int:
         if not args.no_safetensors and not args.dst.endswith(".safetensors"):
             outs.append(os.path.splitext(args.dst)[0] + ".safetensors")
         for out in outs:   # both destinations are checked before anything is read or written
-            check_export_path(out, args.overwrite)
+            if files.is_url(out):
+                if files.exists(out) and not args.overwrite:
+                    raise UserError(f"{out}: exists; pass --overwrite to replace it")
+            else:
+                check_export_path(out, args.overwrite)
         variables, cfg = load_weights(args.src)
         for out in outs:
-            save_msclap(variables, cfg, out, overwrite=args.overwrite)
+            with _output(out, True, is_dir=False) as local:
+                save_msclap(variables, cfg, local, overwrite=args.overwrite)
             print(f"wrote {out}")
     else:
         if args.base:
-            variables, cfg = load_checkpoint(args.base)
+            with files.local_copy(args.base) as base:
+                variables, cfg = load_checkpoint(base)
         else:
             cfg = registry.model_config("msclap-2023")
             variables = jax.device_get(registry.init_variables(cfg, 0))
-        gpt, _ = load_hf_gpt2(args.src, cfg.text)
+        with files.local_copy(args.src) as src:
+            gpt, _ = load_hf_gpt2(src, cfg.text)
         variables = dict(variables, params=with_text_tower(variables["params"], gpt))
-        save_checkpoint(args.dst, variables, cfg, overwrite=args.overwrite)
+        with _output(args.dst, args.overwrite, is_dir=True) as dst:
+            save_checkpoint(dst, variables, cfg, overwrite=args.overwrite)
         print(f"wrote {args.dst} (text tower from {args.src})")
     return 0
 

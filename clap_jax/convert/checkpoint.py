@@ -103,7 +103,6 @@ def load_checkpoint(directory: str):
 def read_config(path: str) -> ml_collections.ConfigDict:
     """A model config JSON file (a checkpoint's config.json, a workdir's model_config.json) -> ConfigDict."""
     try:
-        with open(path) as f:
-            return config_from_dict(json.load(f), source=path)
+        return config_from_dict(json.loads(files.read_text(path)), source=path)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e

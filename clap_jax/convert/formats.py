@@ -14,6 +14,7 @@ from typing import Callable
 
 import ml_collections
 
+from clap_jax import files
 from clap_jax.convert import checkpoint, workdir
 from clap_jax.convert.tree import CheckpointError
 
@@ -74,6 +75,13 @@ def load_weights(path: str, config: ml_collections.ConfigDict | None = None, **o
     """Any supported weights -> (variables, config). `config` overrides the architecture stored with or read off
     the weights; `options` go to the file format's loader (e.g. msclap's n_head)."""
     path = os.fspath(path)
+    if files.is_url(path):   # object storage: a workdir's checkpoints are read in place, anything else downloaded
+        if not files.exists(path):
+            raise CheckpointError(f"{path}: no such object or prefix")
+        if workdir.is_workdir(path):
+            return workdir.load_workdir(path)
+        with files.local_copy(path) as local:
+            return load_weights(local, config, **options)
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such file or directory")
     if os.path.isdir(path):

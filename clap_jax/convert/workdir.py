@@ -12,6 +12,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from clap_jax import files
 from clap_jax.convert.checkpoint import read_config
 from clap_jax.convert.tree import CheckpointError, check_finite_tree
 from clap_jax.models import registry
@@ -22,13 +23,71 @@ STATE_ITEM = "state"
 
 
 def orbax_path(directory) -> epath.Path:
-    """orbax wants absolute local paths: a relative one ('runs/x/checkpoints') is made absolute; URLs pass."""
+    """orbax wants absolute local paths: a relative one ('runs/x/checkpoints') is made absolute; URLs pass
+    (gs:// through tensorstore's gcs driver, s3:// through its s3 driver: see `enable_orbax_s3`)."""
     d = str(directory)
+    if d.startswith("s3://"):
+        enable_orbax_s3()
     return epath.Path(d if "://" in d else os.path.abspath(d))
 
 
+_S3_READY = False
+
+
+def _s3_kvstore(path: str) -> dict:
+    """The tensorstore kvstore spec of `s3://bucket/key`; endpoint and region from the environment, as boto3
+    reads them (AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION), credentials from tensorstore's default chain
+    (environment, ~/.aws, instance metadata)."""
+    bucket, _, key = str(path)[len("s3://"):].partition("/")
+    spec = {"driver": "s3", "bucket": bucket, "path": key}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        spec["endpoint"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        spec["aws_region"] = region
+    return spec
+
+
+def enable_orbax_s3() -> None:
+    """Let orbax write and read array data on s3:// through tensorstore's s3 kvstore driver.
+
+    orbax-checkpoint routes only gs:// URLs to a cloud kvstore driver; any other path must be an absolute local
+    one. Its metadata files already go through etils.epath (fsspec, s3fs). This adds s3:// beside gs:// in the
+    two places orbax chooses the array kvstore (its path normalisation and the GCS-or-file choice), and does
+    nothing when the installed orbax already accepts s3:// there."""
+    global _S3_READY
+    if _S3_READY:
+        return
+    from orbax.checkpoint._src.path import gcs_utils
+    from orbax.checkpoint._src.serialization import tensorstore_utils as tsu
+
+    try:
+        spec = tsu.build_kvstore_tspec("s3://probe-bucket/x", use_ocdbt=False)
+        native = isinstance(spec, dict) and spec.get("driver") == "s3"
+    except Exception:  # noqa: BLE001 - "Checkpoint path should be absolute": no s3 support
+        native = False
+    if not native:
+        normalize, use_cloud, kvstore_for = tsu._normalize_path, tsu._use_gcs_driver, gcs_utils.get_kvstore_for_gcs
+
+        def _normalize_path(path: str) -> str:
+            if str(path).startswith("s3://"):
+                return "s3://" + os.path.normpath(str(path)[len("s3://"):])
+            return normalize(path)
+
+        def _use_gcs_driver(directory: str) -> bool:
+            return str(directory).startswith("s3://") or use_cloud(directory)
+
+        def get_kvstore_for_gcs(path: str) -> dict:
+            return _s3_kvstore(path) if str(path).startswith("s3://") else kvstore_for(path)
+
+        tsu._normalize_path, tsu._use_gcs_driver = _normalize_path, _use_gcs_driver
+        gcs_utils.get_kvstore_for_gcs = get_kvstore_for_gcs
+    _S3_READY = True
+
+
 def is_workdir(directory: str) -> bool:
-    return os.path.isfile(os.path.join(directory, CONFIG_FILE))
+    return files.isfile(files.join(directory, CONFIG_FILE))
 
 
 def latest_step(checkpoints_dir: str) -> int | None:

@@ -58,6 +58,7 @@ import numpy as np
 
 from clap_jax.audio import io as audio_io
 from clap_jax.data import audio as audio_lib
+from clap_jax import files
 from clap_jax.data import tfrecord
 from clap_jax.errors import UserError
 
@@ -67,19 +68,18 @@ CROPS = tuple(c for c in audio_io.CROP_MODES if c != "unseeded")  # every crop h
 
 def read_metadata(data_dir: str) -> dict | None:
     """The dataset.json written by the preprocessing CLI, or None if absent."""
-    path = os.path.join(data_dir, "dataset.json")
-    if not os.path.isfile(path):
-        return None
+    path = files.join(data_dir, "dataset.json")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+        return json.loads(files.read_text(path))
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: unreadable dataset metadata ({e})") from e
 
 
 def shard_paths(data_dir: str, split: str = "train") -> list[str]:
     """The shard files of ``split`` in a preprocessed directory (from dataset.json, else by file name)."""
-    if not os.path.isdir(data_dir):
+    if not files.isdir(data_dir):
         raise FileNotFoundError(f"{data_dir}: not a directory (expected the --out of clap_jax.data.preprocess)")
     meta = read_metadata(data_dir)
     if meta is not None:
@@ -87,10 +87,10 @@ def shard_paths(data_dir: str, split: str = "train") -> list[str]:
             raise ValueError(f"{data_dir}: no split {split!r} (has {sorted(meta['splits'])})")
         names = meta["splits"][split]["shards"]
     else:
-        names = sorted(n for n in os.listdir(data_dir) if n.startswith(f"{split}-") and n.endswith(".tfrecord"))
+        names = sorted(n for n in files.listdir(data_dir) if n.startswith(f"{split}-") and n.endswith(".tfrecord"))
     if not names:
         raise ValueError(f"{data_dir}: no shards for split {split!r}")
-    return [os.path.join(data_dir, n) for n in names]
+    return [files.join(data_dir, n) for n in names]
 
 
 class BadDataError(UserError):
@@ -140,7 +140,7 @@ class BadRecords:
                 self._last_summary = time.monotonic()
                 self._since_summary = 0
         if self.limit and consecutive >= self.limit:
-            shards = ", ".join(os.path.basename(p) for p in self.paths[:3]) + (
+            shards = ", ".join(files.basename(p) for p in self.paths[:3]) + (
                 f" and {len(self.paths) - 3} more" if len(self.paths) > 3 else "")
             raise BadDataError(
                 f"{self.where}: {consecutive} bad records in a row ({total} bad in all in this process; shards "
@@ -155,17 +155,20 @@ class TFRecordDataSource:
     shard order, or ``None`` if it is corrupt (truncated, bad length, CRC mismatch): that is logged with shard and
     record number and counted in ``num_corrupt``. A shard without an index file is scanned once (with a warning).
     Picklable (shards are mapped again in each process). Shards must not change while being read.
+    Shards in object storage (URLs) are read by ranged requests through a block cache per shard
+    (``files.RangeReader``: aligned blocks of ``REMOTE_BLOCK_SIZE`` bytes, the last ``REMOTE_CACHE_BLOCKS`` kept)
+    instead of ``mmap``; a record then comes as ``bytes``.
     """
 
     def __init__(self, paths: Sequence[str], bad_records: BadRecords | None = None):
         self.paths = list(paths)
         self.bad_records = bad_records if bad_records is not None else BadRecords(
-            os.path.dirname(self.paths[0]) if self.paths else "?", self.paths, limit=None)
+            files.dirname(self.paths[0]) if self.paths else "?", self.paths, limit=None)
         self._indexes = []
         for p in self.paths:
-            if not os.path.isfile(p):
+            if not files.isfile(p):
                 raise FileNotFoundError(f"{p}: shard not found")
-            if os.path.isfile(p + tfrecord.INDEX_SUFFIX):
+            if files.isfile(p + tfrecord.INDEX_SUFFIX):
                 self._indexes.append(tfrecord.read_index(p))
             else:
                 log.warning("%s: no offset index, scanning the shard", p)
@@ -187,6 +190,8 @@ class TFRecordDataSource:
         return d
 
     MAX_OPEN_FILES = 128
+    REMOTE_BLOCK_SIZE = 4 << 20   # a few records of 10 s audio per block: read-ahead without reading much unused
+    REMOTE_CACHE_BLOCKS = 8       # per shard, per process
 
     def _map(self, shard: int):
         """The shard's read-only mmap (this process's own; at most MAX_OPEN_FILES kept, least recently used go)."""
@@ -196,9 +201,13 @@ class TFRecordDataSource:
         if mm is None:
             if len(self._fds) >= self.MAX_OPEN_FILES:
                 self._fds.pop(next(iter(self._fds)))  # unmapped once no reader holds a view of it
-            with open(self.paths[shard], "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            if files.is_url(self.paths[shard]):
+                mm = files.RangeReader(self.paths[shard], block_size=self.REMOTE_BLOCK_SIZE,
+                                       cache_blocks=self.REMOTE_CACHE_BLOCKS)
+            else:
+                with open(self.paths[shard], "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         self._fds[shard] = mm  # (re)insert as most recently used
         return mm
 
@@ -213,7 +222,10 @@ class TFRecordDataSource:
         s, r = self.locate(int(index))
         off, n = self._indexes[s][r]
         try:
-            return tfrecord.read_record_view(self._map(s), int(off), int(n), f"{self.paths[s]} record {r}")
+            src = self._map(s)
+            if isinstance(src, files.RangeReader):
+                return tfrecord.read_record_remote(src, int(off), int(n), f"{self.paths[s]} record {r}")
+            return tfrecord.read_record_view(src, int(off), int(n), f"{self.paths[s]} record {r}")
         except tfrecord.CorruptRecordError as e:
             self.num_corrupt += 1
             self.bad_records.bad(f"corrupt: {e}")

@@ -79,6 +79,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from clap_jax import files as storage
 from clap_jax.data import audio as audio_lib
 from clap_jax.data import tfrecord
 from clap_jax.errors import UserError, run_cli
@@ -390,7 +391,7 @@ def process_shard(task: dict, out_dir: str, opts: Options, progress=None) -> dic
     Rows whose audio cannot be used are listed in ``skipped``; rows kept but changed (cut-short file, samples
     scaled into [-1, 1]) in ``altered``. ``progress(n)`` is called after each row (for the progress bar).
     """
-    path = os.path.join(out_dir, task["name"])
+    path = storage.join(out_dir, task["name"])
     stats = {"name": task["name"], "split": task["split"], "plan_hash": task["plan_hash"], "num_examples": 0,
              "seconds": 0.0, "sources": {}, "skipped": [], "altered": [], "num_rows": len(task["rows"])}
     min_samples = int(round(opts.min_seconds * opts.sample_rate))
@@ -436,12 +437,11 @@ def process_shard(task: dict, out_dir: str, opts: Options, progress=None) -> dic
 
 
 def _read_stats(out_dir: str, name: str) -> dict | None:
-    path = os.path.join(out_dir, name)
-    if not (tfrecord.shard_is_complete(path) and os.path.isfile(path + ".json")):
+    path = storage.join(out_dir, name)
+    if not (tfrecord.shard_is_complete(path) and storage.isfile(path + ".json")):
         return None
     try:
-        with open(path + ".json") as f:
-            st = json.load(f)
+        st = json.loads(storage.read_text(path + ".json"))
     except (OSError, ValueError):
         return None
     return st if isinstance(st, dict) else None
@@ -492,16 +492,16 @@ def clean_stale_temps(out_dir: str) -> list[str]:
     Only temporaries of our file names (shards, their .index/.json, dataset.json, skipped.tsv) are touched.
     """
     removed = []
-    for fn in sorted(os.listdir(out_dir)):
+    for fn in sorted(storage.listdir(out_dir)):
         m = tfrecord.TMP_RE.fullmatch(fn)
         if not m or not (_SHARD_RE.fullmatch(m.group(1)) or m.group(1) in (METADATA, SKIPPED)):
             continue
         if _pid_alive(int(m.group(2))):
-            log.warning("%s: left alone, its writer (pid %s) is still running", os.path.join(out_dir, fn),
+            log.warning("%s: left alone, its writer (pid %s) is still running", storage.join(out_dir, fn),
                         m.group(2))
             continue
         try:
-            os.remove(os.path.join(out_dir, fn))
+            storage.remove(storage.join(out_dir, fn))
             removed.append(fn)
         except FileNotFoundError:
             pass
@@ -513,7 +513,7 @@ def clean_stale_temps(out_dir: str) -> list[str]:
 def _shard_files(out_dir: str) -> dict[str, list[str]]:
     """Our shard files in ``out_dir``: {shard name: [file names (shard, .index, .json)]}."""
     out: dict[str, list[str]] = {}
-    for fn in os.listdir(out_dir):
+    for fn in storage.listdir(out_dir):
         m = _SHARD_RE.fullmatch(fn)
         if m:
             out.setdefault(m.group(1), []).append(fn)
@@ -524,7 +524,7 @@ def _remove_shards(out_dir: str, files: dict[str, list[str]], names: Iterable[st
     for name in names:
         for fn in files.get(name, ()):
             try:
-                os.remove(os.path.join(out_dir, fn))
+                storage.remove(storage.join(out_dir, fn))
             except FileNotFoundError:
                 pass
 
@@ -534,12 +534,11 @@ def _existing_jobs(out_dir: str, manifests: Sequence[str], fingerprint: str) -> 
 
     A dataset.json from before job records (format 1) whose manifests are this job's is adopted as this job.
     """
-    path = os.path.join(out_dir, METADATA)
-    if not os.path.exists(path):
-        return [], ""
+    path = storage.join(out_dir, METADATA)
     try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = json.loads(storage.read_text(path))
+    except FileNotFoundError:
+        return [], ""
     except (OSError, ValueError) as e:
         return None, f"its {METADATA} is unreadable ({type(e).__name__})"
     if not isinstance(meta, dict):
@@ -584,7 +583,7 @@ def run(manifests: Sequence[str], out_dir: str, root: str = "", opts: Options | 
             raise UserError(f"manifest {m}: not a file")
     if root and not os.path.isdir(root):
         raise UserError(f"--root {root}: " + ("not a directory" if os.path.exists(root) else "no such directory"))
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    if storage.isfile(out_dir):
         raise UserError(f"--out {out_dir}: is a file, not a directory; choose a directory")
 
     rows, problems = read_manifests(manifests, root, opts, allow_outside_root)
@@ -598,7 +597,7 @@ def run(manifests: Sequence[str], out_dir: str, root: str = "", opts: Options | 
                             f"{mine[0]['where'].rsplit(':', 1)[1]}: {mine[0]['reason']})")
 
     fp = job_fingerprint(manifests, root)
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir, exist_ok=True)
     jobs, why = _existing_jobs(out_dir, manifests, fp)
     files = _shard_files(out_dir)
     mine = next((j for j in jobs or [] if j["fingerprint"] == fp), None)
@@ -636,8 +635,8 @@ def run(manifests: Sequence[str], out_dir: str, root: str = "", opts: Options | 
     _remove_shards(out_dir, files, doomed)
     if overwrite:
         for fn in (METADATA, SKIPPED):
-            if os.path.exists(os.path.join(out_dir, fn)):
-                os.remove(os.path.join(out_dir, fn))
+            if storage.exists(storage.join(out_dir, fn)):
+                storage.remove(storage.join(out_dir, fn))
     if mine:
         _remove_shards(out_dir, files, set(mine["shards"]) - planned)  # this job's shards from an older plan
     job = {"fingerprint": fp, "tag": tag, "manifests": [os.path.realpath(m) for m in manifests],
@@ -717,10 +716,10 @@ def _write_metadata(out_dir: str, jobs: list[dict], fresh: dict[str, dict], extr
                      next((j["settings"] for j in jobs if j.get("settings")), None))
     meta["jobs"] = jobs
     meta.update(extra or {})
-    tfrecord._atomic_write(os.path.join(out_dir, METADATA), json.dumps(meta, indent=1, sort_keys=True).encode())
+    tfrecord._atomic_write(storage.join(out_dir, METADATA), json.dumps(meta, indent=1, sort_keys=True).encode())
     lines = ["where\tpath\treason\n"] + [f"{s['where']}\t{s['path']}\t{s['reason']}\n"
                                           for s in meta["skipped"] + meta["altered"] + meta["warnings"]]
-    tfrecord._atomic_write(os.path.join(out_dir, SKIPPED), "".join(lines).encode("utf-8"))
+    tfrecord._atomic_write(storage.join(out_dir, SKIPPED), "".join(lines).encode("utf-8"))
     return meta
 
 
@@ -797,12 +796,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = run(a.manifest, a.out, a.root, opts, workers=a.workers, progress=not a.quiet, overwrite=a.overwrite,
                append=a.append, allow_outside_root=a.allow_outside_root)
     print(f"wrote {meta['num_examples']} examples ({meta['hours']:.3f} h) to {a.out}; "
-          f"skipped {meta['num_skipped']}, altered {meta['num_altered']} (see {os.path.join(a.out, SKIPPED)})")
+          f"skipped {meta['num_skipped']}, altered {meta['num_altered']} (see {storage.join(a.out, SKIPPED)})")
     shown = meta["skipped"] + meta["altered"]
     for s in shown[:20]:
         print(f"  {'altered' if s in meta['altered'] else 'skipped'} {s['where']}: {s['reason']}", file=sys.stderr)
     if len(shown) > 20:
-        print(f"  ... and {len(shown) - 20} more in {os.path.join(a.out, SKIPPED)}", file=sys.stderr)
+        print(f"  ... and {len(shown) - 20} more in {storage.join(a.out, SKIPPED)}", file=sys.stderr)
     return 0
 
 

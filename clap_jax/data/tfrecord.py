@@ -14,8 +14,13 @@ A shard is written to ``NAME.tfrecord.tmp-PID``, its index written atomically, t
 so a finished shard is exactly "shard and index both exist"; a killed writer leaves only ``.tmp-PID`` files
 (``TMP_RE`` matches them; ``clap_jax.data.preprocess`` removes them on its next run).
 
+Shards and indexes may live in object storage (``gs://``, ``s3://``; see ``clap_jax.files``): there a shard is
+written to a local temporary file and uploaded after its index, with one put each (the shard still appears last),
+and records are read by ranged reads through a block cache (``files.RangeReader``) instead of ``mmap``/``pread``.
+
 Damage is never silent. ``read_index`` checks the index against the shard (shape, contiguous frames, the length
-header at every offset); an unreadable, garbage or mismatched index is treated as absent: a warning names it and
+header at every offset; for a remote shard its size and the first and last headers, every record's CRCs being
+checked when it is read); an unreadable, garbage or mismatched index is treated as absent: a warning names it and
 the shard is rescanned. ``scan`` / ``build_index`` read a shard without its index: a frame whose data CRC fails is
 skipped whole; a damaged length header or a cut-off tail is skipped by resynchronising on the next position where
 both the length CRC and the data CRC check out. Every loss is counted (bytes skipped, records lost, where) and
@@ -254,7 +259,7 @@ def _index_problem(path: str, idx: np.ndarray) -> str | None:
     """
     if idx.ndim != 2 or idx.shape[1] != 2 or idx.dtype.kind not in "iu":
         return f"has shape {idx.shape} and dtype {idx.dtype}, expected (N, 2) integers"
-    size = os.path.getsize(path)
+    size = files.getsize(path)
     if len(idx) == 0:
         return None if size == 0 else f"lists no records but the shard has {size} bytes"
     idx = idx.astype(np.int64)
@@ -265,7 +270,15 @@ def _index_problem(path: str, idx: np.ndarray) -> str | None:
     if end < size:
         return f"covers {end} bytes but the shard has {size}"
     inside = off[off + 8 <= size]
-    if len(inside):
+    if len(inside) and files.is_url(path):
+        # remote: checking every header would read the whole shard; the first and the last frame are checked (a
+        # stale or foreign index fails there or on the size above), the rest by the CRCs of every record read
+        for k in sorted({0, len(inside) - 1}):
+            (head,) = struct.unpack("<Q", files.read_bytes(path, int(inside[k]), int(inside[k]) + 8))
+            if head != int(n[k]):
+                return (f"record {k}: index says {int(n[k])} bytes, the length header at byte {int(inside[k])} "
+                        f"says {head}")
+    elif len(inside):
         with open(path, "rb") as f:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
@@ -291,10 +304,15 @@ def read_index(path: str, strict: bool = False, report: dict | None = None) -> n
     """
     ipath = path + INDEX_SUFFIX
     try:
-        idx = np.load(ipath, allow_pickle=False)
+        if files.is_url(ipath):
+            import io
+
+            idx = np.load(io.BytesIO(files.read_bytes(ipath)), allow_pickle=False)
+        else:
+            idx = np.load(ipath, allow_pickle=False)
         problem = _index_problem(path, idx) if isinstance(idx, np.ndarray) else "is not a single .npy array"
     except FileNotFoundError:
-        if not os.path.isfile(path):
+        if not files.isfile(path):
             raise
         problem = "is missing"
     except Exception as e:  # noqa: BLE001 - any parse failure means a garbage index; rescanning recovers it
@@ -314,11 +332,19 @@ class ShardWriter:
     ...     w.write(encode_example({"id": [b"a"]}))
 
     An OSError while writing (e.g. ENOSPC) is re-raised with the file name set; the temporary file is removed.
+    A URL ``path`` is written to a local temporary file and uploaded on ``close`` (index first, shard last).
     """
 
     def __init__(self, path: str):
         self.path = path
-        self._tmp = f"{path}.tmp-{os.getpid()}"
+        self._tmpdir = None
+        if files.is_url(path):
+            import tempfile
+
+            self._tmpdir = tempfile.mkdtemp(prefix="clap_jax_shard_")
+            self._tmp = os.path.join(self._tmpdir, f"{files.basename(path)}.tmp-{os.getpid()}")
+        else:
+            self._tmp = f"{path}.tmp-{os.getpid()}"
         try:
             self._f = open(self._tmp, "wb")
         except OSError as e:
@@ -346,7 +372,15 @@ class ShardWriter:
         except OSError as e:
             raise _with_path(e, self._tmp) from e
         write_index(self.path, np.array(self._offsets, np.int64).reshape(-1, 2))
-        os.replace(self._tmp, self.path)  # last: the shard appears only when complete
+        if self._tmpdir is not None:   # one put: the object appears whole, after its index
+            try:
+                files.upload(self._tmp, self.path)
+            finally:
+                import shutil
+
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+        else:
+            os.replace(self._tmp, self.path)  # last: the shard appears only when complete
 
     def abort(self) -> None:
         try:
@@ -355,6 +389,10 @@ class ShardWriter:
             pass
         if os.path.exists(self._tmp):
             os.remove(self._tmp)
+        if self._tmpdir is not None:
+            import shutil
+
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
 
     def __enter__(self):
         return self
@@ -372,7 +410,7 @@ class ShardWriter:
 
 def shard_is_complete(path: str) -> bool:
     """A shard is finished iff it and its index exist (the writer renames the shard last)."""
-    return os.path.isfile(path) and os.path.isfile(path + INDEX_SUFFIX)
+    return files.isfile(path) and files.isfile(path + INDEX_SUFFIX)
 
 
 _OK, _BAD_DATA, _BAD_HEADER, _TRUNCATED = range(4)
@@ -433,13 +471,17 @@ def scan(path: str) -> tuple[np.ndarray, dict]:
     counts one record plus every valid-header frame inside it (records whose headers are all gone cannot be told
     apart, so several mangled together count as fewer; stray bytes between records count as one).
     """
-    size = os.path.getsize(path)
+    size = files.getsize(path)
     out: list[tuple[int, int]] = []
     report = {"path": path, "records": 0, "records_lost": 0, "bytes_skipped": 0, "damaged": []}
     if size == 0:
         return np.zeros((0, 2), np.int64), report
-    with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if files.is_url(path):   # a remote shard is read whole once (a scan reads every byte anyway)
+        mm = files.read_bytes(path)
+        size = len(mm)
+    else:
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     mv = memoryview(mm)
     try:
         pos = 0
@@ -463,7 +505,8 @@ def scan(path: str) -> tuple[np.ndarray, dict]:
             pos = end
     finally:
         mv.release()
-        mm.close()
+        if isinstance(mm, mmap.mmap):
+            mm.close()
     report["records"] = len(out)
     if report["records_lost"]:
         log.warning("%s: skipped %d damaged bytes in %d places (about %d records lost, %d intact records kept); "
@@ -489,7 +532,16 @@ def read_record(fd: int, offset: int, length: int, where: str = "?") -> bytes:
 
     Raises CorruptRecordError (naming ``where``) on short reads, length mismatch or CRC mismatch.
     """
-    buf = os.pread(fd, length + 16, offset)
+    return _checked_frame(os.pread(fd, length + 16, offset), offset, length, where)
+
+
+def read_record_remote(reader: "files.RangeReader", offset: int, length: int, where: str = "?") -> bytes:
+    """Like ``read_record`` from a remote shard through its block cache (``files.RangeReader``)."""
+    return _checked_frame(reader.read(offset, length + 16), offset, length, where)
+
+
+def _checked_frame(buf: bytes, offset: int, length: int, where: str) -> bytes:
+    """The payload of frame ``buf`` (read from byte ``offset``), both CRCs checked."""
     if len(buf) != length + 16:
         raise CorruptRecordError(f"{where}: truncated record at byte {offset} "
                                  f"(wanted {length + 16} bytes, file has {len(buf)} left)")
@@ -530,6 +582,11 @@ def iter_records(path: str, report: dict | None = None, strict: bool = False) ->
     if strict and rep["damaged"]:
         start, end, why = rep["damaged"][0]
         raise CorruptRecordError(f"{path}: damaged bytes {start}-{end} ({why})")
+    if files.is_url(path):
+        reader = files.RangeReader(path)
+        for i, (off, n) in enumerate(idx):
+            yield read_record_remote(reader, int(off), int(n), f"{path} record {i}")
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         for i, (off, n) in enumerate(idx):

@@ -7,6 +7,8 @@ report.md and report.png to --out. Two or more --weights give a side-by-side rep
 "random-init" the CLAP architecture with random weights (the random baseline), and "random-hash" a hash
 embedder (chance-level numbers, to check the harness without the model package).
 `--list` only prints which datasets are found.
+--weights and --out may be bucket URLs (gs://..., s3://...): a training workdir there is read in place, other
+weights are downloaded first; the report is uploaded into --out.
 
 Exit status: 0 when every requested task ran (with `--tasks all`, datasets absent from --data-root are listed and
 are not failures as long as one task ran); 1 when a task failed or a task named in --tasks produced nothing (each
@@ -29,6 +31,24 @@ from clap_jax.audio.io import CHANNEL_MODES, CROP_MODES
 from clap_jax.errors import UserError, run_cli
 from clap_jax.eval.clips import LoaderConfig
 
+
+
+def _write_report(write_report, runs, out: str) -> dict:
+    """The report into --out; a bucket URL (gs://, s3://) gets it written locally and uploaded, one put a file."""
+    from clap_jax import files
+
+    if not files.is_url(out):
+        return write_report(runs, out)
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="clap_jax_eval_out_")
+    try:
+        local = write_report(runs, tmp)
+        files.upload(tmp, out)
+        return {k: files.join(out, os.path.basename(str(v))) for k, v in local.items()}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def default_cache_dir() -> str:
@@ -164,7 +184,7 @@ def main(argv=None) -> int:
         r["name"] = args.name[i] if args.name and i < len(args.name) else Path(w).name
         r["config"] = config
         runs.append(r)
-    paths = write_report(runs, args.out)
+    paths = _write_report(write_report, runs, args.out)
     for r in runs:
         for m in r["missing"]:
             print(f"[eval] not found: {m['reader']} ({', '.join(m['tasks'])}): {m['how_to_get']}")

@@ -101,10 +101,17 @@ def _no_replica_parallel_on_cpu() -> None:
 
 
 def make_manager(directory: str, *, keep: int, save_every: int, async_save: bool = True) -> ocp.CheckpointManager:
+    """In object storage a step is final once its `commit_success.txt` is written (orbax's own choice on gs://,
+    made here for s3:// too): a bucket has no rename, and the copy-and-delete orbax would do instead leaves a
+    half-copied step that looks final if the process dies during it."""
     _no_replica_parallel_on_cpu()
+    extra = {}
+    if str(directory).startswith("s3://"):
+        extra["temporary_path_class"] = ocp.path.atomicity.CommitFileTemporaryPath
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save, create=True,
-        cleanup_tmp_directories=True)  # a save cut short (disk full, killed) leaves a tmp dir: removed at restart
+        cleanup_tmp_directories=True,  # a save cut short (disk full, killed) leaves a tmp dir: removed at restart
+        **extra)
     return ocp.CheckpointManager(orbax_path(directory), options=options, item_names=("state", "data"))
 
 

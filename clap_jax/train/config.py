@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 from ml_collections.config_dict import placeholder
 
+from clap_jax import files
 from clap_jax.data import pipeline
 from clap_jax.errors import ConfigError
 from clap_jax.models import config as model_config
@@ -305,9 +306,7 @@ def check_data_dirs(config) -> None:
     if config.data.kind != "tfrecord":
         return
     for d in config.data.dirs:
-        if "://" in str(d):
-            continue
-        if not os.path.isdir(d):
+        if not files.isdir(d):   # a local directory, or a bucket prefix holding objects
             raise ConfigError(f"config.data.dirs: {d}: not a directory (expected the --out of "
                               f"python -m clap_jax.data.preprocess)")
         try:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging as absl_logging
 
+from clap_jax import files
 from clap_jax.errors import debug_requested
 from clap_jax.train import flops as flops_lib
 
@@ -28,11 +29,27 @@ class NonFiniteError(RuntimeError):
 
 class MetricWriter:
     """Scalars to TensorBoard event files (clu writers when TensorFlow is present, else tensorboard's own event
-    writer) and to the Python log. Only process 0 writes; other processes get a no-op."""
+    writer) and to the Python log. Only process 0 writes; other processes get a no-op.
+
+    A workdir in object storage (gs://, s3://): the event file is written locally (tensorboard's writer, in a
+    temporary directory) and uploaded whole to the workdir at most every `UPLOAD_EVERY_S` seconds and at
+    `flush`/`close`, one put each (object stores cannot append; an events file of scalars stays small). A crash
+    loses at most that interval of scalars; a resumed run writes a new events file beside the old ones."""
+
+    UPLOAD_EVERY_S = 30.0
 
     def __init__(self, workdir: str | None):
         self._clu = self._tb = None
+        self._remote = self._local = None
         if workdir is None or jax.process_index() != 0:
+            return
+        if files.is_url(workdir):
+            import tempfile
+
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+            self._remote, self._local = str(workdir), tempfile.mkdtemp(prefix="clap_jax_events_")
+            self._tb = EventFileWriter(self._local)
+            self._uploaded = time.monotonic()
             return
         try:
             from clu import metric_writers  # imports tensorflow, an optional dependency
@@ -49,18 +66,35 @@ class MetricWriter:
             summ = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v))
                                               for k, v in values.items()])
             self._tb.add_event(event_pb2.Event(step=step, wall_time=time.time(), summary=summ))
+            if self._remote is not None and time.monotonic() - self._uploaded >= self.UPLOAD_EVERY_S:
+                self.flush()
+
+    def _upload(self) -> None:
+        import os
+
+        for name in os.listdir(self._local):
+            files.upload(os.path.join(self._local, name), files.join(self._remote, name))
+        self._uploaded = time.monotonic()
 
     def flush(self):
         if self._clu is not None:
             self._clu.flush()
         elif self._tb is not None:
             self._tb.flush()
+            if self._remote is not None:
+                self._upload()
 
     def close(self):
         if self._clu is not None:
             self._clu.close()
         elif self._tb is not None:
             self._tb.close()
+            if self._remote is not None:
+                import shutil
+
+                self._upload()
+                shutil.rmtree(self._local, ignore_errors=True)
+                self._remote = None
 
 
 class _NoLibraryTracebacks(logging.Filter):

@@ -29,7 +29,7 @@ from jax.experimental.compilation_cache import compilation_cache
 import ml_collections
 import numpy as np
 
-from clap_jax import hostmem
+from clap_jax import files, hostmem
 from clap_jax.errors import UserError
 from clap_jax.eval.hook import make_eval_fn
 from clap_jax.models import config as model_config
@@ -78,7 +78,7 @@ def _checkpoint_manager(config, workdir):
     if workdir is None:
         return None
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
+        files.makedirs(workdir, exist_ok=True)
         workdir_lib.write_workdir_model_config(workdir, config.model)
     return ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), keep=config.ckpt.keep,
                                  save_every=config.ckpt.every_steps or config.total_steps,
@@ -104,6 +104,9 @@ def _use_compile_cache(config, workdir) -> Callable[[], None]:
         return lambda: None
     if jax.config.jax_compilation_cache_dir:
         log.info("compilation cache: %s", jax.config.jax_compilation_cache_dir)
+        return lambda: None
+    if files.is_url(workdir) and not str(workdir).startswith("gs://"):
+        log.info("compilation cache: none (JAX keeps it locally or on gs:// only; set jax_compilation_cache_dir)")
         return lambda: None
     path = os.path.join(workdir, "jax_cache")
     compilation_cache.set_cache_dir(path)

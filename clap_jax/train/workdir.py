@@ -54,16 +54,16 @@ def check_workdir(config, workdir: str | None) -> None:
     """Before anything is built or written: `workdir` is a directory we can write to (or can be created), and a
     run already recorded there was trained with the same model config. Raises a one-line UserError/ConfigError;
     the workdir is left as it was (a probe file is created and removed)."""
-    if workdir is None or "://" in str(workdir):
+    if workdir is None:
         return
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    url = files.is_url(workdir)
+    if (files.isfile(workdir) if url else os.path.exists(workdir) and not os.path.isdir(workdir)):
         raise UserError(f"--workdir {workdir}: exists and is not a directory; pass a directory (new or a run's)")
-    recorded = os.path.join(workdir, WORKDIR_CONFIG_FILE)
-    if os.path.isfile(recorded):
+    recorded = files.join(workdir, WORKDIR_CONFIG_FILE)
+    if files.isfile(recorded):
         try:
-            with open(recorded) as f:
-                old = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
+            old = json.loads(files.read_text(recorded))
+        except (OSError, ValueError) as e:
             raise UserError(f"{recorded}: unreadable ({e}); this workdir's model config is unknown, so it cannot be "
                             f"resumed") from e
         diff = model_config_diff(old, config.model)
@@ -72,6 +72,8 @@ def check_workdir(config, workdir: str | None) -> None:
                 f"{recorded}: this workdir holds a run of a different model, which a resume cannot load; "
                 f"{len(diff)} field(s) differ: {'; '.join(diff[:8])}{'; ...' if len(diff) > 8 else ''}. "
                 f"Use a new --workdir, or the recorded model config")
+    if url:   # a bucket: access shows at the first write (model_config.json), before any compile
+        return
     probe_dir = workdir
     while not os.path.isdir(probe_dir):  # the nearest existing ancestor, where makedirs will write
         parent = os.path.dirname(os.path.abspath(probe_dir))
@@ -90,7 +92,7 @@ def check_workdir(config, workdir: str | None) -> None:
 
 def write_workdir_model_config(workdir: str, model_cfg) -> None:
     """Record the run's model config (atomically; only once: check_workdir makes sure it matches)."""
-    path = os.path.join(workdir, WORKDIR_CONFIG_FILE)
-    if os.path.isfile(path):
+    path = files.join(workdir, WORKDIR_CONFIG_FILE)
+    if files.isfile(path):
         return
     files.write_text(path, config_to_json(model_cfg))
