@@ -24,6 +24,10 @@ TORCH = ["torch==2.13.0"]  # always pin: an unpinned torch pulls a multi-GB CUDA
 # libtpu: the TPU compiler, for deviceless compiles of the train step (clap_jax.train.compile and its tests); pinned
 # to the release jax[tpu]==0.10.2 resolves. It needs no TPU, and jax still defaults to CPU under JAX_PLATFORMS=cpu.
 TPU = ["libtpu==0.0.42.1"]
+# Accelerator builds of jax, pinned to the release this package is tested with (launch/tpu_vm_setup.sh,
+# scripts/setup_gpu.sh): the TPU VM runtime, and CUDA 12 wheels (the driver comes with the host).
+TPU_VM = ["jax[tpu]==0.10.2"]
+GPU = ["jax[cuda12]==0.10.2"]
 TEST = TORCH + TPU + ["pytest>=8", "pyyaml", "scikit-learn", "pycocoevalcap==1.2"]  # CIDEr-D cross-check
 
 setup(
@@ -33,5 +37,5 @@ setup(
     packages=find_packages(include=["clap_jax", "clap_jax.*"]),
     python_requires=">=3.11",
     install_requires=CORE,
-    extras_require={"torch": TORCH, "tpu": TPU, "test": TEST},
+    extras_require={"torch": TORCH, "tpu": TPU, "test": TEST, "tpuvm": TPU_VM, "gpu": GPU},
 )

@@ -16,8 +16,9 @@ log = logging.getLogger("clap_jax.train")
 
 def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
                      process_id: int | None = None, mode: str = "auto") -> None:
-    """One process per host (or per GPU). Explicit coordinator flags win; else TPU pods and SLURM are detected
-    from the environment and `jax.distributed.initialize()` finds its peers; else single process.
+    """One process per host (or per GPU). Explicit coordinator flags win, then the environment variables
+    JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID; else TPU pods and SLURM are detected from the
+    environment and `jax.distributed.initialize()` finds its peers; else single process.
 
     Under SLURM each process drives the GPUs its task sees (`slurm_local_device_ids`), not only GPU
     `SLURM_LOCALID` (JAX's own SLURM default, right only for one task per GPU on a node whose tasks all see
@@ -28,6 +29,11 @@ def init_distributed(coordinator: str | None = None, num_processes: int | None =
     if mode == "none":
         return
     env = os.environ
+    if env.get("JAX_COORDINATOR_ADDRESS") and env.get("JAX_NUM_PROCESSES") and env.get("JAX_PROCESS_ID"):
+        # a launcher without a cluster manager JAX detects (ssh loops, the launcher tests' stand-ins)
+        jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], num_processes=int(env["JAX_NUM_PROCESSES"]),
+                                   process_id=int(env["JAX_PROCESS_ID"]))
+        return
     multi_tpu = "," in env.get("TPU_WORKER_HOSTNAMES", "")
     slurm = int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env
     if slurm and "JAX_COORDINATOR_ADDRESS" not in env:
