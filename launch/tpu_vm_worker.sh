@@ -57,10 +57,10 @@ case "$cmd" in
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
     "$HOME/$VENV/bin/python" "$@" &
     child=$!
-    trap 'kill -TERM "$child" 2> /dev/null || true' TERM INT HUP
-    while true; do
-      rc=0; wait "$child" || rc=$?
-      kill -0 "$child" 2> /dev/null || break   # wait was cut short by a signal: the child is still running
+    trap 'trapped=1; kill -TERM "$child" 2> /dev/null || true' TERM INT HUP
+    while true; do  # a trapped signal cuts `wait` short: wait again for the child's own exit code
+      trapped=0; rc=0; wait "$child" || rc=$?
+      [[ "$trapped" == "1" ]] || break
     done
     echo "$rc" > "$RCF"
     echo "=== $(date -u +%FT%TZ) exited with code $rc"
