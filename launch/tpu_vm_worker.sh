@@ -23,7 +23,19 @@ cmd="${1:?usage: tpu_vm_worker.sh start|status|logs|follow|stop ...}"
 shift
 mkdir -p "$LOGS"
 
-alive() { [[ -f "$PIDF" ]] && kill -0 -- "-$(cat "$PIDF")" 2> /dev/null; }
+alive() {  # a process of the run's group still there (zombies waiting for a reaper do not count)
+  [[ -f "$PIDF" ]] || return 1
+  local pg line rest f
+  pg=$(cat "$PIDF")
+  kill -0 -- "-$pg" 2> /dev/null || return 1
+  for f in /proc/[0-9]*/stat; do
+    read -r line < "$f" 2> /dev/null || continue
+    rest="${line##*) }"
+    read -r -a rest <<< "$rest"   # state ppid pgrp ...
+    [[ "${rest[2]}" == "$pg" && "${rest[0]}" != "Z" ]] && return 0
+  done
+  return 1
+}
 
 holders() {  # pids of this machine's processes with one of ACCEL_DEVICES open (from /proc: no lsof needed)
   local devs=() d fd pid target
@@ -69,10 +81,10 @@ case "$cmd" in
   status)
     worker="$1"
     last=$(grep -E '(^| )step [0-9]+' "$LOG" 2> /dev/null | tail -1 | cut -c1-160 || true)
-    if alive; then
-      echo "worker $worker: running (process group $(cat "$PIDF")) ${last}"
-    elif [[ -f "$RCF" ]]; then
+    if [[ -f "$RCF" ]]; then  # (its wrapper may still be writing the last line)
       echo "worker $worker: exited with code $(cat "$RCF") ${last}"
+    elif alive; then
+      echo "worker $worker: running (process group $(cat "$PIDF")) ${last}"
     elif [[ -f "$PIDF" ]]; then
       echo "worker $worker: gone without an exit code (killed?) ${last}"
     else
