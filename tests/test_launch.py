@@ -31,6 +31,8 @@ STEPS = 12
 CONFIG = "configs/tiny.py:ckpt_every=4"
 EXTRA = f"--config.total_steps={STEPS} --config.data.num_classes=4"
 STANDINS = os.path.join(ROOT, "tests", "standins")
+# the processes agree on SIGTERM after every step: a signal after the checkpoint of step 4 lands before step 12
+AGREE_EVERY_STEP = "--config.ckpt.preemption_check_every=1"
 
 
 def _free_port():
@@ -180,14 +182,13 @@ def test_tpu_preemption_saves_and_relaunch_resumes_bit_exact(pod, pod_run):
     root, env = pod
     _, full, _ = pod_run
     wd = root / "wd_preempt"
-    _launch(pod, wd, root / "a.json")
+    _launch(pod, wd, root / "a.json", extra=AGREE_EVERY_STEP)
     _wait(lambda: [s for s in _steps(wd) if s >= 4], "a first checkpoint")
     for w in (0, 1):  # the host goes down: SIGTERM to everything of the run
         os.killpg(int((_worker_home(root, w) / "clap_logs" / "train.pid").read_text()), signal.SIGTERM)
     assert _wait_exit(root) == [0, 0]
     la, ma = _losses(root / "a.json")
-    if ma["stopped"] == "preempted":  # (the run may have finished before the signal landed)
-        assert _steps(wd)[-1] == ma["end_step"] < STEPS
+    assert ma["stopped"] == "preempted" and _steps(wd)[-1] == ma["end_step"] < STEPS, ma
     assert all(la[s] == full[s] for s in la)
     _launch(pod, wd, root / "b.json")                     # relaunch: resumes from the SIGTERM checkpoint
     assert _wait_exit(root) == [0, 0]
@@ -295,7 +296,7 @@ def test_slurm_all_local_devices_and_requeue_resumes_bit_exact(pod_run, tmp_path
     _, full, _ = pod_run
     wd, out = tmp_path / "wd", tmp_path / "l.json"
     env = _env(tmp_path, PLATFORMS="cpu", STANDIN_DEVICES=4, ENTRY="tests/_train_runner.py", CONFIG=CONFIG,
-               WORKDIR=wd, EXTRA=f"{EXTRA} --losses_out={out}", LOG_DIR=tmp_path / "logs",
+               WORKDIR=wd, EXTRA=f"{EXTRA} --losses_out={out} {AGREE_EVERY_STEP}", LOG_DIR=tmp_path / "logs",
                JAX_COORDINATOR_PORT=_free_port())
     r = subprocess.run(["sbatch", "--nodes=2", "--gpus-per-node=4", f"--output={tmp_path}/job_%j.log",
                         "launch/slurm_gpu.sbatch"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
@@ -313,10 +314,9 @@ def test_slurm_all_local_devices_and_requeue_resumes_bit_exact(pod_run, tmp_path
     assert "processes 2, devices 8 (4 local)" in rank0                 # each task: all 4 devices of its node
     assert "SLURM task 1 of 2 on node1: local devices all visible" in rank1
     lb, mb = _losses(out)   # the last run's
-    if runs == 2:           # saved, requeued, resumed
-        assert "requeued job" in joblog and mb["start_step"] > 0 and "SIGTERM" in rank0
-    else:                   # (the run finished before the signal landed)
-        assert runs == 1 and "time limit near" in joblog
+    assert runs == 2 and "time limit near" in joblog and "requeued job" in joblog, joblog   # saved, requeued
+    assert "SIGTERM: saving checkpoint" in rank0 and "(restart 1)" in joblog
+    assert 4 <= mb["start_step"] < STEPS and f"resumed from {wd} at step {mb['start_step']}" in rank0
     assert mb["end_step"] == STEPS
     assert all(lb[s] == full[s] for s in lb), {s: (lb[s], full[s]) for s in lb}   # bit for bit
     dry = subprocess.run(["bash", "launch/slurm_gpu.sbatch"], cwd=ROOT, env=dict(env, DRY_RUN="1"),
