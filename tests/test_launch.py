@@ -3,9 +3,10 @@ first on PATH) run the commands the scripts generate as local processes, a TPU p
 by 2 processes x 4 CPU devices over localhost (jax.distributed + gloo), the trainer with its stand-in model.
 
 - launch/tpu_pod.sh: create, setup (archive without .git / runs/, venv, runtime deps + jax[tpu] only), launch
-  (detached, a log per worker) trains like one process with 8 devices; SIGTERM to the workers (a preemption)
-  leaves a checkpoint and a relaunch resumes bit for bit; `stop` leaves no process behind, stale TPU holders
-  included; multi-slice commands (queued resource, DCN mesh flag);
+  (detached, a log per worker) trains like one process with 8 devices, with the periodic eval on the global
+  mesh giving every host the same numbers; `stop` (SIGTERM to the workers, as a preemption) leaves a checkpoint
+  and no process behind, stale TPU holders included, and a relaunch resumes bit for bit; multi-slice commands
+  (queued resource, DCN mesh flag);
 - a run started on 2 x 4 resumes on 1 x 8 (elastic: the iterator re-derived from the step, with a warning);
 - launch/slurm_gpu.sbatch: every task sees all devices of its node, a log per rank, SIGUSR1 before the time
   limit -> save -> `scontrol requeue` -> the requeued job resumes bit for bit;
@@ -27,12 +28,28 @@ import pytest
 
 from _train_helpers import COMPILE_CACHE, ROOT
 
-STEPS = 12
-CONFIG = "configs/tiny.py:ckpt_every=4"
+STEPS = 8
+CONFIG = "configs/tiny.py:ckpt_every=4,fsdp"  # FSDP: the periodic eval gets params sharded over both hosts
 EXTRA = f"--config.total_steps={STEPS} --config.data.num_classes=4"
 STANDINS = os.path.join(ROOT, "tests", "standins")
-# the processes agree on SIGTERM after every step: a signal after the checkpoint of step 4 lands before step 12
+# the processes agree on SIGTERM after every step: a signal after the checkpoint of step 4 lands before the end
 AGREE_EVERY_STEP = "--config.ckpt.preemption_check_every=1"
+
+
+EVAL_ENTRY = "tests/standins/train_eval_runner.py"   # the periodic eval embeds with the stand-in model too
+
+
+def _eval_flags(root):
+    return f"--config.eval.data_root={root} --config.eval.every_steps={STEPS} --config.eval.batch_size=8"
+
+
+@pytest.fixture(scope="module")
+def eval_root(tmp_path_factory):
+    import eval_fixtures as fx
+
+    d = tmp_path_factory.mktemp("eval")
+    fx.builtin(fx.Writer(d))
+    return d
 
 
 def _free_port():
@@ -82,17 +99,18 @@ def _wait(cond, what, timeout=150):
 # ------------------------------------------------------------------------------------------- reference run
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, eval_root):
     """launch/multi_gpu_host.sh: one process driving all 8 local devices (CPU devices standing in for GPUs)."""
     d = tmp_path_factory.mktemp("ref")
     env = _env(d, PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8", LOG_DIR=d,
-               ENTRY="tests/_train_runner.py", CONFIG=CONFIG, WORKDIR=d / "wd",
-               EXTRA=f"{EXTRA} --losses_out={d / 'losses.json'}")
+               ENTRY=EVAL_ENTRY, CONFIG=CONFIG, WORKDIR=d / "wd",
+               EXTRA=f"{EXTRA} --losses_out={d / 'losses.json'} {_eval_flags(eval_root)}")
     _sh(["launch/multi_gpu_host.sh", "run"], env, timeout=180)
-    assert "processes 1, devices 8 (8 local)" in (d / "train.log").read_text()
+    log = (d / "train.log").read_text()
+    assert "processes 1, devices 8 (8 local)" in log
     losses, meta = _losses(d / "losses.json")
     assert sorted(losses) == list(range(1, STEPS + 1)) and meta["stopped"] == "done"
-    return losses
+    return losses, log
 
 
 # ----------------------------------------------------------------------------------------------- TPU pod
@@ -113,10 +131,10 @@ def _worker_home(root, w, node="clap-test"):
     return root / "nodes" / node / f"w{w}"
 
 
-def _launch(pod, workdir, out, extra=""):
+def _launch(pod, workdir, out, extra="", **kw):
     root, env = pod
     env = dict(env, STANDIN_PORT=str(_free_port()), WORKDIR=str(workdir),
-               EXTRA=f"{EXTRA} --losses_out={out} {extra}")
+               EXTRA=f"{EXTRA} --losses_out={out} {extra}", **kw)
     return _sh(["launch/tpu_pod.sh", "launch"], env)
 
 
@@ -130,14 +148,16 @@ def _wait_exit(root, timeout=180):
 
 
 @pytest.fixture(scope="module")
-def pod_run(pod, reference):
-    """An uninterrupted 2 x 4 run through the launcher: the bit-exact reference of the resumes below."""
+def pod_run(pod, reference, eval_root):
+    """An uninterrupted 2 x 4 run through the launcher, with periodic evals: the bit-exact reference of the
+    resumes below."""
     root, env = pod
     wd, out = root / "wd_full", root / "full.json"
-    _launch(pod, wd, out)
+    _launch(pod, wd, out, extra=_eval_flags(eval_root), ENTRY=EVAL_ENTRY)
     assert _wait_exit(root) == [0, 0]
     losses, meta = _losses(out)
-    return wd, losses, meta
+    logs = [(_worker_home(root, w) / "clap_logs" / "train.log").read_text() for w in (0, 1)]
+    return wd, losses, meta, logs
 
 
 def test_tpu_setup_ships_an_archive_and_installs_runtime_deps_only(pod):
@@ -164,7 +184,8 @@ def test_tpu_setup_ships_an_archive_and_installs_runtime_deps_only(pod):
 
 def test_tpu_launch_trains_like_one_process(pod, pod_run, reference):
     root, env = pod
-    wd, losses, meta = pod_run
+    wd, losses, meta, _ = pod_run
+    reference, _ = reference
     assert meta["end_step"] == STEPS and sorted(losses) == sorted(reference)
     np.testing.assert_allclose([losses[s] for s in sorted(losses)], [reference[s] for s in sorted(losses)],
                                rtol=2e-5)
@@ -178,23 +199,32 @@ def test_tpu_launch_trains_like_one_process(pod, pod_run, reference):
     assert "===== worker 0" in logs and "===== worker 1" in logs
 
 
-def test_tpu_preemption_saves_and_relaunch_resumes_bit_exact(pod, pod_run):
-    root, env = pod
-    _, full, _ = pod_run
-    wd = root / "wd_preempt"
-    _launch(pod, wd, root / "a.json", extra=AGREE_EVERY_STEP)
-    _wait(lambda: [s for s in _steps(wd) if s >= 4], "a first checkpoint")
-    for w in (0, 1):  # the host goes down: SIGTERM to everything of the run
-        os.killpg(int((_worker_home(root, w) / "clap_logs" / "train.pid").read_text()), signal.SIGTERM)
-    assert _wait_exit(root) == [0, 0]
-    la, ma = _losses(root / "a.json")
-    assert ma["stopped"] == "preempted" and _steps(wd)[-1] == ma["end_step"] < STEPS, ma
-    assert all(la[s] == full[s] for s in la)
-    _launch(pod, wd, root / "b.json")                     # relaunch: resumes from the SIGTERM checkpoint
-    assert _wait_exit(root) == [0, 0]
-    lb, mb = _losses(root / "b.json")
-    assert mb["start_step"] == ma["end_step"] and mb["end_step"] == STEPS
-    assert all(lb[s] == full[s] for s in lb), {s: (lb[s], full[s]) for s in lb}   # bit for bit
+def _eval_lines(log):
+    """{(task, metrics)} of the '[eval] task: metrics (n clips, time ...)' lines every process logs."""
+    return [m.groups() for m in re.finditer(r"\[eval\] (\w+): (.*?) \(\d+ clips", log)]
+
+
+def test_multihost_eval_same_numbers_on_every_host(pod, pod_run, reference):
+    """The periodic eval on 2 hosts: embedded on the global mesh (FSDP-sharded params), every host gets the same
+    numbers; process 0 writes them."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    root, _ = pod
+    wd, _, _, (log0, log1) = pod_run
+    _, ref_log = reference
+    e0, e1, ref = _eval_lines(log0), _eval_lines(log1), _eval_lines(ref_log)
+    tasks = {"builtin_tones", "builtin_mix", "builtin_captions"}
+    assert len(e0) == 2 * len(tasks) and {t for t, _ in e0} == tasks, log0[-3000:]   # at steps 0 and STEPS
+    assert e0 == e1
+    # one process with 8 devices ran the same tasks (its numbers may differ in a near-tied rank: the FSDP
+    # reductions add in another order on another mesh)
+    assert [t for t, _ in ref] == [t for t, _ in e0]
+    assert f"eval step {STEPS} (" in log0 and "eval step" not in log1       # process 0 reports ...
+    tags = set()
+    for f in os.listdir(wd):
+        if f.startswith("events.out.tfevents"):
+            tags |= {v.tag for ev in EventFileLoader(str(wd / f)).Load() for v in ev.summary.value}
+    assert {"eval/builtin_tones/acc", "eval/builtin_mix/mAP"} <= tags, tags   # ... and writes them
 
 
 def _gone(pgid):
@@ -205,35 +235,44 @@ def _gone(pgid):
     return False
 
 
-def test_tpu_stop_leaves_no_process(pod, pod_run):
+def test_tpu_stop_preempts_leaves_no_process_and_relaunch_resumes_bit_exact(pod, pod_run):
+    """`stop` is a preemption: SIGTERM to every worker's run (as a host shutdown sends it), the trainer saves and
+    exits, nothing is left behind (a stale holder of the TPU included); a relaunch resumes bit for bit."""
     root, env = pod
-    wd = root / "wd_stop"
-    _launch(pod, wd, root / "c.json", extra="--config.total_steps=100000")
-    log0 = _worker_home(root, 0) / "clap_logs" / "train.log"
-    _wait(lambda: re.search(r" step \d+/100000", log0.read_text()), "training to start")
-    # a crashed run's leftover still holding the "TPU" (a stand-in device file)
+    _, full, _, _ = pod_run
+    wd = root / "wd_preempt"
+    _launch(pod, wd, root / "a.json", extra=AGREE_EVERY_STEP)
+    _wait(lambda: [s for s in _steps(wd) if s >= 4], "a first checkpoint")
+    # a crashed run's leftover still holding the "TPU" (a stand-in device file), and libtpu's lock file
     (root / "accel0").write_text("")
     stale = subprocess.Popen([sys.executable, "-c", f"f = open({str(root / 'accel0')!r}); import time; time.sleep(600)"],
                              start_new_session=True)
     (root / "libtpu_lockfile").write_text("")
     pgids = [int((_worker_home(root, w) / "clap_logs" / "train.pid").read_text()) for w in (0, 1)]
-    time.sleep(0.5)
+    time.sleep(0.3)
     try:
         out = _sh(["launch/tpu_pod.sh", "stop"], env, timeout=150).stdout
         assert "ending processes holding the TPU" in out, out
         assert stale.wait(timeout=10) is not None
         assert all(_gone(p) for p in pgids)
         assert not (root / "libtpu_lockfile").exists()
-        assert _exit_codes(root) == [0, 0]                  # SIGTERM first: the trainer saved and exited
-        assert _steps(wd)
-        status = _sh(["launch/tpu_pod.sh", "status"], env).stdout
-        assert "running" not in status, status
     finally:
         if stale.poll() is None:
             stale.kill()
         for p in pgids:
             if not _gone(p):
                 os.killpg(p, signal.SIGKILL)
+    assert _exit_codes(root) == [0, 0]                      # SIGTERM first: the trainer saved and exited
+    status = _sh(["launch/tpu_pod.sh", "status"], env).stdout
+    assert "worker 0: exited with code 0" in status and "worker 1: exited with code 0" in status, status
+    la, ma = _losses(root / "a.json")
+    assert ma["stopped"] == "preempted" and _steps(wd)[-1] == ma["end_step"] < STEPS, ma
+    assert all(la[s] == full[s] for s in la)
+    _launch(pod, wd, root / "b.json")                     # relaunch: resumes from the SIGTERM checkpoint
+    assert _wait_exit(root) == [0, 0]
+    lb, mb = _losses(root / "b.json")
+    assert mb["start_step"] == ma["end_step"] and mb["end_step"] == STEPS
+    assert all(lb[s] == full[s] for s in lb), {s: (lb[s], full[s]) for s in lb}   # bit for bit
 
 
 def test_tpu_multislice_commands(pod):
@@ -257,7 +296,7 @@ def test_tpu_multislice_commands(pod):
 
 def test_resume_on_other_process_count(pod_run, tmp_path):
     """A run saved by 2 processes x 4 devices continues on 1 process x 8 devices."""
-    wd0, full, _ = pod_run
+    wd0, full, _, _ = pod_run
     wd = tmp_path / "wd"
     shutil.copytree(wd0, wd)
     env = _env(tmp_path, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
@@ -293,7 +332,7 @@ def test_saved_state_fits_other_worker_count():
 # ------------------------------------------------------------------------------------------------- SLURM
 
 def test_slurm_all_local_devices_and_requeue_resumes_bit_exact(pod_run, tmp_path):
-    _, full, _ = pod_run
+    _, full, _, _ = pod_run
     wd, out = tmp_path / "wd", tmp_path / "l.json"
     env = _env(tmp_path, PLATFORMS="cpu", STANDIN_DEVICES=4, ENTRY="tests/_train_runner.py", CONFIG=CONFIG,
                WORKDIR=wd, EXTRA=f"{EXTRA} --losses_out={out} {AGREE_EVERY_STEP}", LOG_DIR=tmp_path / "logs",
