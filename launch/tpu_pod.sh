@@ -91,15 +91,29 @@ on_all() {  # on_all COMMAND: run a shell command on every worker of every node,
   return $status
 }
 
-on_each() {  # on_each FUNCTION: FUNCTION NODE SLICE WORKER prints the command for that worker; run them in order
-  local node s=0 n w
+on_each() {  # on_each FUNCTION: FUNCTION NODE SLICE WORKER prints the command for that worker; all run in
+  # parallel (a big pod's workers must all start within jax.distributed's timeout), outputs shown in worker order
+  local node s=0 n w i=0 pids=() status=0 out
+  out=$(mktemp -d)
   for node in $(nodes); do
     n=$(num_workers "$node")
     for ((w = 0; w < n; w++)); do
-      run "${G[@]}" tpu-vm ssh "$node" "${LOC[@]}" --worker="$w" --command "$("$1" "$node" "$s" "$w")"
+      run "${G[@]}" tpu-vm ssh "$node" "${LOC[@]}" --worker="$w" --command "$("$1" "$node" "$s" "$w")" \
+        > "$out/$i" 2>&1 &
+      pids+=($!); i=$((i + 1))
     done
     s=$((s + 1))
   done
+  for ((w = 0; w < i; w++)); do
+    wait "${pids[$w]}" || status=1
+    cat "$out/$w"
+  done
+  rm -rf "$out"
+  return $status
+}
+
+label() {  # a worker's name in outputs: its index, "slice/index" with several slices
+  if [[ "$NUM_SLICES" -gt 1 ]]; then echo "$1/$2"; else echo "$2"; fi
 }
 
 worker_cmd() {  # worker_cmd ARGS...: the remote worker script with its settings
@@ -152,18 +166,18 @@ case "$cmd" in
     read -r -a extra <<< "$EXTRA"
     read -r -a entry <<< "$ENTRY"
     launch_one() {
-      worker_cmd start "$3" "${entry[@]}" --config "$CONFIG" --workdir "$WORKDIR" --distributed=force \
+      worker_cmd start "$(label "$2" "$3")" "${entry[@]}" --config "$CONFIG" --workdir "$WORKDIR" --distributed=force \
         "${dcn[@]}" "${extra[@]}"
     }
     on_each launch_one
     echo "started; watch: bash $0 status | bash $0 logs"
     ;;
-  status) on_each_status() { worker_cmd status "$3"; }; on_each on_each_status ;;
+  status) status_one() { worker_cmd status "$(label "$2" "$3")"; }; on_each status_one ;;
   logs)
     if [[ "${FOLLOW:-0}" == "1" ]]; then
       run "${G[@]}" tpu-vm ssh "$(nodes | head -1)" "${LOC[@]}" --worker=0 --command "$(worker_cmd follow 0)"
     else
-      logs_one() { worker_cmd logs "$3" "$LINES"; }; on_each logs_one
+      logs_one() { worker_cmd logs "$(label "$2" "$3")" "$LINES"; }; on_each logs_one
     fi
     ;;
   stop) on_all "$(worker_cmd stop "$GRACE")" ;;
