@@ -20,6 +20,7 @@
 #   PLATFORMS  JAX_PLATFORMS (default cuda)
 #   LOG_DIR    log and pid files (default logs/ under this checkout); RUN: their name (default train)
 #   GRACE      seconds `stop` waits for the save before SIGKILL (default 300)
+#   DRY_RUN=1  print the command instead of running it
 set -euo pipefail
 cmd="${1:-run}"
 cd "$(dirname "$0")/.."
@@ -31,7 +32,6 @@ LOG_DIR="${LOG_DIR:-$PWD/logs}"
 RUN="${RUN:-train}"
 GRACE="${GRACE:-300}"
 LOG="$LOG_DIR/$RUN.log" PIDF="$LOG_DIR/$RUN.pid"
-mkdir -p "$LOG_DIR"
 alive() { [[ -f "$PIDF" ]] && kill -0 "$(cat "$PIDF")" 2> /dev/null; }
 program() {
   : "${WORKDIR:?set WORKDIR}"
@@ -40,6 +40,8 @@ program() {
   export JAX_PLATFORMS="${PLATFORMS:-cuda}" PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
   prog=("$PYTHON" "${entry[@]}" --config "$CONFIG" --workdir "$WORKDIR" --distributed=none "${extra[@]}")
+  if [[ "${DRY_RUN:-0}" == "1" ]]; then echo "JAX_PLATFORMS=$JAX_PLATFORMS $(printf '%q ' "${prog[@]}")"; exit 0; fi
+  mkdir -p "$LOG_DIR"
   echo "=== $(date -u +%FT%TZ) $(hostname): ${prog[*]}" >> "$LOG"
 }
 case "$cmd" in

@@ -41,7 +41,8 @@
 set -euo pipefail
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 cmd="${1:-}"
-[[ -z "$cmd" || "$cmd" == "-h" || "$cmd" == "--help" ]] && { usage; exit 0; }
+[[ "$cmd" == "-h" || "$cmd" == "--help" ]] && { usage; exit 0; }
+[[ -z "$cmd" ]] && { usage >&2; exit 2; }
 shift
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
 NUM_SLICES="${NUM_SLICES:-1}"

@@ -401,3 +401,34 @@ def test_real_pipeline_resumes_with_another_process_count(tmp_path, monkeypatch)
     assert second["start_step"] == 2 and sorted(second["losses"]) == [3]
     assert all(np.isfinite(v) for v in second["losses"].values()) and first["end_step"] == 2
     assert 3 in _steps(wd) and (wd / "checkpoints" / "3" / "data" / "process_0-of-1.json").exists()
+
+
+def test_slurm_task_initialises_on_all_its_gpus(monkeypatch):
+    """One task per node: no local_device_ids (every GPU the task sees), not JAX's SLURM default of GPU
+    SLURM_LOCALID; several tasks per node that all see every GPU: GPU SLURM_LOCALID."""
+    from clap_jax.train import distributed
+
+    called = []
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda *a, **k: called.append((a, k)))
+    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "JAX_LOCAL_DEVICE_IDS",
+              "CUDA_VISIBLE_DEVICES", "JAX_COORDINATOR_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    slurm = dict(SLURM_JOB_ID="4242", SLURM_NTASKS="2", SLURM_PROCID="1", SLURM_LOCALID="0",
+                 SLURM_NTASKS_PER_NODE="1", SLURM_STEP_NODELIST="gpu[07-08]", CUDA_VISIBLE_DEVICES="0,1,2,3")
+    for k, v in slurm.items():
+        monkeypatch.setenv(k, v)
+    distributed.init_distributed(mode="auto")
+    # coordinator: the first node, port 61440 + job id % 4096 (the same on every task)
+    assert called[-1] == (("gpu07:61586",), dict(num_processes=2, process_id=1,
+                                                 cluster_detection_method="deactivate"))
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
+    monkeypatch.setenv("SLURM_LOCALID", "3")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    distributed.init_distributed(mode="auto")
+    assert called[-1] == ((), dict(local_device_ids=[3]))
+    # a launcher's explicit settings (no cluster manager)
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.2:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+    monkeypatch.setenv("JAX_PROCESS_ID", "2")
+    distributed.init_distributed(mode="auto")
+    assert called[-1] == (("10.0.0.2:1234",), dict(num_processes=4, process_id=2))

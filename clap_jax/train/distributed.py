@@ -36,7 +36,7 @@ def init_distributed(coordinator: str | None = None, num_processes: int | None =
         return
     multi_tpu = "," in env.get("TPU_WORKER_HOSTNAMES", "")
     slurm = int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env
-    if slurm and "JAX_COORDINATOR_ADDRESS" not in env:
+    if slurm and "SLURM_PROCID" in env and "JAX_COORDINATOR_ADDRESS" not in env:  # a task of an srun step
         ids = slurm_local_device_ids(env)
         log.warning("SLURM task %s of %s on %s: local devices %s", env.get("SLURM_PROCID"), env.get("SLURM_NTASKS"),
                     env.get("SLURMD_NODENAME", "?"), "all visible" if ids is None else ids)
