@@ -99,12 +99,12 @@ def _wait(cond, what, timeout=150):
 # ------------------------------------------------------------------------------------------- reference run
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, eval_root):
+def reference(tmp_path_factory):
     """launch/multi_gpu_host.sh: one process driving all 8 local devices (CPU devices standing in for GPUs)."""
     d = tmp_path_factory.mktemp("ref")
     env = _env(d, PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8", LOG_DIR=d,
-               ENTRY=EVAL_ENTRY, CONFIG=CONFIG, WORKDIR=d / "wd",
-               EXTRA=f"{EXTRA} --losses_out={d / 'losses.json'} {_eval_flags(eval_root)}")
+               ENTRY="tests/_train_runner.py", CONFIG=CONFIG, WORKDIR=d / "wd",
+               EXTRA=f"{EXTRA} --losses_out={d / 'losses.json'}")
     _sh(["launch/multi_gpu_host.sh", "run"], env, timeout=180)
     log = (d / "train.log").read_text()
     assert "processes 1, devices 8 (8 local)" in log
@@ -148,7 +148,7 @@ def _wait_exit(root, timeout=180):
 
 
 @pytest.fixture(scope="module")
-def pod_run(pod, reference, eval_root):
+def pod_run(pod, eval_root):
     """An uninterrupted 2 x 4 run through the launcher, with periodic evals: the bit-exact reference of the
     resumes below."""
     root, env = pod
@@ -204,21 +204,17 @@ def _eval_lines(log):
     return [m.groups() for m in re.finditer(r"\[eval\] (\w+): (.*?) \(\d+ clips", log)]
 
 
-def test_multihost_eval_same_numbers_on_every_host(pod, pod_run, reference):
+def test_multihost_eval_same_numbers_on_every_host(pod, pod_run):
     """The periodic eval on 2 hosts: embedded on the global mesh (FSDP-sharded params), every host gets the same
     numbers; process 0 writes them."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     root, _ = pod
     wd, _, _, (log0, log1) = pod_run
-    _, ref_log = reference
-    e0, e1, ref = _eval_lines(log0), _eval_lines(log1), _eval_lines(ref_log)
+    e0, e1 = _eval_lines(log0), _eval_lines(log1)
     tasks = {"builtin_tones", "builtin_mix", "builtin_captions"}
     assert len(e0) == 2 * len(tasks) and {t for t, _ in e0} == tasks, log0[-3000:]   # at steps 0 and STEPS
     assert e0 == e1
-    # one process with 8 devices ran the same tasks (its numbers may differ in a near-tied rank: the FSDP
-    # reductions add in another order on another mesh)
-    assert [t for t, _ in ref] == [t for t, _ in e0]
     assert f"eval step {STEPS} (" in log0 and "eval step" not in log1       # process 0 reports ...
     tags = set()
     for f in os.listdir(wd):
