@@ -24,8 +24,12 @@ TORCH = ["torch==2.13.0"]  # always pin: an unpinned torch pulls a multi-GB CUDA
 # libtpu: the TPU compiler, for deviceless compiles of the train step (clap_jax.train.compile and its tests); pinned
 # to the release jax[tpu]==0.10.2 resolves. It needs no TPU, and jax still defaults to CPU under JAX_PLATFORMS=cpu.
 TPU = ["libtpu==0.0.42.1"]
-TEST = TORCH + TPU + ["pytest>=8", "pyyaml", "scikit-learn", "pycocoevalcap==1.2"]  # CIDEr-D cross-check
+# Accelerator builds of jax, pinned to the release this package is tested with (launch/tpu_vm_setup.sh,
+# scripts/setup_gpu.sh): the TPU VM runtime, and CUDA 12 wheels (the driver comes with the host).
 CLOUD = ["gcsfs>=2024.6", "s3fs>=2024.6"]  # gs:// and s3:// paths (fsspec); checkpoints go through tensorstore
+TPU_VM = ["jax[tpu]==0.10.2"] + CLOUD  # TPU VMs read data and write runs in buckets
+GPU = ["jax[cuda12]==0.10.2"] + CLOUD
+TEST = TORCH + TPU + ["pytest>=8", "pyyaml", "scikit-learn", "pycocoevalcap==1.2"]  # CIDEr-D cross-check
 TEST += CLOUD + ["gcp-storage-emulator>=2024.8", "moto[server]>=5.0"]  # GCS and S3 servers on loopback (tests)
 
 setup(
@@ -35,5 +39,5 @@ setup(
     packages=find_packages(include=["clap_jax", "clap_jax.*"]),
     python_requires=">=3.11",
     install_requires=CORE,
-    extras_require={"torch": TORCH, "tpu": TPU, "cloud": CLOUD, "test": TEST},
+    extras_require={"torch": TORCH, "tpu": TPU, "cloud": CLOUD, "test": TEST, "tpuvm": TPU_VM, "gpu": GPU},
 )

@@ -44,13 +44,14 @@ def test_random_batches_state_roundtrip_and_determinism():
 @pytest.mark.parametrize("script,env,expect", [
     ("local_multiprocess.sh", {"NUM_PROCESSES": "3"}, ["--process_id=2", "--num_processes=3",
                                                        "xla_force_host_platform_device_count=4"]),
-    ("tpu_pod.sh", {"TPU_NAME": "pod", "ZONE": "z", "WORKDIR": "gs://b/r"}, ["--worker=all", "gs://b/r"]),
+    ("tpu_pod.sh", {"TPU_NAME": "pod", "ZONE": "z", "WORKDIR": "gs://b/r", "DRY_RUN_WORKERS": "2"},
+     ["--worker=1", "gs://b/r", "--distributed=force"]),
     ("slurm_gpu.sbatch", {"WORKDIR": "/w"}, ["srun", "--distributed=auto", "/w"]),
-    ("multi_gpu_host.sh", {"HOSTS": "h0 h1", "WORKDIR": "/w"}, ["--coordinator_address=h0:12355",
-                                                                 "--process_id=1"]),
+    ("multi_gpu_host.sh", {"WORKDIR": "/w"}, ["JAX_PLATFORMS=cuda", "--distributed=none", "/w"]),
 ])
 def test_launch_scripts_dry_run(script, env, expect):
-    out = subprocess.run(["bash", os.path.join(ROOT, "launch", script), "--config", "configs/tiny.py"],
+    args = {"tpu_pod.sh": ["launch"], "multi_gpu_host.sh": ["run"]}.get(script, ["--config", "configs/tiny.py"])
+    out = subprocess.run(["bash", os.path.join(ROOT, "launch", script), *args],
                          env=dict(os.environ, DRY_RUN="1", **env), capture_output=True, text=True, check=True).stdout
     for e in expect:
         assert e in out, (e, out)

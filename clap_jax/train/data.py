@@ -7,6 +7,7 @@ audio as stored (int16, half the bytes); `Prefetcher` turns it into the model's 
 """
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -21,6 +22,7 @@ from clap_jax.train import sharding as shd
 from clap_jax.train.random_batches import RandomBatches
 
 BATCH_KEYS = ("audio", "input_ids", "attention_mask")  # what the train step takes; pipelines may carry more
+log = logging.getLogger("clap_jax.train")
 
 
 def num_workers(config, saved: int | None = None) -> int:
@@ -48,14 +50,56 @@ def make_real_pipeline(config, mesh, saved_workers: int | None = None) -> Iterat
         max_consecutive_bad=dc.max_consecutive_bad_records, audio_dtype="int16")
 
 
-def make_data_iterator(config, mesh, saved_workers: int | None = None) -> Iterator[dict]:
+def make_data_iterator(config, mesh, saved_workers: int | None = None, seed: int | None = None) -> Iterator[dict]:
     """The iterator `config.data.kind` names: 'random' (tests, benchmarks) or 'tfrecord' (the real pipeline;
-    `saved_workers`: the worker count of the state it will be restored from, if any)."""
+    `saved_workers`: the worker count of the state it will be restored from, if any; `seed`: replaces
+    config.data.seed)."""
+    if seed is not None:
+        config = config.copy_and_resolve_references()
+        config.data.seed = seed
     if config.data.kind == "random":
         return RandomBatches(batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
                              text_len=config.model.text.max_length, num_classes=config.data.num_classes,
                              seed=config.data.seed, sharding=shd.batch_sharding(mesh))
     return make_real_pipeline(config, mesh, saved_workers)
+
+
+# ------------------------------------------------------------------------------------------ elastic resume
+
+def saved_state_fits(config, saved) -> tuple[bool, str]:
+    """Whether this process can restore the data-iterator state `saved` (this process's file of a checkpoint,
+    None when the checkpoint has none for it), and why not. It cannot when the run was saved with another
+    number of processes (no file of this process's name) or, for the real pipeline, another explicit
+    `data.num_workers` (Grain's state is per worker)."""
+    if saved is None:
+        return False, (f"the checkpoint holds none for process {jax.process_index()} of {jax.process_count()}: "
+                       f"it was saved by a different number of processes")
+    if config.data.kind != "random" and isinstance(saved, dict) and "worker_count" in saved:
+        want = num_workers(config, saved["worker_count"])
+        if want != saved["worker_count"]:
+            return False, f"it was saved with {saved['worker_count']} data workers, this run has {want}"
+    return True, ""
+
+
+def elastic_data_iterator(config, mesh, step: int, reason: str) -> Iterator[dict]:
+    """A data iterator for a resume at `step` whose saved iterator state cannot be restored (`reason`): the
+    position is re-derived from the step. The random batches continue exactly (batch k is a function of the
+    seed and k); the real pipeline starts a new shuffle from a seed derived from (data.seed, step), so no
+    record order of the first run is replayed, but the sample order differs from an uninterrupted run."""
+    log.warning("resuming at step %d without the saved data-iterator state (%s): the iterator is re-derived from "
+                "the step, and the sample order differs from that of an uninterrupted run", step, reason)
+    if config.data.kind == "random":
+        it = make_data_iterator(config, mesh)
+        it.set_state({"index": step, "seed": config.data.seed})
+        return it
+    return make_data_iterator(config, mesh, seed=derived_seed(config.data.seed, step))
+
+
+def derived_seed(seed: int, step: int) -> int:
+    """The real pipeline's seed after an elastic resume at `step` (31 bits, reproducible)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(step), 0x5E5]).generate_state(1)[0] >> 1)
 
 
 @jax.jit

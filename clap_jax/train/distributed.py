@@ -1,7 +1,9 @@
 """The trainer's processes: joining the other hosts (jax.distributed), and stopping together on SIGTERM."""
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
 import time
 
@@ -9,21 +11,67 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+log = logging.getLogger("clap_jax.train")
+
 
 def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
                      process_id: int | None = None, mode: str = "auto") -> None:
-    """One process per host. Explicit coordinator flags win; else TPU pods and SLURM are detected from the
-    environment and `jax.distributed.initialize()` finds its peers; else single process."""
+    """One process per host (or per GPU). Explicit coordinator flags win, then the environment variables
+    JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID; else TPU pods and SLURM are detected from the
+    environment and `jax.distributed.initialize()` finds its peers; else single process.
+
+    Under SLURM each process drives the GPUs its task sees (`slurm_local_device_ids`), not only GPU
+    `SLURM_LOCALID` (JAX's own SLURM default, right only for one task per GPU on a node whose tasks all see
+    every GPU)."""
     if coordinator:
         jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
         return
     if mode == "none":
         return
     env = os.environ
+    if env.get("JAX_COORDINATOR_ADDRESS") and env.get("JAX_NUM_PROCESSES") and env.get("JAX_PROCESS_ID"):
+        # a launcher without a cluster manager JAX detects (ssh loops, the launcher tests' stand-ins)
+        jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], num_processes=int(env["JAX_NUM_PROCESSES"]),
+                                   process_id=int(env["JAX_PROCESS_ID"]))
+        return
     multi_tpu = "," in env.get("TPU_WORKER_HOSTNAMES", "")
     slurm = int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env
+    if slurm and "SLURM_PROCID" in env and "JAX_COORDINATOR_ADDRESS" not in env:  # a task of an srun step
+        ids = slurm_local_device_ids(env)
+        log.warning("SLURM task %s of %s on %s: local devices %s", env.get("SLURM_PROCID"), env.get("SLURM_NTASKS"),
+                    env.get("SLURMD_NODENAME", "?"), "all visible" if ids is None else ids)
+        if ids is None:  # every device the task sees: no cluster detection, which would pick one GPU
+            jax.distributed.initialize(slurm_coordinator(env), num_processes=int(env["SLURM_NTASKS"]),
+                                       process_id=int(env["SLURM_PROCID"]), cluster_detection_method="deactivate")
+        else:
+            jax.distributed.initialize(local_device_ids=ids)
+        return
     if mode == "force" or multi_tpu or slurm or "JAX_COORDINATOR_ADDRESS" in env:
         jax.distributed.initialize()
+
+
+def slurm_local_device_ids(env) -> list[int] | None:
+    """The local device ids of this SLURM task, None for all it sees: all when SLURM restricted the task's GPUs
+    (CUDA_VISIBLE_DEVICES set: the task sees only its own) or when the node runs one task; else (several tasks
+    per node, each seeing every GPU) GPU number SLURM_LOCALID. JAX_LOCAL_DEVICE_IDS overrides."""
+    if env.get("JAX_LOCAL_DEVICE_IDS"):
+        return [int(x) for x in env["JAX_LOCAL_DEVICE_IDS"].split(",")]
+    per_node = env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]  # e.g. "2(x3)"
+    if env.get("CUDA_VISIBLE_DEVICES") or per_node in ("", "1"):
+        return None
+    return [int(env.get("SLURM_LOCALID", "0"))]
+
+
+def slurm_coordinator(env) -> str:
+    """host:port of SLURM task 0: the first host of SLURM_STEP_NODELIST (or SLURM_JOB_NODELIST), a port derived
+    from the job id (JAX_COORDINATOR_PORT overrides): the address every task computes alike."""
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "localhost"
+    first = re.split(r",(?![^\[]*\])", nodes)[0]  # 'node[001-004,007],gpu9' -> 'node[001-004,007]'
+    if "[" in first:
+        prefix, rng = first.split("[", 1)
+        first = prefix + re.split(r"[,\-\]]", rng)[0]
+    port = env.get("JAX_COORDINATOR_PORT") or str(int(env.get("SLURM_JOB_ID", "0")) % 4096 + 61440)
+    return f"{first}:{port}"
 
 
 class Preemption:

@@ -176,10 +176,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     mngr = _checkpoint_manager(config, workdir)
     latest = mngr.latest_step() if mngr is not None else None
     own_iter = data_iter is None
+    restore_data = True
     if own_iter:  # auto worker count: the one the checkpoint's iterator state was made with, if resuming
         saved = ckpt_lib.saved_data_state(mngr, latest) if latest is not None else None
-        data_iter = data_lib.make_data_iterator(
-            config, mesh, saved_workers=saved.get("worker_count") if isinstance(saved, dict) else None)
+        fits, why = data_lib.saved_state_fits(config, saved) if latest is not None else (True, "")
+        if fits:
+            data_iter = data_lib.make_data_iterator(
+                config, mesh, saved_workers=saved.get("worker_count") if isinstance(saved, dict) else None)
+        else:  # elastic resume: another number of hosts or data workers
+            data_iter = data_lib.elastic_data_iterator(config, mesh, latest, why)
+            restore_data = False
 
     # ---------------------------------------------------------------------------------------- model & optimizer
     model = model if model is not None else state_lib.make_model(config)
@@ -196,7 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
 
     # ---------------------------------------------------------------------------------------- checkpoint load
     if latest is not None:
-        state = _restore(mngr, latest, abstract_state, data_iter, workdir)
+        state = _restore(mngr, latest, abstract_state, data_iter if restore_data else None, workdir)
         log.info("resumed from %s at step %d", workdir, latest)
     else:
         state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(config.seed))
