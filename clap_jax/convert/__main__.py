@@ -19,9 +19,9 @@ import sys
 import jax
 
 from clap_jax.convert.checkpoint import load_checkpoint, save_checkpoint
-from clap_jax.convert.formats import load_weights
+from clap_jax.convert.formats import for_family, for_file, load_weights
 from clap_jax.convert.hf_gpt2 import load_hf_gpt2, with_text_tower
-from clap_jax.convert.msclap import check_export_path, load_msclap_checkpoint, save_msclap
+from clap_jax.convert.msclap import check_export_path
 from clap_jax.errors import run_cli
 from clap_jax.models import registry
 
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     a.add_argument("src", help="msclap .pth or .safetensors file")
     a.add_argument("dst", help="checkpoint directory to write (new, empty, or an earlier clap_jax checkpoint)")
     a.add_argument("--n-head", type=int, default=None,
-                   help="GPT-2 heads, for a file that does not store its architecture and is not msclap's 2023 "
+                   help="GPT-2 (2023) / BERT (2022) heads, for a file that does not store its architecture and is not msclap's 2023 "
                         "model (whose 12 heads are known)")
     b = sub.add_parser("jax-to-msclap", help="clap_jax checkpoint or training workdir -> msclap .pth (+ .safetensors)")
     b.add_argument("src", help="clap_jax checkpoint directory or training workdir")
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     if args.cmd == "msclap-to-jax":
-        variables, cfg = load_msclap_checkpoint(args.src, n_head=args.n_head)
+        variables, cfg = for_file(args.src).load(args.src, None, n_head=args.n_head)   # 2023 or 2022, by content
         save_checkpoint(args.dst, variables, cfg, overwrite=args.overwrite)
         n = sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
         print(f"wrote {args.dst} (clap_jax checkpoint, {n / 1e6:.1f} M params)")
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
             check_export_path(out, args.overwrite)
         variables, cfg = load_weights(args.src)
         for out in outs:
-            save_msclap(variables, cfg, out, overwrite=args.overwrite)
+            for_family(cfg.get("family", "msclap-2023")).save(variables, cfg, out, overwrite=args.overwrite)
             print(f"wrote {out}")
     else:
         if args.base:
