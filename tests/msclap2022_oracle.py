@@ -47,6 +47,11 @@ def build_msclap_2022(cfg, seed: int = 0):
     # statistics, logit scale), so that a mapping slip anywhere shows in the outputs.
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
+        for m in base.modules():   # PANNs-like scale, so that the input, not the biases, drives the output
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=g)
+            elif isinstance(m, torch.nn.Linear):
+                torch.nn.init.xavier_uniform_(m.weight, generator=g)
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name.lower() or ".bn" in name:
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
