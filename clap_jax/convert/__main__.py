@@ -20,6 +20,7 @@ import jax
 
 from clap_jax.convert.checkpoint import load_checkpoint, save_checkpoint
 from clap_jax.convert.formats import for_family, for_file, load_weights
+from clap_jax.convert.formats import get as get_format
 from clap_jax.convert.hf_gpt2 import load_hf_gpt2, with_text_tower
 from clap_jax.convert.msclap import check_export_path
 from clap_jax.errors import run_cli
@@ -50,7 +51,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     if args.cmd == "msclap-to-jax":
-        variables, cfg = for_file(args.src).load(args.src, None, n_head=args.n_head)   # 2023 or 2022, by content
+        # msclap 2023 or 2022, told by the file's content; anything else gets the msclap loader's own message
+        fmt = for_file(args.src) if os.path.isfile(args.src) else get_format("msclap")
+        variables, cfg = fmt.load(args.src, None, n_head=args.n_head)
         save_checkpoint(args.dst, variables, cfg, overwrite=args.overwrite)
         n = sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
         print(f"wrote {args.dst} (clap_jax checkpoint, {n / 1e6:.1f} M params)")
