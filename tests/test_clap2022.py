@@ -270,3 +270,52 @@ def test_eval_cli_picks_the_family_from_the_file(cfg, oracle, vocab, tmp_path):
     text = json.dumps(res)
     assert "tones" in text and "captions" in text
     assert '"duration": 5.0' in text.replace(" ", "").replace('"duration":5.0', '"duration": 5.0')
+
+
+def test_hf_bert_into_the_text_tower(cfg, tmp_path):
+    """A HF BertForMaskedLM directory ('bert.' prefix, 'cls.' head, no pooler) -> our BERT = HF's hidden states."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from clap_jax.convert.__main__ import main
+    from clap_jax.convert.hf_bert import load_hf_bert
+    from clap_jax.models.bert import Bert
+
+    t = cfg.text
+    torch.manual_seed(0)
+    hf = BertForMaskedLM(BertConfig(vocab_size=t.vocab_size, hidden_size=t.hidden_size, num_hidden_layers=t.num_layers,
+                                    num_attention_heads=t.num_heads, intermediate_size=t.intermediate_size,
+                                    max_position_embeddings=t.max_position_embeddings)).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name:
+                p.add_(0.1 * torch.randn(p.shape))
+    hf.save_pretrained(str(tmp_path / "hf"))
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, t.vocab_size, (2, 12))
+    mask = np.ones_like(ids)
+    mask[1, 7:] = 0
+    with torch.no_grad():
+        ref = hf.bert(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))[0].numpy()
+    base = jax.device_get(registry.init_variables(cfg, 0))["params"]["caption_encoder"]["base"]
+    params, tcfg = load_hf_bert(str(tmp_path / "hf"), base_params=base)
+    assert tcfg.num_layers == t.num_layers and tcfg.hidden_size == t.hidden_size
+    hidden, _ = Bert(tcfg).apply({"params": params}, ids, mask)
+    keep = mask.astype(bool)
+    assert rel_err(np.asarray(hidden)[keep], ref[keep]) < 1e-4
+    # the CLI writes a msclap-2022 checkpoint whose text tower is HF's, the rest from --base
+    from clap_jax.convert import save_checkpoint
+
+    full = jax.device_get(registry.init_variables(cfg, 0))
+    save_checkpoint(str(tmp_path / "base"), full, cfg)
+    assert main(["hf-bert", str(tmp_path / "hf"), str(tmp_path / "ck"), "--base", str(tmp_path / "base")]) == 0
+    v, c = load_weights(str(tmp_path / "ck"))
+    assert c.to_dict() == cfg.to_dict()
+    np.testing.assert_array_equal(v["params"]["audio_encoder"]["projection"]["linear1"]["kernel"],
+                                  full["params"]["audio_encoder"]["projection"]["linear1"]["kernel"])
+    np.testing.assert_array_equal(v["params"]["caption_encoder"]["base"]["embeddings"]["word_embeddings"]["embedding"],
+                                  hf.bert.embeddings.word_embeddings.weight.detach().numpy())
+    # a wrong size is refused, naming the keys
+    t2 = t.copy_and_resolve_references()
+    t2.num_layers = t.num_layers + 1
+    with pytest.raises(CheckpointError, match=f"encoder.layer.{t.num_layers}"):
+        load_hf_bert(str(tmp_path / "hf"), t2, base_params=base)
