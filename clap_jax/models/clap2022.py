@@ -188,6 +188,26 @@ class CLAP2022(nn.Module):
         return audio, text, self.logit_scale
 
 
+def train_flops(config: ml_collections.ConfigDict, samples: int) -> float:
+    """Analytic FLOPs of one training example (2 per multiply-add; convolutions, matmuls and attention only):
+    the front end once (STFT + mel, no gradient), 3 x the forward of CNN14, BERT and both projections."""
+    a, t, dp = config.audio, config.text, config.d_proj
+    frames = samples // a.hop_size + 1
+    n_freq = a.n_fft // 2 + 1
+    front = 2 * frames * a.n_fft * n_freq * 2 + 2 * frames * n_freq * a.mel_bins
+    cnn, tt, ff, cin = 0.0, frames, a.mel_bins, 1
+    for i, ch in enumerate(a.channels):
+        cnn += 2 * tt * ff * 9 * (cin * ch + ch * ch)
+        cin = ch
+        if i < len(a.channels) - 1:
+            tt, ff = tt // 2, ff // 2
+    cnn += 2 * (cin * a.out_emb + a.out_emb * a.num_classes)
+    h, L, s = t.hidden_size, t.num_layers, t.max_length
+    bert = s * L * (2 * (4 * h * h + 2 * h * t.intermediate_size) + 4 * s * h)
+    proj = 2 * (a.out_emb * dp + dp * dp) + 2 * (h * dp + dp * dp)
+    return float(front + 3.0 * (cnn + bert + proj))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Registration
 # ----------------------------------------------------------------------------------------------------------------
@@ -206,4 +226,5 @@ def _tokenizer(config: ml_collections.ConfigDict, source: str | None = None):
 registry.register(registry.Family(
     name=FAMILY,
     configs={"msclap-2022": clap_2022, "msclap-2022-tiny": tiny_2022},
-    build=CLAP2022, tokenizer=_tokenizer, example_inputs=_example_inputs, validate=validate))
+    build=CLAP2022, tokenizer=_tokenizer, example_inputs=_example_inputs, validate=validate,
+    train_flops=train_flops))

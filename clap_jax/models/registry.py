@@ -41,6 +41,9 @@ class Family:
     example_inputs: Callable[[ml_collections.ConfigDict, int], tuple]
     # config -> None, raising ValueError naming the field; None: the msclap-2023 checks (clap_jax.models.config)
     validate: Callable[[ml_collections.ConfigDict], None] | None = None
+    # (config, samples per clip) -> analytic FLOPs of one training example (3 x forward + front end), for MFU;
+    # None: the msclap-2023 count (clap_jax.train.flops)
+    train_flops: Callable[[ml_collections.ConfigDict, int], float] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}
