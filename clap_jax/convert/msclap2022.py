@@ -42,7 +42,8 @@ from clap_jax.models import registry
 FAMILY = clap2022.FAMILY
 MARKER_KEY = "audio_encoder.base.conv_block1.conv1.weight"
 
-_DERIVED_BUFFER = re.compile(r"(\.num_batches_tracked|caption_encoder\.base\.embeddings\.(position_ids|token_type_ids))$")
+_DERIVED_BUFFER = re.compile(
+    r"(\.num_batches_tracked|caption_encoder\.base\.embeddings\.(position_ids|token_type_ids))$")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -139,7 +140,8 @@ def infer_config(sd: dict[str, np.ndarray], n_head: int | None = None,
     a, t = cfg.audio, cfg.text
     b, e = "audio_encoder.base.", "caption_encoder.base."
     try:
-        blocks = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(re.escape(b) + r"conv_block(\d+)\.conv1\.weight", k)))
+        block_key = re.compile(re.escape(b) + r"conv_block(\d+)\.conv1\.weight")
+        blocks = sorted(int(m.group(1)) for k in sd if (m := block_key.fullmatch(k)))
         a.channels = tuple(int(sd[f"{b}conv_block{i}.conv1.weight"].shape[0]) for i in blocks)
         a.out_emb = int(sd[b + "fc1.weight"].shape[0])
         a.num_classes = int(sd[b + "fc_audioset.weight"].shape[0])
