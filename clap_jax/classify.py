@@ -32,6 +32,9 @@ def main(argv=None) -> int:
                    help="window of clips longer than the model's clip")
     p.add_argument("--channel-mode", default="mean", choices=list(CHANNEL_MODES))
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--tokenizer", default=None,
+                   help="text vocabulary: a directory / file / cached hub name (BERT's vocab.txt for msclap-2022 "
+                        "weights; GPT-2 BPE files for 2023, default bundled)")
     args = p.parse_args(argv)
 
     if args.labels is not None:
@@ -44,7 +47,7 @@ def main(argv=None) -> int:
     from clap_jax.audio.io import AudioError
     from clap_jax.inference import CLAP
 
-    clap = CLAP(args.weights, crop=args.crop, channel_mode=args.channel_mode)
+    clap = CLAP(args.weights, crop=args.crop, channel_mode=args.channel_mode, tokenizer=args.tokenizer)
     # Each file is decoded on its own so that one unreadable file costs only its own row.
     clips, good, failed = [], [], []
     for f in args.files:

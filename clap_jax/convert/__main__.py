@@ -4,6 +4,7 @@
   python -m clap_jax.convert jax-to-msclap ckpt/ exported.pth                   # + exported.safetensors twin
   python -m clap_jax.convert jax-to-msclap runs/demo/train exported.pth          # a training workdir's newest step
   python -m clap_jax.convert hf-gpt2 gpt2_dir/ ckpt_out/ [--base ckpt/]         # HF GPT-2 into the text tower
+  python -m clap_jax.convert hf-bert bert_dir/ ckpt_out/ [--base ckpt/]         # HF BERT into a 2022 text tower
 
 Nothing is deleted that clap_jax did not write: an existing destination is replaced only when it is an earlier
 output of clap_jax (a checkpoint directory holding only its two files, an export it wrote) or with --overwrite,
@@ -27,11 +28,13 @@ import tempfile
 import jax
 
 from clap_jax.convert.checkpoint import load_checkpoint, save_checkpoint
-from clap_jax.convert.formats import load_weights
+from clap_jax.convert.formats import for_family, for_file, load_weights
+from clap_jax.convert.formats import get as get_format
 from clap_jax.convert.hf_gpt2 import load_hf_gpt2, with_text_tower
-from clap_jax.convert.msclap import check_export_path, load_msclap_checkpoint, save_msclap
+from clap_jax.convert.msclap import check_export_path
 from clap_jax import files
 from clap_jax.convert.checkpoint import CONFIG_FILE, VARIABLES_FILE
+from clap_jax.convert.tree import CheckpointError
 from clap_jax.errors import UserError, run_cli
 from clap_jax.models import registry
 
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
     a.add_argument("src", help="msclap .pth or .safetensors file")
     a.add_argument("dst", help="checkpoint directory to write (new, empty, or an earlier clap_jax checkpoint)")
     a.add_argument("--n-head", type=int, default=None,
-                   help="GPT-2 heads, for a file that does not store its architecture and is not msclap's 2023 "
+                   help="GPT-2 (2023) / BERT (2022) heads, for a file that does not store its architecture and is not msclap's 2023 "
                         "model (whose 12 heads are known)")
     b = sub.add_parser("jax-to-msclap", help="clap_jax checkpoint or training workdir -> msclap .pth (+ .safetensors)")
     b.add_argument("src", help="clap_jax checkpoint directory or training workdir")
@@ -74,14 +77,21 @@ def main(argv=None) -> int:
     c.add_argument("src", help="HF GPT-2 directory (model.safetensors or pytorch_model.bin, config.json)")
     c.add_argument("dst", help="checkpoint directory to write")
     c.add_argument("--base", default=None, help="checkpoint to start from (default: fresh msclap-2023 init)")
-    for sp in (a, b, c):
+    d = sub.add_parser("hf-bert", help="put HF BERT weights (bert-base-uncased layout) into a msclap-2022 text tower")
+    d.add_argument("src", help="HF BERT directory (model.safetensors or pytorch_model.bin, config.json)")
+    d.add_argument("dst", help="checkpoint directory to write")
+    d.add_argument("--base", default=None, help="msclap-2022 weights to start from (default: fresh msclap-2022 "
+                                                "init, text tower sized by the HF config.json)")
+    for sp in (a, b, c, d):
         sp.add_argument("--overwrite", action="store_true",
                         help="write even where the destination exists and is not an earlier clap_jax output")
     args = p.parse_args(argv)
 
     if args.cmd == "msclap-to-jax":
+        # msclap 2023 or 2022, told by the file's content; anything else gets the msclap loader's own message
         with files.local_copy(args.src) as src:
-            variables, cfg = load_msclap_checkpoint(src, n_head=args.n_head)
+            fmt = for_file(src) if os.path.isfile(src) else get_format("msclap")
+            variables, cfg = fmt.load(src, None, n_head=args.n_head)
         with _output(args.dst, args.overwrite, is_dir=True) as dst:
             save_checkpoint(dst, variables, cfg, overwrite=args.overwrite)
         n = sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
@@ -99,8 +109,27 @@ def main(argv=None) -> int:
         variables, cfg = load_weights(args.src)
         for out in outs:
             with _output(out, True, is_dir=False) as local:
-                save_msclap(variables, cfg, local, overwrite=args.overwrite)
+                for_family(cfg.get("family", "msclap-2023")).save(variables, cfg, local, overwrite=args.overwrite)
             print(f"wrote {out}")
+    elif args.cmd == "hf-bert":
+        from clap_jax.convert.hf_bert import load_hf_bert, read_hf_bert, text_config_from_hf
+
+        if args.base:
+            variables, cfg = load_weights(args.base)
+            if cfg.get("family") != "msclap-2022":
+                raise CheckpointError(f"--base {args.base}: a {cfg.get('family')!r} model; HF BERT goes into the "
+                                      f"text tower of a msclap-2022 model")
+        with files.local_copy(args.src) as src:
+            if not args.base:
+                cfg = registry.model_config("msclap-2022")
+                cfg.text = text_config_from_hf(read_hf_bert(src)[1], cfg.text)
+                variables = jax.device_get(registry.init_variables(cfg, 0))
+            base_text = variables["params"]["caption_encoder"]["base"]
+            bert, _ = load_hf_bert(src, cfg.text, base_params=base_text)
+        params = dict(variables["params"], caption_encoder=dict(variables["params"]["caption_encoder"], base=bert))
+        with _output(args.dst, args.overwrite, is_dir=True) as dst:
+            save_checkpoint(dst, dict(variables, params=params), cfg, overwrite=args.overwrite)
+        print(f"wrote {args.dst} (text tower from {args.src})")
     else:
         if args.base:
             with files.local_copy(args.base) as base:

@@ -19,7 +19,7 @@ from clap_jax.convert import checkpoint, workdir
 from clap_jax.convert.tree import CheckpointError
 
 # Converter modules that register a format when imported.
-FORMAT_MODULES = ("clap_jax.convert.msclap",)
+FORMAT_MODULES = ("clap_jax.convert.msclap", "clap_jax.convert.msclap2022")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +62,23 @@ def for_file(path: str) -> WeightFormat:
     """The format of a weights file, by its ending (and its content where endings are shared)."""
     _load()
     cands = [f for f in _FORMATS.values() if path.endswith(f.suffixes)]
-    if len(cands) > 1:
-        cands = [f for f in cands if f.sniff is None or f.sniff(path)]
+    if len(cands) > 1:   # a format that recognises the file's content wins over one that only knows the ending
+        cands = [f for f in cands if f.sniff is not None and f.sniff(path)] or [f for f in cands if f.sniff is None]
     if not cands:
         known = ", ".join(f"{f.name} ({'/'.join(f.suffixes)})" for f in _FORMATS.values())
         raise CheckpointError(f"{path}: unknown weights format (expected a clap_jax checkpoint directory, a training "
                               f"workdir, or a file of a known format: {known})")
     return cands[0]
+
+
+def for_family(family: str) -> WeightFormat:
+    """The file format that holds `family`'s models (the one `jax-to-msclap` exports to)."""
+    _load()
+    for f in _FORMATS.values():
+        if f.family == family:
+            return f
+    raise CheckpointError(f"no file format holds model family {family!r} (known: "
+                          f"{', '.join(sorted(f.family for f in _FORMATS.values()))})")
 
 
 def load_weights(path: str, config: ml_collections.ConfigDict | None = None, **options):

@@ -55,8 +55,9 @@ def default_cache_dir() -> str:
     return os.environ.get("CLAP_JAX_EVAL_CACHE", str(Path.home() / ".cache" / "clap_jax" / "eval_embeddings"))
 
 
-def load_embedder(weights: str):
-    """The model behind --weights; imported lazily so the harness works (and tests run) without it."""
+def load_embedder(weights: str, tokenizer: str | None = None):
+    """The model behind --weights; imported lazily so the harness works (and tests run) without it. `tokenizer`:
+    the text vocabulary source (--tokenizer), for a family whose vocabulary the user supplies (msclap-2022)."""
     from clap_jax.eval.embed import weights_cache_id
 
     if weights == "random-hash":
@@ -71,7 +72,7 @@ def load_embedder(weights: str):
     from clap_jax.convert import CheckpointError
 
     try:
-        model = CLAP(weights=weights)
+        model = CLAP(weights=weights, tokenizer=tokenizer)
     except CheckpointError as e:   # its message starts with the path: say which argument it came from
         raise CheckpointError(f"--weights {e}") from e
     if not getattr(model, "cache_id", None):
@@ -122,6 +123,9 @@ def parser():
     ap.add_argument("--weights", action="append", help="checkpoint or msclap .pth; repeat to compare")
     ap.add_argument("--name", action="append", help="display name per --weights (default: file name)")
     ap.add_argument("--data-root", required=True)
+    ap.add_argument("--tokenizer", default=None,
+                    help="text vocabulary: a directory / file / cached hub name (BERT's vocab.txt for msclap-2022 "
+                         "weights; GPT-2 BPE files for 2023, default bundled)")
     ap.add_argument("--tasks", default="all", help="'all' or comma-separated task/reader names")
     ap.add_argument("--out", default="runs/eval")
     ap.add_argument("--config", help="JSON file: {prompts: {task: template}, options: {reader: {...}}, "
@@ -167,7 +171,8 @@ def main(argv=None) -> int:
                         ".pth/.safetensors (or use --list)")
     config = build_config(args)
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    embedders = [load_embedder(w) for w in args.weights]   # every --weights is checked before any compute
+    embedders = [load_embedder(w) if args.tokenizer is None else load_embedder(w, tokenizer=args.tokenizer)
+                 for w in args.weights]   # every --weights is checked before any compute
     runs = []
     for i, (w, embedder) in enumerate(zip(args.weights, embedders)):
         # A model is evaluated at the clip length and rate it was built for (HTSAT stretches every clip to one

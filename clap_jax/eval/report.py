@@ -63,7 +63,8 @@ def table_rows(results: list) -> list:
             errs = [r.get("errors", {}).get(e.task) for r in results]
             status = "error" if any(errs) else "not run"
         rows.append({"row": e.row, "task": e.title, "key": e.task, "metric": e.metric, "ours": ours,
-                     "used": used, "paper": e.clap2023, "benchmark": e.benchmark,
+                     "used": used, "paper": e.clap2023, "clap2022": paper.clap2022(e.task, e.metric),
+                     "benchmark": e.benchmark,
                      "benchmark_source": e.benchmark_source, "random": e.random, "status": status})
     shown = {(name, row["metric"]) for row in rows for name in row["used"] if name}
     extra = {}
@@ -74,7 +75,8 @@ def table_rows(results: list) -> list:
                     continue
                 row = extra.setdefault((name, m), {"row": "", "task": name, "key": name, "metric": m,
                                                     "ours": [None] * len(results), "used": [name] * len(results),
-                                                    "paper": None, "benchmark": None, "benchmark_source": "",
+                                                    "paper": None, "clap2022": None, "benchmark": None,
+                                                    "benchmark_source": "",
                                                     "random": _chance(entry, m), "status": None})
                 row["ours"][i] = entry["metrics"].get(m)
     return rows + [extra[k] for k in sorted(extra)]
@@ -108,8 +110,9 @@ def markdown(results: list) -> str:
         lines.append(f"- **{n}**: data root `{r.get('data_root')}`, created {r.get('created')}, "
                      f"loader {r.get('loader')}, logit scale {r.get('logit_scale')}")
     lines += ["", "## Ours vs the paper (Table 2 of arXiv 2309.05767)", "",
-              "| # | Task | Metric | " + " | ".join(names) + " | CLAP 2023 (paper) | Benchmark (source) | Random |",
-              "|---|---|---|" + "---|" * len(names) + "---|---|---|"]
+              "| # | Task | Metric | " + " | ".join(names) + " | CLAP 2023 (paper) | CLAP 2022 (paper) | Benchmark (source) "
+              "| Random |",
+              "|---|---|---|" + "---|" * len(names) + "---|---|---|---|"]
     for row in table_rows(results):
         cells = []
         for v, used in zip(row["ours"], row["used"]):
@@ -119,7 +122,7 @@ def markdown(results: list) -> str:
                 cells.append(_fmt(v) + (f" ({used})" if used and used != row["key"] else ""))
         bench = f"{_fmt(row['benchmark'])} {row['benchmark_source']}".strip() if row["benchmark"] is not None else "—"
         lines.append(f"| {row['row']} | {row['task']} | {row['metric']} | " + " | ".join(cells)
-                     + f" | {_fmt(row['paper'])} | {bench} | {_fmt(row['random'])} |")
+                     + f" | {_fmt(row['paper'])} | {_fmt(row.get('clap2022'))} | {bench} | {_fmt(row['random'])} |")
     lines += ["", "## Averages", "",
               "| Checkpoint | Table-2 cells run | Ours | CLAP 2023 on the same cells | Benchmark on the same cells |",
               "|---|---|---|---|---|"]

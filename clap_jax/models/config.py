@@ -94,6 +94,12 @@ def clip_samples(c: ml_collections.ConfigDict) -> int:
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise ValueError naming the field for any inconsistent model setting."""
+    if c.get("family", "msclap-2023") != "msclap-2023":   # another family checks its own config
+        from clap_jax.models import registry
+
+        fam = registry.family(c.family)
+        if fam.validate is not None:
+            return fam.validate(c)
     a, t = c.audio, c.text
 
     def need(ok, field, msg):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 
 # Modules that register families when imported (each ends with `register(Family(...))`).
-FAMILY_MODULES = ("clap_jax.models.clap",)
+FAMILY_MODULES = ("clap_jax.models.clap", "clap_jax.models.clap2022")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +39,11 @@ class Family:
     tokenizer: Callable[[ml_collections.ConfigDict, str | None], Any]  # (config, vocabulary source) -> tokenizer
     # (config, batch) -> the dummy inputs of module.init: lets shape-only init work for any family
     example_inputs: Callable[[ml_collections.ConfigDict, int], tuple]
+    # config -> None, raising ValueError naming the field; None: the msclap-2023 checks (clap_jax.models.config)
+    validate: Callable[[ml_collections.ConfigDict], None] | None = None
+    # (config, samples per clip) -> analytic FLOPs of one training example (3 x forward + front end), for MFU;
+    # None: the msclap-2023 count (clap_jax.train.flops)
+    train_flops: Callable[[ml_collections.ConfigDict, int], float] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}

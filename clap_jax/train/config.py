@@ -179,8 +179,15 @@ def unknown_field_message(path: str, known: list[str] | None = None) -> str:
 
 
 def check_known_fields(c: ml_collections.ConfigDict, where: str = "config") -> None:
-    """Raise ConfigError for the first field of `c` that `base()` does not define; then lock `c`."""
-    known = field_paths(base())
+    """Raise ConfigError for the first field of `c` that `base()` does not define; then lock `c`. The model's
+    fields are those of its family's config (`config.model.family`)."""
+    ref = base()
+    family = c.get("model", {}).get("family") if isinstance(c.get("model"), ml_collections.ConfigDict) else None
+    if family and family != ref.model.family:
+        from clap_jax.models import registry
+
+        ref.model = registry.default_config(family)
+    known = field_paths(ref)
     known_set = set(known)
     for p in field_paths(c):
         if p not in known_set:

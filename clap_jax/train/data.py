@@ -60,7 +60,8 @@ def make_data_iterator(config, mesh, saved_workers: int | None = None, seed: int
     if config.data.kind == "random":
         return RandomBatches(batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
                              text_len=config.model.text.max_length, num_classes=config.data.num_classes,
-                             seed=config.data.seed, sharding=shd.batch_sharding(mesh))
+                             seed=config.data.seed, sharding=shd.batch_sharding(mesh),
+                             vocab_size=config.model.text.get("vocab_size"))
     return make_real_pipeline(config, mesh, saved_workers)
 
 

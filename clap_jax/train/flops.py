@@ -55,6 +55,9 @@ def clap_train_flops_per_example(model_cfg, num_samples: int) -> float:
     """3 x (HTSAT + GPT-2 + both projections) forward FLOPs for one (clip, caption) pair, plus the front end once
     and the time resize twice (forward, and its backward to the input: bn0 before it is trained; the resize
     matrix is a constant, so there is no weight gradient)."""
+    family_fn = _family_flops(model_cfg)
+    if family_fn is not None:   # another model family counts its own
+        return family_fn(model_cfg, num_samples)
     a, t, dp = model_cfg.audio, model_cfg.text, model_cfg.d_proj
     c_last = a.embed_dim * 2 ** (len(a.depths) - 1)
     proj = 2 * (c_last * dp + dp * dp) + 2 * (t.n_embd * dp + dp * dp)
@@ -66,7 +69,22 @@ def highest_precision_flops_per_example(model_cfg, num_samples: int) -> float:
     """The part of `clap_train_flops_per_example` done in float32 at Precision.HIGHEST (the STFT, mel filterbank
     and resize matmuls, for msclap-exact features): on TPU each such matmul takes 6 bf16 MXU passes."""
     a = model_cfg.audio
+    if _family_flops(model_cfg) is not None:   # no time resize outside the 2023 family
+        return frontend_flops(a, num_samples)
     return frontend_flops(a, num_samples) + 2.0 * resize_flops(a, num_samples)
+
+
+def _family_flops(model_cfg):
+    """The `train_flops` hook of a model family other than msclap-2023 (clap_jax.models.registry), or None."""
+    family = model_cfg.get("family", "msclap-2023")
+    if family == "msclap-2023":
+        return None
+    from clap_jax.models import registry
+
+    fn = registry.family(family).train_flops
+    if fn is None:
+        raise ValueError(f"model family {family!r} has no train_flops hook: analytic FLOPs are unknown")
+    return fn
 
 
 # Dense bf16 peak FLOP/s per chip (vendor figures).

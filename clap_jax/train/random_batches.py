@@ -19,7 +19,7 @@ EOT, PAD = 50256, 0
 
 
 def make_global_batch(seed: int, index: int, batch_size: int, num_samples: int, text_len: int,
-                      num_classes: int, sample_rate: int = 44100) -> dict[str, np.ndarray]:
+                      num_classes: int, sample_rate: int = 44100, vocab_size: int | None = None) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([seed, index])
     ids = np.zeros((batch_size, text_len), np.int32)
     mask = np.zeros((batch_size, text_len), np.int32)
@@ -43,6 +43,8 @@ def make_global_batch(seed: int, index: int, batch_size: int, num_samples: int, 
             ids[i, :n - 1] = rng.integers(1, EOT, n - 1)
             ids[i, n - 1] = EOT
             mask[i, :n] = 1
+    if vocab_size is not None and vocab_size <= EOT:   # a smaller vocabulary (BERT's): ids wrapped into it
+        ids = np.where(mask > 0, ids % vocab_size, PAD).astype(np.int32)
     return {"audio": audio.astype(np.float32), "input_ids": ids, "attention_mask": mask}
 
 
@@ -50,8 +52,9 @@ class RandomBatches:
     """Infinite iterator of global batches; state = number of batches already produced."""
 
     def __init__(self, *, batch_size: int, num_samples: int, text_len: int = 77, num_classes: int = 0,
-                 seed: int = 0, sharding: jax.sharding.Sharding | None = None):
-        self.kw = dict(batch_size=batch_size, num_samples=num_samples, text_len=text_len, num_classes=num_classes)
+                 seed: int = 0, sharding: jax.sharding.Sharding | None = None, vocab_size: int | None = None):
+        self.kw = dict(batch_size=batch_size, num_samples=num_samples, text_len=text_len, num_classes=num_classes,
+                       vocab_size=vocab_size)
         self.seed, self.sharding, self._index = seed, sharding, 0
 
     def __iter__(self):
