@@ -3,6 +3,7 @@
   python -m clap_jax.convert msclap-to-jax CLAP_weights_2023.pth ckpt/          # -> config.json + model.safetensors
   python -m clap_jax.convert jax-to-msclap ckpt/ exported.pth                   # + exported.safetensors twin
   python -m clap_jax.convert jax-to-msclap runs/demo/train exported.pth          # a training workdir's newest step
+  python -m clap_jax.convert msclap-to-jax clapcap_weights_2023.pth cap/        # the captioner, both ways too
   python -m clap_jax.convert hf-gpt2 gpt2_dir/ ckpt_out/ [--base ckpt/]         # HF GPT-2 into the text tower
 
 Nothing is deleted that clap_jax did not write: an existing destination is replaced only when it is an earlier
@@ -19,6 +20,7 @@ import sys
 import jax
 
 from clap_jax.convert.checkpoint import load_checkpoint, save_checkpoint
+from clap_jax.convert import formats
 from clap_jax.convert.formats import load_weights
 from clap_jax.convert.hf_gpt2 import load_hf_gpt2, with_text_tower
 from clap_jax.convert.msclap import check_export_path, load_msclap_checkpoint, save_msclap
@@ -50,7 +52,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     if args.cmd == "msclap-to-jax":
-        variables, cfg = load_msclap_checkpoint(args.src, n_head=args.n_head)
+        load = formats.for_file(args.src).load if os.path.isfile(args.src) else load_msclap_checkpoint
+        variables, cfg = load(args.src, n_head=args.n_head)
         save_checkpoint(args.dst, variables, cfg, overwrite=args.overwrite)
         n = sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
         print(f"wrote {args.dst} (clap_jax checkpoint, {n / 1e6:.1f} M params)")
@@ -61,8 +64,9 @@ def main(argv=None) -> int:
         for out in outs:   # both destinations are checked before anything is read or written
             check_export_path(out, args.overwrite)
         variables, cfg = load_weights(args.src)
+        save = formats.get("msclap-clapcap").save if cfg.get("family") == "msclap-clapcap" else save_msclap
         for out in outs:
-            save_msclap(variables, cfg, out, overwrite=args.overwrite)
+            save(variables, cfg, out, overwrite=args.overwrite)
             print(f"wrote {out}")
     else:
         if args.base:

@@ -19,6 +19,7 @@ from clap_jax.convert.tree import CheckpointError
 
 # Converter modules that register a format when imported.
 FORMAT_MODULES = ("clap_jax.convert.msclap",)
+FORMAT_MODULES += ("clap_jax.convert.clapcap",)   # msclap's captioner (clapcap) weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +62,8 @@ def for_file(path: str) -> WeightFormat:
     """The format of a weights file, by its ending (and its content where endings are shared)."""
     _load()
     cands = [f for f in _FORMATS.values() if path.endswith(f.suffixes)]
-    if len(cands) > 1:
-        cands = [f for f in cands if f.sniff is None or f.sniff(path)]
+    if len(cands) > 1:   # a format that recognises the file's content wins over one that only shares the ending
+        cands = [f for f in cands if f.sniff is not None and f.sniff(path)] or [f for f in cands if f.sniff is None]
     if not cands:
         known = ", ".join(f"{f.name} ({'/'.join(f.suffixes)})" for f in _FORMATS.values())
         raise CheckpointError(f"{path}: unknown weights format (expected a clap_jax checkpoint directory, a training "
