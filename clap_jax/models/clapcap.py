@@ -235,9 +235,9 @@ def _tokenizer(config: ml_collections.ConfigDict, source: str | None = None):
 # ----------------------------------------------------------------------------------------------------------------
 # Decoding
 # ----------------------------------------------------------------------------------------------------------------
-def _log_probs(logits, temperature: float):
-    """msclap's log(softmax(logits / T)) (T <= 0 means 1), in float32."""
-    t = temperature if temperature > 0 else 1.0
+def _log_probs(logits, temperature):
+    """msclap's log(softmax(logits / T)) (T <= 0 means 1), in float32. T may be traced."""
+    t = jnp.where(temperature > 0, temperature, 1.0).astype(jnp.float32)
     return jnp.log(jax.nn.softmax(logits.astype(jnp.float32) / t, axis=-1))
 
 
@@ -247,8 +247,8 @@ def _take_beams(x, src):
     return jnp.take_along_axis(x, idx, axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "beam_size", "max_steps", "temperature", "stop_token"))
-def _beam_search(gpt_params, prefix, *, config, beam_size, max_steps, temperature, stop_token):
+@functools.partial(jax.jit, static_argnames=("config", "beam_size", "max_steps", "stop_token"))
+def _beam_search(gpt_params, prefix, temperature, *, config, beam_size, max_steps, stop_token):
     t = config
     b, p, e = prefix.shape
     k, v = beam_size, t.vocab_size
@@ -311,11 +311,27 @@ def beam_search(gpt_params, prefix, config: ml_collections.ConfigDict, beam_size
     tokens (B, beam, max_steps) int32 (valid up to each length; the stop token included), lengths (B, beam),
     scores (B, beam) = summed log-probability / length. Beam size 1 is greedy decoding."""
     k = config.caption
-    return _beam_search(gpt_params, prefix, config=_Frozen(config.text),
+    temperature = float(temperature if temperature is not None else k.temperature)
+    return _beam_search(gpt_params, prefix, jnp.float32(temperature), config=_Frozen(config.text),
                         beam_size=int(beam_size if beam_size is not None else k.beam_size),
                         max_steps=int(max_steps if max_steps is not None else k.max_steps),
-                        temperature=float(temperature if temperature is not None else k.temperature),
                         stop_token=int(stop_token if stop_token is not None else k.stop_token))
+
+
+def caption_tokens(model, variables, wav, temperature, *, beam_size: int, max_steps: int):
+    """Waveforms (B, N) -> beam_search's dict for every clip (prefix from the audio, then decoding). Jit it with
+    beam_size / max_steps static."""
+    prefix = model.apply(variables, wav, method=model.prefix)
+    k = model.config.caption
+    return _beam_search(variables["params"]["gpt"]["transformer"], prefix, temperature,
+                        config=_Frozen(model.config.text), beam_size=beam_size, max_steps=max_steps,
+                        stop_token=int(k.stop_token))
+
+
+def caption_text(tokenizer, tokens, length: int) -> str:
+    """One beam's tokens -> msclap's caption string: the tokens up to its length (the stop token included)
+    decoded, then Python's str.capitalize (first letter upper case, the rest lower case)."""
+    return tokenizer.decode([int(t) for t in tokens[:int(length)]]).capitalize()
 
 
 class _Frozen:
