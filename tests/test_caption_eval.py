@@ -26,7 +26,9 @@ STANDIN = textwrap.dedent("""
       public static void main(String[] a) throws Exception {
         List<String> args = Arrays.asList(a);
         if (!args.contains("-subset") || !args.contains("-silent") || !args.contains("-cache")
-            || args.indexOf("-out") < 0) { System.err.println("stand-in: unexpected arguments " + args); System.exit(3); }
+            || args.indexOf("-out") < 0) {
+          System.err.println("stand-in: unexpected arguments " + args); System.exit(3);
+        }
         String in = new String(Files.readAllBytes(Paths.get(a[0])));
         int n = in.split("\\"image_id\\"", -1).length - 1;
         StringBuilder sb = new StringBuilder("[");
@@ -124,6 +126,10 @@ def test_clotho_captioning_task(captioner, clotho_root, standin_jar, tmp_path):
     assert captions == captioner.generate_caption([c["file"] for c in e["captions"]])
     assert e["settings"]["kind"] == "captioning" and e["settings"]["n_clips"] == 3
     assert any("no SPIDEr" in line for line in logs)
+    from clap_jax.eval.report import table_rows, write_report
+
+    row = next(x for x in table_rows([r]) if x["key"] == "clotho_captioning")
+    assert row["ours"] == [None] and row["status"] == "SPICE not available"
     # with a SPICE that runs: SPIDEr is the mean of the two
     r = evaluate(captioner, clotho_root, tasks="clotho", config={"spice_jar": standin_jar}, log=logs.append)
     m = r["tasks"]["clotho_captioning"]["metrics"]
@@ -131,3 +137,7 @@ def test_clotho_captioning_task(captioner, clotho_root, standin_jar, tmp_path):
     assert m["SPIDEr"] == pytest.approx((m["CIDEr-D"] + m["SPICE"]) / 2)
     assert summary(r)["clotho_captioning/SPIDEr"] == pytest.approx(m["SPIDEr"])
     assert r["missing"] == [] and r["errors"] == {}
+    # the report's paper row (Table 2, Clotho captioning SPIDEr) shows our number
+    row = next(x for x in table_rows([r]) if x["key"] == "clotho_captioning")
+    assert row["ours"] == [pytest.approx(m["SPIDEr"])] and row["status"] is None
+    assert "clotho_captioning" in write_report(r, tmp_path / "report")["markdown"].read_text()

@@ -50,28 +50,29 @@ def test_prefix_and_logits_match_msclap(cfg, ref, ref_state):
     rng = np.random.default_rng(21)
     wav = (rng.standard_normal((2, model_config.clip_samples(cfg))) * rng.uniform(0.05, 0.5)).astype(np.float32)
     ref_emb, ref_prefix = prefix_embeddings(ref, wav)
-    emb = model.apply(variables, wav, method=model.encode_audio)["embedding"]
+    audio = jax.jit(lambda v, w: (model.apply(v, w, method=model.encode_audio)["embedding"],
+                                  model.apply(v, w, method=model.prefix)))
+    emb, prefix = jax.device_get(audio(variables, wav))
     assert rel_err(emb, ref_emb) < TOL
-    prefix = np.asarray(model.apply(variables, wav, method=model.prefix))
     assert prefix.shape == (2, cfg.caption.prefix_length, cfg.text.n_embd)
     assert rel_err(prefix, ref_prefix) < TOL, "mapper prefix embeddings"
     # GPT-2 logits of [prefix ; caption tokens], as msclap's ClapCaptionModel.forward builds its input
     ids = rng.integers(0, cfg.text.vocab_size, (2, 9)).astype(np.int32)
-    ours = np.asarray(model.apply(variables, prefix, ids, method=model.logits))
+    ours = np.asarray(jax.jit(lambda v, p, i: model.apply(v, p, i, method=model.logits))(variables, prefix, ids))
     with torch.no_grad():
         text = ref.gpt.transformer.wte(torch.from_numpy(ids.astype(np.int64))).numpy()
     assert rel_err(ours, gpt_logits(ref, np.concatenate([prefix, text], 1))) < TOL, "GPT-2 logits"
     # the teacher-forced forward from the waveform is the same thing
-    full = np.asarray(model.apply(variables, wav, ids))
+    full = np.asarray(jax.jit(model.apply)(variables, wav, ids))
     assert rel_err(full, ours) < TOL
     # cached decoding: the prefix at once, then one token at a time, gives the same logits
     gp = variables["params"]["gpt"]["transformer"]
     cache = gpt2.init_cache(cfg.text, 2, prefix.shape[1] + ids.shape[1])
-    h, cache = gpt2.forward_cached(gp, cfg.text, prefix, cache, 0)
+    step = jax.jit(lambda x, c, start: gpt2.forward_cached(gp, cfg.text, x, c, start))
+    h, cache = step(prefix, cache, 0)
     steps = [gpt2.lm_logits(gp, h)]
-    for i in range(ids.shape[1]):
-        x = jax.numpy.take(gp["wte"]["embedding"], ids[:, i:i + 1], axis=0)
-        h, cache = gpt2.forward_cached(gp, cfg.text, x, cache, prefix.shape[1] + i)
+    for i in range(ids.shape[1]):   # one compiled step serves every position
+        h, cache = step(jax.numpy.take(gp["wte"]["embedding"], ids[:, i:i + 1], axis=0), cache, prefix.shape[1] + i)
         steps.append(gpt2.lm_logits(gp, h))
     assert rel_err(np.concatenate(steps, 1), ours) < TOL, "cached decoding"
 
@@ -115,7 +116,7 @@ def test_decoding_from_audio_full_vocabulary():
     variables = cv.from_state_dict({k: v.numpy().copy() for k, v in ref.state_dict().items()}, c)
     model = registry.build_model(c)
     wav = (np.random.default_rng(5).standard_normal((2, model_config.clip_samples(c))) * 0.2).astype(np.float32)
-    prefix = np.asarray(model.apply(variables, wav, method=model.prefix))
+    prefix = np.asarray(jax.jit(lambda v, w: model.apply(v, w, method=model.prefix))(variables, wav))
     _, ref_prefix = prefix_embeddings(ref, wav)
     assert rel_err(prefix, ref_prefix) < TOL
     out = jax.device_get(clapcap.beam_search(variables["params"]["gpt"]["transformer"], prefix, c, beam_size=3,
@@ -129,7 +130,10 @@ def test_decoding_from_audio_full_vocabulary():
 # Weights both ways
 # ----------------------------------------------------------------------------------------------------------------
 def test_export_loads_strict_into_msclap(cfg, ref_state, tmp_path):
-    variables = jax.device_get(registry.init_variables(cfg, 3))
+    rng = np.random.default_rng(3)   # msclap's weights, every parameter changed: a fresh set to export
+    variables = jax.tree.map(lambda x: x + 0.05 * rng.standard_normal(x.shape).astype(np.float32),
+                             cv.from_state_dict(ref_state, cfg))
+    variables["batch_stats"] = cv.from_state_dict(ref_state, cfg)["batch_stats"]
     path = str(tmp_path / "cap.pth")
     cv.save(variables, cfg, path)
     target = build_clapcap(cfg, seed=9)
@@ -141,7 +145,7 @@ def test_export_loads_strict_into_msclap(cfg, ref_state, tmp_path):
     wav = (np.random.default_rng(3).standard_normal((2, model_config.clip_samples(cfg))) * 0.3).astype(np.float32)
     model = registry.build_model(cfg)
     _, ref_prefix = prefix_embeddings(target, wav)
-    assert rel_err(model.apply(variables, wav, method=model.prefix), ref_prefix) < TOL
+    assert rel_err(jax.jit(lambda v, w: model.apply(v, w, method=model.prefix))(variables, wav), ref_prefix) < TOL
     # the .safetensors twin holds the same tensors, and both read back to the same variables, config included
     twin = str(tmp_path / "cap.safetensors")
     cv.save(variables, cfg, twin)
@@ -199,6 +203,7 @@ def test_clap_checkpoint_is_not_taken_for_a_captioner(tmp_path):
 
     c = model_config.tiny()
     path = str(tmp_path / "clap.safetensors")
-    msclap.save_msclap(jax.device_get(registry.init_variables(c, 0)), c, path)
+    variables = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype), registry.variable_shapes(c))
+    msclap.save_msclap(variables, c, path)
     assert not cv.sniff(path)
     assert load_weights(path)[1].family == "msclap-2023"

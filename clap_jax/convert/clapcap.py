@@ -112,7 +112,8 @@ def infer_config(sd: dict[str, np.ndarray], n_head: int | None = None,
     k = cfg.caption
     k.prefix_length = int(sd["clap_project.prefix_const"].shape[0])
     k.clip_length = int(sd[_MARKER].shape[0]) // cfg.text.n_embd
-    k.num_layers = len({m.group(1) for key in sd if (m := re.match(r"clap_project\.transformer\.layers\.(\d+)\.", key))})
+    layer = re.compile(r"clap_project\.transformer\.layers\.(\d+)\.")
+    k.num_layers = len({m.group(1) for key in sd if (m := layer.match(key))})
     fc1 = sd.get("clap_project.transformer.layers.0.mlp.fc1.weight")
     if fc1 is not None:
         k.mlp_ratio = fc1.shape[0] / cfg.text.n_embd

@@ -119,7 +119,7 @@ def parser():
     ap.add_argument("--duration", type=float, default=None,
                     help="clip seconds (default: the model's own config.audio.duration; 7 s for msclap 2023)")
     ap.add_argument("--spice-jar", default=None, help="SPICE's spice-1.0.jar (CoreNLP 3.6.0 jars in lib/ beside it) "
-                    "for the captioning tasks (captioner weights); see clap_jax/eval/spice.py for where it is looked for")
+                    "for the captioning tasks (captioner weights); clap_jax/eval/spice.py says where it is looked for")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="decoding threads")
     ap.add_argument("--cache-dir", default=None, help=f"embedding cache (default {default_cache_dir()})")
