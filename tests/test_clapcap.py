@@ -50,20 +50,19 @@ def test_prefix_and_logits_match_msclap(cfg, ref, ref_state):
     rng = np.random.default_rng(21)
     wav = (rng.standard_normal((2, model_config.clip_samples(cfg))) * rng.uniform(0.05, 0.5)).astype(np.float32)
     ref_emb, ref_prefix = prefix_embeddings(ref, wav)
-    audio = jax.jit(lambda v, w: (model.apply(v, w, method=model.encode_audio)["embedding"],
-                                  model.apply(v, w, method=model.prefix)))
-    emb, prefix = jax.device_get(audio(variables, wav))
+    ids = rng.integers(0, cfg.text.vocab_size, (2, 9)).astype(np.int32)
+    audio = jax.jit(lambda v, w, i: (model.apply(v, w, method=model.encode_audio)["embedding"],
+                                     model.apply(v, w, method=model.prefix), model.apply(v, w, i)))
+    emb, prefix, full = jax.device_get(audio(variables, wav, ids))
     assert rel_err(emb, ref_emb) < TOL
     assert prefix.shape == (2, cfg.caption.prefix_length, cfg.text.n_embd)
     assert rel_err(prefix, ref_prefix) < TOL, "mapper prefix embeddings"
     # GPT-2 logits of [prefix ; caption tokens], as msclap's ClapCaptionModel.forward builds its input
-    ids = rng.integers(0, cfg.text.vocab_size, (2, 9)).astype(np.int32)
     ours = np.asarray(jax.jit(lambda v, p, i: model.apply(v, p, i, method=model.logits))(variables, prefix, ids))
     with torch.no_grad():
         text = ref.gpt.transformer.wte(torch.from_numpy(ids.astype(np.int64))).numpy()
     assert rel_err(ours, gpt_logits(ref, np.concatenate([prefix, text], 1))) < TOL, "GPT-2 logits"
     # the teacher-forced forward from the waveform is the same thing
-    full = np.asarray(jax.jit(model.apply)(variables, wav, ids))
     assert rel_err(full, ours) < TOL
     # cached decoding: the prefix at once, then one token at a time, gives the same logits
     gp = variables["params"]["gpt"]["transformer"]
@@ -81,10 +80,10 @@ def test_gpt2_without_prefix_is_unchanged(cfg):
     """The prefix argument leaves GPT-2's outputs on token ids alone (the CLAP text tower uses those)."""
     m = gpt2.GPT2(cfg.text)
     ids = np.random.default_rng(2).integers(0, 1000, (2, 7)).astype(np.int32)
-    v = m.init(jax.random.PRNGKey(0), ids)
-    a = np.asarray(m.apply(v, ids))
-    b = np.asarray(m.apply(v, ids[:, 3:], prefix_embeds=jax.numpy.take(v["params"]["wte"]["embedding"],
-                                                                       ids[:, :3], axis=0)))
+    v = jax.jit(m.init)(jax.random.PRNGKey(0), ids)
+    a = np.asarray(jax.jit(m.apply)(v, ids))
+    b = np.asarray(jax.jit(lambda v, i, p: m.apply(v, i, prefix_embeds=p))(
+        v, ids[:, 3:], jax.numpy.take(v["params"]["wte"]["embedding"], ids[:, :3], axis=0)))
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
