@@ -6,6 +6,7 @@
     t = clap.get_text_embeddings(["a dog barking", "rain"])  # (2, 1024)
     sim = clap.compute_similarity(a, t)                      # (2, 2) = logit_scale * cosine
     probs = clap.classify(["dog.wav"], ["dog", "rain", "siren"])   # softmax over labels
+    CLAP("clapcap_weights_2023.pth").generate_caption(["dog.wav"])  # captioner weights: ['A dog barks ']
 
 Differences from msclap, each with msclap's behaviour one argument away:
   * audio may be file paths or arrays (1-D, or (channels, samples)) with `sample_rate`;
@@ -16,6 +17,7 @@ Differences from msclap, each with msclap's behaviour one argument away:
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Sequence
 
@@ -27,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from clap_jax.audio import io as audio_io
 from clap_jax.convert import load_weights, save_checkpoint
+from clap_jax.errors import UserError
 from clap_jax.models import config as model_config
 from clap_jax.models import registry
 from clap_jax.scoring import similarity
@@ -173,6 +176,37 @@ class CLAP:
         if multi_label:
             return np.asarray(jax.nn.sigmoid(sim))
         return np.asarray(jax.nn.softmax(jnp.asarray(sim), axis=-1))
+
+    # -- captioning (captioner weights: msclap's clapcap) ---------------------------------------------------------
+    def generate_caption(self, audio, beam_size: int = 5, entry_length: int = 67, temperature: float = 1.0,
+                         sample_rate: int | None = None, batch_size: int | None = None,
+                         return_beams: bool = False):
+        """Captions of clips (paths or arrays), as msclap's `generate_caption`: beam search (beam 1 = greedy), at
+        most `entry_length` tokens, the best beam's text. All clips of a batch decode at once, jitted and split
+        over the devices. `return_beams`: per clip the list of (caption, score) of every beam, best first."""
+        from clap_jax.models import clapcap
+
+        if self.config.get("family") != clapcap.FAMILY:
+            raise UserError(f"generate_caption needs captioner weights (family {clapcap.FAMILY!r}, e.g. msclap's "
+                            f"clapcap_weights_2023.pth); these weights are of family {self.config.get('family')!r}")
+        if beam_size < 1 or entry_length < 1:
+            raise UserError(f"generate_caption: beam_size ({beam_size}) and entry_length ({entry_length}) must be >= 1")
+        if self.config.caption.prefix_length + entry_length > self.config.text.n_positions:
+            raise UserError(f"generate_caption: entry_length {entry_length} + the prefix exceeds GPT-2's "
+                            f"{self.config.text.n_positions} positions")
+        key = (int(beam_size), int(entry_length))
+        fns = self.__dict__.setdefault("_caption_fns", {})
+        if key not in fns:
+            fns[key] = jax.jit(functools.partial(clapcap.caption_tokens, self.model, beam_size=key[0],
+                                                 max_steps=key[1]))
+        fn = fns[key]
+        wav = self.preprocess_audio(audio, sample_rate)
+        out = self._run_batched(lambda v, w: fn(v, w, jnp.float32(temperature)), [wav],
+                                batch_size or self.batch_size)
+        beams = [[(clapcap.caption_text(self.tokenizer, t, n), float(s))
+                  for t, n, s in zip(out["tokens"][i], out["lengths"][i], out["scores"][i])]
+                 for i in range(len(wav))]
+        return beams if return_beams else [b[0][0] for b in beams]
 
     def save(self, directory: str, overwrite: bool = False) -> str:
         """Write a clap_jax checkpoint directory (config.json + model.safetensors). A non-empty directory that is

@@ -3,6 +3,7 @@
   python -m clap_jax.convert msclap-to-jax CLAP_weights_2023.pth ckpt/          # -> config.json + model.safetensors
   python -m clap_jax.convert jax-to-msclap ckpt/ exported.pth                   # + exported.safetensors twin
   python -m clap_jax.convert jax-to-msclap runs/demo/train exported.pth          # a training workdir's newest step
+  python -m clap_jax.convert msclap-to-jax clapcap_weights_2023.pth cap/        # the captioner, both ways too
   python -m clap_jax.convert hf-gpt2 gpt2_dir/ ckpt_out/ [--base ckpt/]         # HF GPT-2 into the text tower
   python -m clap_jax.convert hf-bert bert_dir/ ckpt_out/ [--base ckpt/]         # HF BERT into a 2022 text tower
 

@@ -105,6 +105,8 @@ def build_config(args) -> dict:
         if not isinstance(config, dict):
             raise UserError(f"--config {args.config}: expected a JSON object, got {type(config).__name__}")
     config.setdefault("prompts", {}).update(_parse_kv(args.prompt, "prompt"))
+    if getattr(args, "spice_jar", None):
+        config["spice_jar"] = args.spice_jar
     for key, value in _parse_kv(args.option, "option").items():
         if "." not in key:
             raise UserError(f"--option expects READER.KEY=VALUE (e.g. dcase17.split=testing), got {key!r}")
@@ -140,6 +142,8 @@ def parser():
                     help="mean: mono down-mix; concat: msclap's channels one after another; first: channel 0")
     ap.add_argument("--duration", type=float, default=None,
                     help="clip seconds (default: the model's own config.audio.duration; 7 s for msclap 2023)")
+    ap.add_argument("--spice-jar", default=None, help="SPICE's spice-1.0.jar (CoreNLP 3.6.0 jars in lib/ beside it) "
+                    "for the captioning tasks (captioner weights); clap_jax/eval/spice.py says where it is looked for")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="decoding threads")
     ap.add_argument("--cache-dir", default=None, help=f"embedding cache (default {default_cache_dir()})")

@@ -33,6 +33,8 @@ def _row_metrics(entry: dict) -> list:
         return list(RETRIEVAL_METRICS)
     if kind == "multi_label":
         return ["mAP"] + (["f1"] if "f1" in entry["metrics"] else [])
+    if kind == "captioning":
+        return [m for m in ("CIDEr-D", "SPICE", "SPIDEr") if m in entry["metrics"]]
     return ["acc"]
 
 
@@ -57,8 +59,9 @@ def table_rows(results: list) -> list:
             ours.append(v)
             used.append(name)
         status = None
-        if e.task in paper.CAPTIONING_TASKS:
-            status = "pending captioner"
+        if e.task in paper.CAPTIONING_TASKS and all(v is None for v in ours):
+            ran = [r["tasks"][e.task] for r in results if e.task in r.get("tasks", {})]
+            status = "SPICE not available" if ran and all("spice_error" in x for x in ran) else "pending captioner"
         elif all(v is None for v in ours):
             errs = [r.get("errors", {}).get(e.task) for r in results]
             status = "error" if any(errs) else "not run"

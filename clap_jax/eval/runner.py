@@ -22,14 +22,14 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
-from clap_jax.eval import paper
+from clap_jax.eval import captioning, paper
 from clap_jax.eval.clips import ClipError, LoaderConfig
 from clap_jax.eval.embed import EmbeddingCache, embed_audio, embed_texts
 from clap_jax.eval.tasks import REGISTRY, DatasetError
 from clap_jax.eval.zeroshot import score_task, texts_for
 
-CAPTIONING_PENDING = ("pending a captioner: clap_jax has no captioning model yet. CIDEr-D is implemented "
-                      "(metrics.cider_d); SPICE (Java) and hence SPIDEr are not.")
+CAPTIONING_PENDING = ("pending a captioner: the captioning tasks run with captioner weights (--weights "
+                      "clapcap_weights_2023.pth, msclap's clapcap), scored with CIDEr-D, SPICE and SPIDEr.")
 
 
 def _wanted(spec) -> Optional[set]:
@@ -103,6 +103,12 @@ def evaluate(embedder, data_root, tasks="all", config: Optional[dict] = None, ca
         log(f"[eval] WARNING: no reader produces a task named {name!r}; known: "
             + ", ".join(sorted({t for r in REGISTRY.values() for t in r.tasks})))
     cache_id = getattr(embedder, "cache_id", None)
+    if captioning.is_captioner(embedder):   # captioner weights: the captioning tasks (and only those) run
+        got = captioning.evaluate_captioning(embedder, data_root, tasks, (config or {}).get("options"),
+                                             (config or {}).get("spice_jar"), progress=progress, log=log)
+        return {"checkpoint": cache_id, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"), "data_root": str(data_root), "logit_scale": None,
+                "loader": dataclasses.asdict(loader), "batch_size": batch_size, "pending": {}, **got}
     cache = EmbeddingCache(cache_dir, cache_id)
     task_list, errors, missing = load_tasks(data_root, tasks, config)
     results = {
@@ -205,6 +211,6 @@ def summary(results: dict) -> dict:
     for name, entry in results.get("tasks", {}).items():
         kind = entry["settings"]["kind"]
         keys = {"single_label": ("acc",), "multi_label": ("mAP", "f1"),
-                "retrieval": ("a2t_R@1", "a2t_mAP@10", "t2a_R@1", "t2a_mAP@10")}[kind]
+                "retrieval": ("a2t_R@1", "a2t_mAP@10", "t2a_R@1", "t2a_mAP@10"), "captioning": captioning.METRICS}[kind]
         out.update({f"{name}/{k}": float(entry["metrics"][k]) for k in keys if k in entry["metrics"]})
     return out

@@ -28,6 +28,7 @@ import ml_collections
 
 # Modules that register families when imported (each ends with `register(Family(...))`).
 FAMILY_MODULES = ("clap_jax.models.clap", "clap_jax.models.clap2022")
+FAMILY_MODULES += ("clap_jax.models.clapcap",)   # the audio captioner (msclap clapcap)
 
 
 @dataclasses.dataclass(frozen=True)
