@@ -1,6 +1,6 @@
-# python -m clap_jax.train --config configs/clap_2022.py:dirs=/data/tfr_a,dirs=/data/tfr_b --workdir $WORKDIR
+# python -m clap_jax.train --config configs/clap_2022.py:dirs=/data/tfr_a,dirs=/data/tfr_b,vocab=/models/bert --workdir $WORKDIR
 # variants: :fsdp  |  :bf16  |  :remat  |  :batch_size=N  |  :epochs=N  |  :random (synthetic batches)
-#           :tiny (the msclap-2022-tiny model, 0.5 s clips, batch 16, random batches: CPU tests)
+#           :tiny (the msclap-2022-tiny model, 0.5 s clips, batch 16, random batches unless dirs=: CPU tests)
 """The CLAP 2022 recipe: CNN14 + BERT-base (msclap's version '2022'), d_proj 1024, learnable temperature,
 5 s clips at 44.1 kHz, 100-token captions.
 
@@ -19,15 +19,15 @@ Where each number comes from:
 BatchNorm: the trainer's jitted step over the global batch gives CNN14 statistics of the whole global batch
 (synchronised over data parallelism and FSDP; see clap_jax.models.cnn14).
 
-The built-in text vocabulary is GPT-2's: training on TFRecords needs the BERT tokenizer in the data pipeline,
-which reads GPT-2 BPE today, so `dirs=` runs are refused below until the pipeline takes a family's tokenizer;
-`:random` (synthetic token ids) trains the full recipe.
+Captions are tokenized in the data workers with BERT WordPiece (uncased) from `vocab=`: a directory holding
+`vocab.txt` (a HF `bert-base-uncased` checkpoint directory) or the file itself; without it, `bert-base-uncased`
+from the local Hugging Face cache. `:random` trains on synthetic batches (no vocabulary needed).
 """
 from clap_jax.models import registry
 from clap_jax.train.config import base, parse_args
 
 ARGS = dict(batch_size=1024, dirs=(), random=False, epoch_examples=128_000, epochs=40, fsdp=False, bf16=False,
-            remat=False, tiny=False, steps=6, ckpt_every=2)
+            remat=False, tiny=False, steps=6, ckpt_every=2, vocab="")
 
 
 def get_config(arg: str = ""):
@@ -37,11 +37,9 @@ def get_config(arg: str = ""):
     c.batch_size = args["batch_size"]
     c.data.kind = "tfrecord"
     c.data.dirs = args["dirs"]
-    if args["random"] or args["tiny"]:
+    c.data.tokenizer = args["vocab"] or None
+    if args["random"] or (args["tiny"] and not args["dirs"]):
         c.data.kind = "random"
-    elif args["dirs"]:
-        raise ValueError("configs/clap_2022.py: dirs=: the data pipeline tokenizes with GPT-2's BPE, not the BERT "
-                         "WordPiece this family needs; train on :random batches, or fine-tune through CLAP")
     steps_per_epoch = max(1, args["epoch_examples"] // c.batch_size)
     c.total_steps = args["epochs"] * steps_per_epoch
     c.optim.name = "adam"

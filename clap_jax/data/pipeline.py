@@ -235,17 +235,35 @@ class TFRecordDataSource:
 _TOKENIZER_LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=2)
-def _tokenizer(source: str | None, max_length: int):
+DEFAULT_FAMILY = "msclap-2023"
+
+
+@functools.lru_cache(maxsize=16)
+def _family_tokenizer(family: str, source: str | None, max_length: int):
+    """The tokenizer a model family trains with (GPT-2 BPE for CLAP 2023, BERT WordPiece for CLAP 2022), one per
+    (family, vocabulary, length) in each process."""
+    import ml_collections
+
+    from clap_jax.models import registry
+
+    return registry.tokenizer(ml_collections.ConfigDict({"family": family, "text": {"max_length": max_length}}),
+                              source)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(source: str | None, max_length: int, family: str = DEFAULT_FAMILY):
     with _TOKENIZER_LOCK:  # transformers' lazy imports are not thread-safe; Grain reads in threads
+        if family != DEFAULT_FAMILY:
+            return _family_tokenizer(family, source, max_length)
         from clap_jax.text.tokenizer import ClapTokenizer
 
         return ClapTokenizer(source, max_length=max_length)
 
 
 @functools.lru_cache(maxsize=65536)
-def _tokenize(caption: str, source: str | None, max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    ids, mask = _tokenizer(source, max_length)([caption])
+def _tokenize(caption: str, source: str | None, max_length: int,
+              family: str = DEFAULT_FAMILY) -> tuple[np.ndarray, np.ndarray]:
+    ids, mask = _tokenizer(source, max_length, family)([caption])
     return ids[0], mask[0]
 
 
@@ -316,13 +334,14 @@ class Tokenize(grain.transforms.Map):
     once; GPT-2 BPE is ~0.05 ms a caption, cached.
     """
 
-    def __init__(self, tokenizer: str | None = None, max_length: int = 77):
+    def __init__(self, tokenizer: str | None = None, max_length: int = 77, family: str = DEFAULT_FAMILY):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.family = family
 
     def map(self, example: dict) -> dict:
         example = dict(example)
-        ids, mask = _tokenize(bytes(example.pop("caption")).decode(), self.tokenizer, self.max_length)
+        ids, mask = _tokenize(bytes(example.pop("caption")).decode(), self.tokenizer, self.max_length, self.family)
         example["input_ids"], example["attention_mask"] = ids, mask
         return example
 
@@ -334,7 +353,7 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
                   read_threads: int | None = None, drop_remainder: bool = True, tokenizer: str | None = None,
                   text_length: int = 77, shuffle: bool = True, crop: str = "random",
                   caption: str = "random", max_consecutive_bad: int | None = 1000,
-                  audio_dtype: str = "float32") -> grain.IterDataset:
+                  audio_dtype: str = "float32", tokenizer_family: str = DEFAULT_FAMILY) -> grain.IterDataset:
     """The Grain dataset of host batches (see module docstring for the flow and the element layout).
 
     ``data_dirs``: one preprocessed directory, or several mixed by ``weights`` (then the stream is infinite, each
@@ -347,6 +366,8 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
 
     ``max_consecutive_bad``: bad records in a row (per dataset and process) that raise BadDataError (None: never).
     ``audio_dtype``: 'float32' (values in [-1, 1)) or 'int16' (the stored samples; see the module docstring).
+    ``tokenizer_family``: the model family whose tokenizer makes the token ids ('msclap-2023': GPT-2 BPE, built in;
+    'msclap-2022': BERT WordPiece from the vocabulary ``tokenizer`` names), ``text_length`` ids per caption.
 
     For evaluation: ``shuffle=False, crop='start', caption='first', num_epochs=1, drop_remainder=False`` gives
     every record once, in shard order (split over hosts).
@@ -362,7 +383,7 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
     if weights is not None and len(weights) != len(data_dirs):
         raise ValueError(f"{len(weights)} weights for {len(data_dirs)} data_dirs")
     num_samples = audio_io.num_samples(duration, sample_rate)
-    _tokenizer(tokenizer, text_length)  # load now: a missing vocabulary fails here, not at the first batch
+    _tokenize("a", tokenizer, text_length, tokenizer_family)  # load now: a missing vocabulary fails here
     parts = []
     for i, d in enumerate(data_dirs):
         stored_sr = ((read_metadata(d) or {}).get("settings") or {}).get("sample_rate")
@@ -384,7 +405,7 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
     if num_epochs is not None and drop_remainder:  # every host gets the same number of full batches
         ds = ds[: len(ds) // (per_host_batch_size * process_count) * (per_host_batch_size * process_count)]
     ds = ds[process_index::process_count]
-    ds = ds.map(Tokenize(tokenizer, text_length))  # (a bad record's None passes through Grain's map untouched)
+    ds = ds.map(Tokenize(tokenizer, text_length, tokenizer_family))  # (a bad record's None passes through Grain's map untouched)
     if read_threads is None:
         read_threads = 1 if worker_count > 0 else 2
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,

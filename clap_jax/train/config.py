@@ -41,6 +41,8 @@ def base() -> ml_collections.ConfigDict:
     c.data.num_classes = 0              # 'random': >0 gives learnable tone/caption pairs (demo)
     c.data.weights = placeholder(tuple)  # 'tfrecord': mixing weights, one per directory (None: one dataset)
     c.data.seed = 0
+    c.data.tokenizer = placeholder(str)  # 'tfrecord': the model family's vocabulary (a directory or file; None:
+    #                                     the built-in one, GPT-2 BPE for CLAP 2023; CLAP 2022's BERT needs one)
     c.data.num_workers = -1             # 'tfrecord': Grain worker processes per host (decode, crop, tokenize);
     #                                     -1: auto = min(8, cores // 2), or when resuming the count the
     #                                     checkpoint's iterator ran with (Grain's state needs the same count);

@@ -47,7 +47,8 @@ def make_real_pipeline(config, mesh, saved_workers: int | None = None) -> Iterat
         weights=list(dc.weights) if dc.weights else None, seed=dc.seed, num_epochs=None,
         sample_rate=config.model.audio.sample_rate, duration=config.model.audio.duration,
         text_length=config.model.text.max_length, worker_count=num_workers(config, saved_workers),
-        max_consecutive_bad=dc.max_consecutive_bad_records, audio_dtype="int16")
+        max_consecutive_bad=dc.max_consecutive_bad_records, audio_dtype="int16",
+        tokenizer=dc.get("tokenizer"), tokenizer_family=config.model.get("family", pipeline.DEFAULT_FAMILY))
 
 
 def make_data_iterator(config, mesh, saved_workers: int | None = None, seed: int | None = None) -> Iterator[dict]:
