@@ -25,10 +25,8 @@ import numpy as np
 from clap_jax import files
 from clap_jax.convert import formats
 from clap_jax.convert import msclap as msclap_fmt
-from clap_jax.convert.tree import (CheckpointError, check_finite, config_from_dict, config_to_json, flatten,
-                                   mismatch_error, unflatten)
+from clap_jax.convert.tree import CheckpointError, config_from_dict, config_to_json, flatten
 from clap_jax.models import clapcap as clapcap_model
-from clap_jax.models import registry
 
 LM_HEAD = "gpt.lm_head.weight"
 WTE = "gpt.transformer.wte.weight"
@@ -63,35 +61,14 @@ def to_state_dict(variables, cfg: ml_collections.ConfigDict) -> dict[str, np.nda
 
 def from_state_dict(sd: dict[str, np.ndarray], cfg: ml_collections.ConfigDict, source: str = "checkpoint"):
     """{key: array} -> Flax variables for `cfg`. Raises CheckpointError listing every bad key."""
-    shapes = registry.variable_shapes(cfg)
-    flat, missing, bad_shape, used = {}, [], [], set()
-    for coll in ("params", "batch_stats", "constants"):
-        for path, spec in flatten(shapes[coll]):
-            key, kind = torch_name(coll, path)
-            if key not in sd:
-                missing.append(key)
-                continue
-            used.add(key)
-            x = msclap_fmt._from_torch_layout(np.asarray(sd[key]), kind)
-            if tuple(x.shape) != tuple(spec.shape):
-                want = msclap_fmt._to_torch_layout(np.zeros(spec.shape, np.float32), kind).shape
-                bad_shape.append(f"{key}: checkpoint {tuple(np.asarray(sd[key]).shape)}, model expects {tuple(want)}")
-                continue
-            flat[(coll,) + path] = np.array(x, dtype=np.float32, order="C")
-    if LM_HEAD in sd:
-        used.add(LM_HEAD)
-    else:
-        missing.append(LM_HEAD)
-    unexpected = sorted(k for k in sd if k not in used and not _DERIVED.search(k))
-    err = mismatch_error(source, missing, unexpected, bad_shape)
-    if err is not None:
-        raise err
+    variables = msclap_fmt.state_dict_to_variables(
+        sd, cfg, source, torch_name=torch_name, from_layout=msclap_fmt._from_torch_layout,
+        to_layout=msclap_fmt._to_torch_layout, ignore=_DERIVED, extra_keys=(LM_HEAD,))
     head, wte = np.asarray(sd[LM_HEAD], np.float32), np.asarray(sd[WTE], np.float32)
     if head.shape != wte.shape or not np.array_equal(head, wte):
         raise CheckpointError(f"{source}: {LM_HEAD} differs from {WTE}; the captioner's LM head is tied to the token "
                               f"embedding, and an untied head is not supported")
-    check_finite(((torch_name(p[0], p[1:])[0], v) for p, v in flat.items()), source)
-    return unflatten(flat)
+    return variables
 
 
 def infer_config(sd: dict[str, np.ndarray], n_head: int | None = None,

@@ -297,11 +297,16 @@ def infer_config(sd: dict[str, np.ndarray], n_head: int | None = None,
     return cfg
 
 
-def from_msclap_state_dict(sd: dict[str, np.ndarray], cfg: ml_collections.ConfigDict, source: str = "checkpoint"):
-    """{torch key: array} -> Flax variables for `cfg`. Raises CheckpointError listing every bad key."""
+def state_dict_to_variables(sd: dict[str, np.ndarray], cfg: ml_collections.ConfigDict, source: str, *,
+                            torch_name, from_layout, to_layout, ignore: re.Pattern,
+                            extra_keys: tuple[str, ...] = ()) -> dict:
+    """{torch key: array} -> Flax variables of `cfg`'s model, for any msclap-style layout: `torch_name(collection,
+    path) -> (key, kind)` names each variable, `from_layout` / `to_layout` convert its array for that kind. Keys
+    matching `ignore` (buffers torch derives) are skipped; `extra_keys` must be present but are read by the caller.
+    Raises one CheckpointError listing every missing, unexpected and wrong-shape key, or every non-finite weight."""
     shapes = registry.variable_shapes(cfg)
-    flat, missing, bad_shape = {}, [], []
-    used = set()
+    flat, missing, bad_shape, used = {}, [], [], set(k for k in extra_keys if k in sd)
+    missing += [k for k in extra_keys if k not in sd]
     for coll in ("params", "batch_stats", "constants"):
         for path, spec in flatten(shapes[coll]):
             key, kind = torch_name(coll, path)
@@ -309,18 +314,24 @@ def from_msclap_state_dict(sd: dict[str, np.ndarray], cfg: ml_collections.Config
                 missing.append(key)
                 continue
             used.add(key)
-            x = _from_torch_layout(np.asarray(sd[key]), kind)
+            x = from_layout(np.asarray(sd[key]), kind)
             if tuple(x.shape) != tuple(spec.shape):
                 bad_shape.append(f"{key}: checkpoint {tuple(np.asarray(sd[key]).shape)}, model expects "
-                                 f"{tuple(_to_torch_layout(np.zeros(spec.shape, np.float32), kind).shape)}")
+                                 f"{tuple(to_layout(np.zeros(spec.shape, np.float32), kind).shape)}")
                 continue
             flat[(coll,) + path] = np.array(x, dtype=np.float32, order="C")
-    unexpected = sorted(k for k in sd if k not in used and not _DERIVED_BUFFER.search(k))
+    unexpected = sorted(k for k in sd if k not in used and not ignore.search(k))
     err = mismatch_error(source, missing, unexpected, bad_shape)
     if err is not None:
         raise err
     check_finite(((torch_name(p[0], p[1:])[0], v) for p, v in flat.items()), source)
     return unflatten(flat)
+
+
+def from_msclap_state_dict(sd: dict[str, np.ndarray], cfg: ml_collections.ConfigDict, source: str = "checkpoint"):
+    """{torch key: array} -> Flax variables for `cfg`. Raises CheckpointError listing every bad key."""
+    return state_dict_to_variables(sd, cfg, source, torch_name=torch_name, from_layout=_from_torch_layout,
+                                   to_layout=_to_torch_layout, ignore=_DERIVED_BUFFER)
 
 
 def load_msclap_checkpoint(path: str, cfg: ml_collections.ConfigDict | None = None, n_head: int | None = None):

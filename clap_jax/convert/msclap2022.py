@@ -33,11 +33,10 @@ import numpy as np
 
 from clap_jax import files
 from clap_jax.convert import formats
-from clap_jax.convert.msclap import CONFIG_KEY, PRODUCER, check_export_path, read_msclap_file
-from clap_jax.convert.tree import (CheckpointError, check_finite, config_from_dict, config_to_json, flatten,
-                                   mismatch_error, unflatten)
+from clap_jax.convert.msclap import (CONFIG_KEY, PRODUCER, _from_torch_layout, _to_torch_layout,
+                                     check_export_path, read_msclap_file, state_dict_to_variables)
+from clap_jax.convert.tree import CheckpointError, config_from_dict, config_to_json, flatten
 from clap_jax.models import clap2022
-from clap_jax.models import registry
 
 FAMILY = clap2022.FAMILY
 MARKER_KEY = "audio_encoder.base.conv_block1.conv1.weight"
@@ -69,26 +68,6 @@ def torch_name(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
     if leaf in ("scale", "embedding"):
         return j("weight"), "copy"
     return j(leaf), "copy"
-
-
-def _to_torch_layout(x: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "linear":
-        return x.T
-    if kind == "conv2d":
-        return x.transpose(3, 2, 0, 1)
-    if kind == "stft":
-        return x.T[:, None, :]
-    return x
-
-
-def _from_torch_layout(x: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "linear":
-        return x.T
-    if kind == "conv2d":
-        return x.transpose(2, 3, 1, 0)
-    if kind == "stft":
-        return x[:, 0, :].T
-    return x
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -171,27 +150,8 @@ def infer_config(sd: dict[str, np.ndarray], n_head: int | None = None,
 
 def from_msclap_state_dict(sd: dict[str, np.ndarray], cfg: ml_collections.ConfigDict, source: str = "checkpoint"):
     """{torch key: array} -> Flax variables for the msclap-2022 `cfg`. CheckpointError lists every bad key."""
-    shapes = registry.variable_shapes(cfg)
-    flat, missing, bad_shape, used = {}, [], [], set()
-    for coll in ("params", "batch_stats", "constants"):
-        for path, spec in flatten(shapes[coll]):
-            key, kind = torch_name(coll, path)
-            if key not in sd:
-                missing.append(key)
-                continue
-            used.add(key)
-            x = _from_torch_layout(np.asarray(sd[key]), kind)
-            if tuple(x.shape) != tuple(spec.shape):
-                bad_shape.append(f"{key}: checkpoint {tuple(np.asarray(sd[key]).shape)}, model expects "
-                                 f"{tuple(_to_torch_layout(np.zeros(spec.shape, np.float32), kind).shape)}")
-                continue
-            flat[(coll,) + path] = np.array(x, dtype=np.float32, order="C")
-    unexpected = sorted(k for k in sd if k not in used and not _DERIVED_BUFFER.search(k))
-    err = mismatch_error(source, missing, unexpected, bad_shape)
-    if err is not None:
-        raise err
-    check_finite(((torch_name(p[0], p[1:])[0], v) for p, v in flat.items()), source)
-    return unflatten(flat)
+    return state_dict_to_variables(sd, cfg, source, torch_name=torch_name, from_layout=_from_torch_layout,
+                                   to_layout=_to_torch_layout, ignore=_DERIVED_BUFFER)
 
 
 def load_msclap_2022(path: str, cfg: ml_collections.ConfigDict | None = None, n_head: int | None = None):
