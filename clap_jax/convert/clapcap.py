@@ -22,10 +22,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from clap_jax import files
 from clap_jax.convert import formats
 from clap_jax.convert import msclap as msclap_fmt
-from clap_jax.convert.tree import CheckpointError, config_from_dict, config_to_json, flatten
+from clap_jax.convert.tree import CheckpointError, config_from_dict, flatten
 from clap_jax.models import clapcap as clapcap_model
 
 LM_HEAD = "gpt.lm_head.weight"
@@ -123,19 +122,7 @@ def save(variables, cfg, path: str, overwrite: bool = False) -> None:
     the metadata), replacing only a clap_jax export unless `overwrite`; the file appears whole or not at all."""
     path = os.fspath(path)
     msclap_fmt.check_export_path(path, overwrite)
-    sd = to_state_dict(variables, cfg)
-    cfg_json = config_to_json(cfg)
-    with files.atomic_path(path) as tmp:
-        if path.endswith(".safetensors"):
-            from safetensors.numpy import save_file
-
-            save_file(sd, tmp, metadata={"format": "msclap-clapcap", "producer": msclap_fmt.PRODUCER,
-                                         msclap_fmt.CONFIG_KEY: cfg_json})
-        else:
-            import torch
-
-            torch.save({"model": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
-                        msclap_fmt.CONFIG_KEY: cfg_json}, tmp)
+    msclap_fmt.write_state_dict_file(to_state_dict(variables, cfg), cfg, path, "msclap-clapcap")
 
 
 def sniff(path: str) -> bool:

@@ -170,13 +170,18 @@ def save_msclap(variables, cfg, path: str, overwrite: bool = False) -> None:
     it or `overwrite`; the file appears complete or not at all (temp file + rename)."""
     path = os.fspath(path)
     check_export_path(path, overwrite)
-    sd = to_msclap_state_dict(variables, cfg)
+    write_state_dict_file(to_msclap_state_dict(variables, cfg), cfg, path, "msclap")
+
+
+def write_state_dict_file(sd: dict[str, np.ndarray], cfg, path: str, format_name: str) -> None:
+    """`sd` as msclap stores it, atomically: `.pth` ({'model': torch tensors, 'clap_jax_config': JSON}) or
+    `.safetensors` (the config and `format_name` in the metadata). The caller has checked the destination."""
     cfg_json = config_to_json(cfg)
     with files.atomic_path(path) as tmp:
         if path.endswith(".safetensors"):
             from safetensors.numpy import save_file
 
-            save_file(sd, tmp, metadata={"format": "msclap", "producer": PRODUCER, CONFIG_KEY: cfg_json})
+            save_file(sd, tmp, metadata={"format": format_name, "producer": PRODUCER, CONFIG_KEY: cfg_json})
         else:
             import torch
 

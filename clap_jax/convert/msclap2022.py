@@ -31,11 +31,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from clap_jax import files
 from clap_jax.convert import formats
-from clap_jax.convert.msclap import (CONFIG_KEY, PRODUCER, _from_torch_layout, _to_torch_layout,
-                                     check_export_path, read_msclap_file, state_dict_to_variables)
-from clap_jax.convert.tree import CheckpointError, config_from_dict, config_to_json, flatten
+from clap_jax.convert.msclap import (CONFIG_KEY, _from_torch_layout, _to_torch_layout,
+                                     check_export_path, read_msclap_file, state_dict_to_variables,
+                                     write_state_dict_file)
+from clap_jax.convert.tree import CheckpointError, config_from_dict, flatten
 from clap_jax.models import clap2022
 
 FAMILY = clap2022.FAMILY
@@ -92,18 +92,7 @@ def save_msclap_2022(variables, cfg, path: str, overwrite: bool = False) -> None
     if cfg.get("family") != FAMILY:
         raise CheckpointError(f"{path}: a {cfg.get('family')!r} model cannot be written in msclap's 2022 layout")
     check_export_path(path, overwrite)
-    sd = to_msclap_state_dict(variables, cfg)
-    cfg_json = config_to_json(cfg)
-    with files.atomic_path(path) as tmp:
-        if path.endswith(".safetensors"):
-            from safetensors.numpy import save_file
-
-            save_file(sd, tmp, metadata={"format": "msclap-2022", "producer": PRODUCER, CONFIG_KEY: cfg_json})
-        else:
-            import torch
-
-            torch.save({"model": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, CONFIG_KEY: cfg_json},
-                       tmp)
+    write_state_dict_file(to_msclap_state_dict(variables, cfg), cfg, path, "msclap-2022")
 
 
 # ----------------------------------------------------------------------------------------------------------------
