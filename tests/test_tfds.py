@@ -334,19 +334,21 @@ def test_preprocess_tfds_bad_input_is_named(prepared, tmp_path):
 
 
 def test_preprocess_tfds_data_dir_in_a_bucket(prepared, tmp_path):
-    """gs:// through clap_jax.files (the loopback GCS emulator); TensorFlow's own GCS reader cannot reach it."""
-    with storage_servers() as s:
-        url = f"{s['gs']}/tfds"
-        storage.upload(os.path.join(prepared["data_dir"], "crema_d"), f"{url}/crema_d")
-        out = str(tmp_path / "from_bucket")
-        assert _pre(prepared, tmp_path, "--tfds", "crema_d", "--tfds-data-dir", url, "--split", "test",
-                    "--sample-rate", "16000", "--out", out) == 0
-    _, recs = _records(out)
+    """gs:// and s3:// through clap_jax.files (loopback GCS emulator and S3 server); TensorFlow's own GCS reader
+    cannot reach an emulator (its endpoint is fixed), so the prepared files are mirrored locally first."""
     want = _tfds_split(prepared["data_dir"], "crema_d", "test")
-    assert sorted(r["id"][0].decode() for r in recs) == sorted(f"crema_d/{ex['tfds_id']}" for ex in want)
-    by_id = {r["id"][0].decode(): r for r in recs}
-    for ex in want:
-        assert np.array_equal(audio_lib.decode_audio_int16(by_id[f"crema_d/{ex['tfds_id']}"]["audio"][0], "pcm16"),
-                              ex["audio"].astype(np.int16))
+    with storage_servers() as s:
+        for scheme in ("gs", "s3"):
+            url = f"{s[scheme]}/tfds"
+            storage.upload(os.path.join(prepared["data_dir"], "crema_d"), f"{url}/crema_d")
+            out = str(tmp_path / scheme)
+            assert _pre(prepared, tmp_path, "--tfds", "crema_d", "--tfds-data-dir", url, "--split", "test",
+                        "--sample-rate", "16000", "--out", out) == 0
+            _, recs = _records(out)
+            assert sorted(r["id"][0].decode() for r in recs) == sorted(f"crema_d/{ex['tfds_id']}" for ex in want)
+            by_id = {r["id"][0].decode(): r for r in recs}
+            for ex in want:
+                got = audio_lib.decode_audio_int16(by_id[f"crema_d/{ex['tfds_id']}"]["audio"][0], "pcm16")
+                assert np.array_equal(got, ex["audio"].astype(np.int16))
     mirrored = [f for _, _, fs in os.walk(tmp_path / "staging" / "_buckets") for f in fs]
-    assert "dataset_info.json" in mirrored and not any("train" in f for f in mirrored)   # only the split asked for
+    assert mirrored.count("dataset_info.json") == 2 and not any("train" in f for f in mirrored)   # only the split asked
