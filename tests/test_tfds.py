@@ -329,6 +329,13 @@ def test_preprocess_tfds_bad_input_is_named(prepared, tmp_path):
         preprocess.main(["--tfds", "crema_d", "--manifest", "m.csv", *base])
     with pytest.raises(UserError, match="is not a feature"):
         _pre(prepared, tmp_path, "--tfds", "crema_d", "--tfds-label-key", "emotion", *base)
+    damaged = tmp_path / "damaged"   # a copy of crema_d whose test records are cut short
+    import shutil
+    shutil.copytree(os.path.join(prepared["data_dir"], "crema_d"), damaged / "crema_d")
+    rec = next(p for p in (damaged / "crema_d" / "1.0.0").iterdir() if p.name.startswith("crema_d-test.tfrecord"))
+    rec.write_bytes(rec.read_bytes()[:-100])
+    with pytest.raises(UserError, match="reading split 'test' failed"):
+        _pre(prepared, tmp_path, "--tfds", "crema_d", "--tfds-data-dir", str(damaged), "--split", "test", *base)
     assert tfds_source.parse_spec("nsynth:full") == ("nsynth", "full", None)
     assert tfds_source.parse_spec("nsynth/full:2.3.3") == ("nsynth", "full", "2.3.3")
 

@@ -208,10 +208,21 @@ def examples(builder, split: str) -> Iterator[dict]:
     tfds = import_tfds()
     if split not in builder.info.splits:
         raise UserError(f"{builder.data_dir}: no split {split!r} (splits: {', '.join(builder.info.splits)})")
-    ds = builder.as_dataset(split=split, shuffle_files=False, read_config=tfds.ReadConfig(add_tfds_id=True))
-    for ex in tfds.as_numpy(ds):
-        ex["tfds_id"] = ex["tfds_id"].decode() if isinstance(ex["tfds_id"], bytes) else str(ex["tfds_id"])
-        yield ex
+    try:
+        ds = builder.as_dataset(split=split, shuffle_files=False, read_config=tfds.ReadConfig(add_tfds_id=True))
+        it = iter(tfds.as_numpy(ds))
+        while True:
+            try:
+                ex = next(it)
+            except StopIteration:
+                return
+            ex["tfds_id"] = ex["tfds_id"].decode() if isinstance(ex["tfds_id"], bytes) else str(ex["tfds_id"])
+            yield ex
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - TensorFlow's errors (missing or damaged record files): name the dataset
+        raise UserError(f"{builder.data_dir}: reading split {split!r} failed ({type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
 
 
 def is_integer_audio(audio) -> bool:
@@ -326,6 +337,9 @@ def stage(spec: str, data_dir: str | None, splits: Sequence[str], staging: str |
     feats = flat_features(builder)
     lkeys = _keys(builder, feats, label_keys, DEFAULT_LABEL_KEYS, "--tfds-label-key")
     ckeys = _keys(builder, feats, caption_keys, DEFAULT_CAPTION_KEYS, "--tfds-caption-key")
+    if not lkeys and not ckeys:
+        raise UserError(f"{path}: no label or caption feature ({', '.join(DEFAULT_LABEL_KEYS + DEFAULT_CAPTION_KEYS)}"
+                        f"); name some with --tfds-label-key / --tfds-caption-key (features: {', '.join(sorted(feats))})")
     for s in splits:
         if s not in builder.info.splits:
             raise UserError(f"{path}: no split {s!r} (splits: {', '.join(builder.info.splits)})")
@@ -345,6 +359,8 @@ def stage(spec: str, data_dir: str | None, splits: Sequence[str], staging: str |
         except (OSError, json.JSONDecodeError):
             pass
     os.makedirs(folder, exist_ok=True)
+    if os.path.exists(stamp_path):
+        os.remove(stamp_path)   # an export cut short is never taken for a finished one
     from tqdm import tqdm
 
     lines = []
@@ -363,8 +379,8 @@ def stage(spec: str, data_dir: str | None, splits: Sequence[str], staging: str |
                     row["captions"] = captions
                 lines.append(json.dumps(row, ensure_ascii=False) + "\n")
                 bar.update(1)
-    storage.write_text(stamp_path, json.dumps(stamp, indent=1))
     storage.write_text(manifest, "".join(lines))
+    storage.write_text(stamp_path, json.dumps(stamp, indent=1))   # last: the export is complete
     return manifest, folder
 
 
