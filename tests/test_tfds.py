@@ -100,7 +100,8 @@ def _build(src, data_dir, w):
           "silent": ["off/s0.wav"]}
     for part, tar_name in (("train", "sc_train.tar.gz"), ("test", "sc_test.tar.gz")):
         with tarfile.open(f"{src}/{tar_name}", "w:gz") as tar:
-            members = sc["test"] if part == "test" else sc["train"] + sc["validation"] + sc["listed_test"] + sc["silent"]
+            members = sc["test"] if part == "test" else (sc["train"] + sc["validation"] + sc["listed_test"]
+                                                         + sc["silent"])
             for rel in members:
                 word = rel.split("/")[0]
                 path = f"{src}/sc_{part}/{rel}"
@@ -177,7 +178,8 @@ def test_eval_reader_reads_every_tfds_suite_dataset_like_the_official_readers(pr
     assert got["tfds_crema_d"].prompt == "this person is feeling {label}"
     assert len(got["tfds_crema_d"].clips) == 20 and got["tfds_crema_d"].settings["splits"] == [
         "train", "validation", "test"]                                           # all splits pooled
-    assert got["tfds_speech_commands"].classes[-2:] == ["silence", "unknown"] and got["tfds_speech_commands"].prompt == "{label}"
+    assert got["tfds_speech_commands"].classes[-2:] == ["silence", "unknown"]
+    assert got["tfds_speech_commands"].prompt == "{label}"
     assert len(got["tfds_speech_commands"].clips) == 5                          # the test split only
     assert len(got["tfds_gtzan_genres"].clips) == 4 and got["tfds_gtzan_genres"].classes[4] == "hiphop"
     assert got["tfds_gtzan_music_speech"].classes == ["music", "speech"]
@@ -197,7 +199,8 @@ def test_eval_reader_reads_every_tfds_suite_dataset_like_the_official_readers(pr
     for key, ex in prepared["notes"]["test"]:
         (off / "audio").mkdir(parents=True, exist_ok=True)
         sf.write(off / "audio" / f"{key}.wav", ex["audio"], 16000, subtype="FLOAT")
-        meta[key] = {"pitch": ex["pitch"], "velocity": ex["velocity"], "instrument_family_str": ex["instrument"]["family"],
+        meta[key] = {"pitch": ex["pitch"], "velocity": ex["velocity"],
+                     "instrument_family_str": ex["instrument"]["family"],
                      "qualities_str": [q for q in QUALITIES if ex["qualities"][q]]}
     (off / "examples.json").write_text(json.dumps(meta))
     official = {t.name: t for t in NSynth().read(off, {})}
@@ -229,7 +232,8 @@ def test_eval_cli_runs_the_tfds_nsynth_tasks_with_their_protocol(prepared, tmp_p
     run = json.loads((out / "results.json").read_text())        # one --weights: one run
     assert sorted(run["tasks"]) == sorted(NSYNTH_TASKS) and run["errors"] == {}
     pitch = run["tasks"]["tfds_nsynth_pitch"]
-    assert pitch["settings"]["prompt"] == "this is a sound of pitch {label}" and pitch["settings"]["pitch_label"] == "midi"
+    assert pitch["settings"]["prompt"] == "this is a sound of pitch {label}"
+    assert pitch["settings"]["pitch_label"] == "midi"
     assert pitch["settings"]["source"] == "TFDS nsynth/full 2.3.3" and pitch["settings"]["split"] == "test"
     assert pitch["settings"]["n_clips"] == 4 and pitch["settings"]["n_classes"] == 3   # pitches 22, 60, 72
     assert run["tasks"]["tfds_nsynth_velocity"]["settings"]["n_classes"] == 5
@@ -297,12 +301,13 @@ def test_preprocess_tfds_nested_labels_float_audio_and_skip_accounting(prepared,
     want = {ex["id"].decode(): ex for ex in _tfds_split(prepared["data_dir"], "nsynth", "test")}
     assert len(recs) == 4
     fam = tfds.builder_from_directory(f"{prepared['data_dir']}/nsynth/full/2.3.3").info.features["instrument"]["family"]
-    got = sorted(([x.decode() for x in r["labels"]], r["captions"][0].decode(), audio_lib.decode_audio_int16(
-        r["audio"][0], "pcm16").tobytes()) for r in recs)
-    exp = sorted(([fam.int2str(ex["instrument"]["family"])] + [q for q in QUALITIES if ex["qualities"][q]],
-                  "a " + ", ".join([fam.int2str(ex["instrument"]["family"])] + [q for q in QUALITIES if ex["qualities"][q]])
-                  + " note", audio_lib.to_int16(ex["audio"]).tobytes()) for ex in want.values())
-    assert got == exp
+    exp = []
+    for ex in want.values():
+        labels = [fam.int2str(ex["instrument"]["family"])] + [q for q in QUALITIES if ex["qualities"][q]]
+        exp.append((labels, "a " + ", ".join(labels) + " note", audio_lib.to_int16(ex["audio"]).tobytes()))
+    got = [([x.decode() for x in r["labels"]], r["captions"][0].decode(),
+            audio_lib.decode_audio_int16(r["audio"][0], "pcm16").tobytes()) for r in recs]
+    assert sorted(got) == sorted(exp)
     # a silent clip is skipped and counted like any manifest row; the rest is kept
     out2 = str(tmp_path / "sc")
     assert _pre(prepared, tmp_path, "--tfds", "speech_commands", "--split", "train", "--sample-rate", "16000",
@@ -310,7 +315,10 @@ def test_preprocess_tfds_nested_labels_float_audio_and_skip_accounting(prepared,
     meta = json.load(open(os.path.join(out2, "dataset.json")))
     assert meta["num_examples"] == 2 and meta["num_skipped"] == 1
     assert meta["problem_counts"]["skipped"] and "silent" in meta["skipped"][0]["reason"]
-    assert meta["skipped"][0]["where"].endswith("speech_commands.jsonl:" + meta["skipped"][0]["where"].rsplit(":", 1)[1])
+    manifest, line = meta["skipped"][0]["where"].rsplit(":", 1)        # manifest:line of the staged export
+    row = json.loads(open(manifest).read().splitlines()[int(line) - 1])
+    assert os.path.basename(manifest) == "speech_commands.jsonl" and row["labels"] == ["off"]
+    assert not sf.read(os.path.join(os.path.dirname(manifest), row["path"]))[0].any()   # the silent clip
     lines = open(os.path.join(out2, "skipped.tsv")).read().splitlines()
     assert len(lines) == 2 and "silent" in lines[1]
 

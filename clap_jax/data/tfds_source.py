@@ -339,7 +339,8 @@ def stage(spec: str, data_dir: str | None, splits: Sequence[str], staging: str |
     ckeys = _keys(builder, feats, caption_keys, DEFAULT_CAPTION_KEYS, "--tfds-caption-key")
     if not lkeys and not ckeys:
         raise UserError(f"{path}: no label or caption feature ({', '.join(DEFAULT_LABEL_KEYS + DEFAULT_CAPTION_KEYS)}"
-                        f"); name some with --tfds-label-key / --tfds-caption-key (features: {', '.join(sorted(feats))})")
+                        "); name some with --tfds-label-key / --tfds-caption-key (features: "
+                        f"{', '.join(sorted(feats))})")
     for s in splits:
         if s not in builder.info.splits:
             raise UserError(f"{path}: no split {s!r} (splits: {', '.join(builder.info.splits)})")

@@ -136,6 +136,7 @@ def _fields(builder, ex: dict, rel: str) -> dict:
     if builder.name != "nsynth":
         return {"path": rel, "label": tfds_source.label_names(builder, "label", ex["label"])[0]}
     note = ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"])
+    family = tfds_source.label_names(builder, "instrument/family", ex["instrument"]["family"])[0]
     return {"path": rel, "id": note, "pitch": int(ex["pitch"]), "velocity": int(ex["velocity"]),
-            "instrument_family_str": tfds_source.label_names(builder, "instrument/family", ex["instrument"]["family"])[0],
-            "qualities_str": tfds_source.label_names(builder, "qualities", ex["qualities"])}
+            "instrument_family_str": family, "qualities_str": tfds_source.label_names(builder, "qualities",
+                                                                                       ex["qualities"])}
