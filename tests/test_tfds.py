@@ -11,6 +11,7 @@ produces the right clips, labels and class words.
 """
 import json
 import os
+import shutil
 import tarfile
 from unittest import mock
 
@@ -218,6 +219,14 @@ def test_eval_reader_reads_every_tfds_suite_dataset_like_the_official_readers(pr
     monkeypatch.setattr(tfds_source, "open_builder", lambda *a, **k: pytest.fail("TFDS re-read"))
     again, errors, _ = load_tasks(prepared["data_root"], "tfds")
     assert errors == {} and [len(t.clips) for t in again] == [len(t.clips) for t in tasks]
+    # a TFDS copy not exported yet, without tensorflow-datasets installed: the reader says what to install
+    shutil.copytree(os.path.join(prepared["data_dir"], "crema_d"), tmp_path / "tensorflow_datasets" / "crema_d")
+
+    def missing():
+        raise UserError("no module named tensorflow_datasets")
+    monkeypatch.setattr(tfds_source, "import_tfds", missing)
+    _, errors, _ = load_tasks(tmp_path, "tfds")
+    assert "tensorflow-datasets is not installed" in errors["tfds"] and ".[tfds]" in errors["tfds"]
 
 
 def test_eval_cli_runs_the_tfds_nsynth_tasks_with_their_protocol(prepared, tmp_path, monkeypatch):
@@ -338,7 +347,6 @@ def test_preprocess_tfds_bad_input_is_named(prepared, tmp_path):
     with pytest.raises(UserError, match="is not a feature"):
         _pre(prepared, tmp_path, "--tfds", "crema_d", "--tfds-label-key", "emotion", *base)
     damaged = tmp_path / "damaged"   # a copy of crema_d whose test records are cut short
-    import shutil
     shutil.copytree(os.path.join(prepared["data_dir"], "crema_d"), damaged / "crema_d")
     rec = next(p for p in (damaged / "crema_d" / "1.0.0").iterdir() if p.name.startswith("crema_d-test.tfrecord"))
     rec.write_bytes(rec.read_bytes()[:-100])
