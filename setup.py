@@ -27,9 +27,13 @@ TPU = ["libtpu==0.0.42.1"]
 # Accelerator builds of jax, pinned to the release this package is tested with (launch/tpu_vm_setup.sh,
 # scripts/setup_gpu.sh): the TPU VM runtime, and CUDA 12 wheels (the driver comes with the host).
 CLOUD = ["gcsfs>=2024.6", "s3fs>=2024.6"]  # gs:// and s3:// paths (fsspec); checkpoints go through tensorstore
+# TFDS datasets (eval reader, preprocess --tfds); tfds 4.9.10 imports importlib_resources without requiring it,
+# and its Audio feature needs pydub to prepare datasets from audio files
+TFDS = ["tensorflow-datasets==4.9.10", "tensorflow-cpu==2.21.0", "importlib_resources", "pydub"]
 TPU_VM = ["jax[tpu]==0.10.2"] + CLOUD  # TPU VMs read data and write runs in buckets
 GPU = ["jax[cuda12]==0.10.2"] + CLOUD
 TEST = TORCH + TPU + ["pytest>=8", "pyyaml", "scikit-learn", "pycocoevalcap==1.2"]  # CIDEr-D cross-check
+TEST += TFDS  # TFDS eval reader and preprocess --tfds, tested on datasets TFDS prepares
 TEST += CLOUD + ["gcp-storage-emulator>=2024.8", "moto[server]>=5.0"]  # GCS and S3 servers on loopback (tests)
 
 setup(
@@ -39,5 +43,6 @@ setup(
     packages=find_packages(include=["clap_jax", "clap_jax.*"]),
     python_requires=">=3.11",
     install_requires=CORE,
-    extras_require={"torch": TORCH, "tpu": TPU, "cloud": CLOUD, "test": TEST, "tpuvm": TPU_VM, "gpu": GPU},
+    extras_require={"torch": TORCH, "tpu": TPU, "cloud": CLOUD, "test": TEST, "tpuvm": TPU_VM, "gpu": GPU,
+                    "tfds": TFDS},
 )

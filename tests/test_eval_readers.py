@@ -96,63 +96,6 @@ def test_reader_options_change_split_and_binarisation(tmp_path):
     assert "2.5" in got["esc50_actions"].settings["binarisation"]
 
 
-def test_tfds_reader_exports_prepared_datasets_once(tmp_path, monkeypatch):
-    """Against a stand-in for the part of the tensorflow_datasets API the reader uses (real TFDS audio decoding
-    needs TensorFlow, which the test environment does not install)."""
-    import sys
-    import types
-
-    import numpy as np
-
-    w = fx.Writer(tmp_path)
-    codes = ["NEU", "HAP", "SAD", "ANG", "FEA", "DIS"]            # tfds crema_d ClassLabel order
-    words = {"NEU": "neutral", "HAP": "happy", "SAD": "sad", "ANG": "angry", "FEA": "fearful", "DIS": "disgust"}
-    t = np.arange(8000) / 16000
-    examples = {split: [{"audio": (0.3 * 32767 * np.sin(2 * np.pi * w.tone("tfds_crema_d", words[codes[k]]) * t))
-                         .astype(np.int16), "label": k} for k in ks]
-                for split, ks in (("train", [0, 1, 2]), ("validation", [3]), ("test", [4, 5, 0]))}
-    opened = []
-
-    class Builder:
-        def __init__(self, name, data_dir):
-            opened.append((name, data_dir))
-            self.info = types.SimpleNamespace(
-                version="1.0.0", features={"label": types.SimpleNamespace(names=codes),
-                                           "audio": types.SimpleNamespace(sample_rate=16000)})
-
-        def as_dataset(self, split):
-            return examples[split]
-
-    stub = types.ModuleType("tensorflow_datasets")
-    stub.builder = Builder
-    stub.as_numpy = lambda ds: iter(ds)
-    monkeypatch.setitem(sys.modules, "tensorflow_datasets", stub)
-    (tmp_path / "tensorflow_datasets" / "crema_d" / "1.0.0").mkdir(parents=True)
-    tasks, errors, _ = load_tasks(tmp_path, "tfds")
-    assert errors == {} and [t.name for t in tasks] == ["tfds_crema_d"]
-    assert len(tasks[0].clips) == 7 and tasks[0].classes == [words[c] for c in codes]
-    assert tasks[0].prompt == "this person is feeling {label}"
-    res = evaluate(fx.tone_embedder(w, tasks), tmp_path, tasks="tfds", progress=False, log=lambda *_: None)
-    assert res["tasks"]["tfds_crema_d"]["metrics"]["acc"] == 1.0
-    assert len(opened) == 1                                       # the second read used the exported wavs
-    monkeypatch.delitem(sys.modules, "tensorflow_datasets")
-    monkeypatch.setattr("builtins.__import__", _no_tfds_import(__import__))
-    tasks, errors, _ = load_tasks(tmp_path, "tfds")               # exported already: no tfds needed
-    assert errors == {} and len(tasks[0].clips) == 7
-    import shutil
-    shutil.rmtree(tmp_path / "tensorflow_datasets" / "_clap_jax_wav")
-    _, errors, _ = load_tasks(tmp_path, "tfds")
-    assert "tensorflow-datasets is not installed" in errors["tfds"]
-
-
-def _no_tfds_import(real_import):
-    def fake(name, *args, **kwargs):
-        if name == "tensorflow_datasets":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-    return fake
-
-
 def test_builtin_reader_reads_the_synthetic_generators_shared_clip_format(tmp_path):
     """The layout clap_jax.data.synthetic writes ("format": "clap_jax.eval_tasks/1"), per its docstring."""
     import json

@@ -1,6 +1,7 @@
 """Preprocess audio-caption manifests into sharded TFRecords (no TensorFlow needed).
 
     python -m clap_jax.data.preprocess --manifest train.csv --root /audio --out /data/mine --workers 8
+    python -m clap_jax.data.preprocess --tfds crema_d --tfds-data-dir DIR --split train --out /data/crema  # tfds_source
 
 Manifests (several may be given; rows keep their order, manifests in the order given):
 
@@ -81,7 +82,7 @@ import numpy as np
 
 from clap_jax import files as storage
 from clap_jax.data import audio as audio_lib
-from clap_jax.data import tfrecord
+from clap_jax.data import tfds_source, tfrecord
 from clap_jax.errors import UserError, run_cli
 
 log = logging.getLogger(__name__)
@@ -761,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m clap_jax.data.preprocess", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__[__doc__.index("Jobs, reruns"):],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", "-m", action="append", required=True, help="CSV or JSONL manifest (repeatable)")
+    p.add_argument("--manifest", "-m", action="append", help="CSV or JSONL manifest (repeatable); or --tfds")
     p.add_argument("--root", default="", help="directory that relative audio paths are relative to; paths outside "
                    "it are refused (default: the current directory)")
     p.add_argument("--allow-outside-root", action="store_true",
@@ -787,12 +788,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--label-captions", choices=("if-missing", "always", "never"), default="if-missing")
     p.add_argument("--default-split", default="train")
     p.add_argument("--quiet", action="store_true")
+    tfds_source.add_arguments(p)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(levelname)s %(message)s")
     opts = Options(sample_rate=a.sample_rate, audio_format=a.audio_format, min_seconds=a.min_seconds,
                    max_seconds=a.max_seconds, trim_db=a.trim_db, examples_per_shard=a.examples_per_shard,
                    shard_mb=a.shard_mb, label_templates=tuple(a.label_template or Options.label_templates),
                    label_joiner=a.label_joiner, label_captions=a.label_captions, default_split=a.default_split)
+    a.manifest, a.root = tfds_source.from_args(a, progress=not a.quiet)  # --tfds: its export's manifest
     meta = run(a.manifest, a.out, a.root, opts, workers=a.workers, progress=not a.quiet, overwrite=a.overwrite,
                append=a.append, allow_outside_root=a.allow_outside_root)
     print(f"wrote {meta['num_examples']} examples ({meta['hours']:.3f} h) to {a.out}; "

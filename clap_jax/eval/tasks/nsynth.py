@@ -49,23 +49,40 @@ class NSynth(Reader):
             if missing:
                 raise DatasetError(f"{f}: note {k} lacks {sorted(missing)}")
         wav = {k: str(path / "audio" / f"{k}.wav") for k in keys}
-        pitches = sorted({int(notes[k]["pitch"]) for k in keys})
-        pitch_label = option(options, "pitch_label", "note")
-        p_text = [note_name(p) if pitch_label == "note" else str(p) for p in pitches]
-        settings = {"split": path.name}
-        tasks = [
-            Task("nsynth_pitch", SINGLE, p_text, [Clip(wav[k], (pitches.index(int(notes[k]["pitch"])),)) for k in keys],
-                 prompt=default_prompt("nsynth_pitch"), paper_key="nsynth_pitch",
-                 settings={**settings, "classes": f"{len(pitches)} pitches present in the split [U]",
-                           "pitch_label": pitch_label}),
-            Task("nsynth_velocity", SINGLE, [str(v) for v in VELOCITIES],
-                 [Clip(wav[k], (VELOCITIES.index(int(notes[k]["velocity"])),)) for k in keys],
-                 prompt=default_prompt("nsynth_velocity"), paper_key="nsynth_velocity", settings=dict(settings)),
-            Task("nsynth_qualities", MULTI, [clean_label(q) for q in QUALITIES],
-                 [Clip(wav[k], tuple(QUALITIES.index(q) for q in notes[k]["qualities_str"])) for k in keys],
-                 paper_key="nsynth_qualities", settings=dict(settings)),
-            Task("nsynth_family", SINGLE, [clean_label(c) for c in FAMILIES],
-                 [Clip(wav[k], (FAMILIES.index(notes[k]["instrument_family_str"]),)) for k in keys],
-                 paper_key="nsynth_family", settings=dict(settings)),
-        ]
-        return tasks
+        return nsynth_tasks(notes, wav, options, {"split": path.name}, where=str(f))
+
+
+def nsynth_tasks(notes: dict, wav: dict, options, settings: dict, prefix: str = "", where: str = "") -> list:
+    """The four tasks over the same notes ({key: {pitch, velocity, instrument_family_str, qualities_str}}, clips
+    in sorted key order); ``prefix`` names another copy of the data (e.g. "tfds_"), same prompts and classes;
+    ``where`` (the label file) starts the error messages."""
+    keys = sorted(notes)
+    for k in keys:
+        if int(notes[k]["velocity"]) not in VELOCITIES:
+            raise DatasetError(f"{where}: note {k}: velocity {notes[k]['velocity']} is not one of {VELOCITIES}")
+        if notes[k]["instrument_family_str"] not in FAMILIES:
+            raise DatasetError(f"{where}: note {k}: instrument family {notes[k]['instrument_family_str']!r} is not "
+                               f"one of {FAMILIES}")
+        bad = [q for q in notes[k]["qualities_str"] if q not in QUALITIES]
+        if bad:
+            raise DatasetError(f"{where}: note {k}: unknown qualities {bad} (known: {QUALITIES})")
+    pitches = sorted({int(notes[k]["pitch"]) for k in keys})
+    pitch_label = option(options, "pitch_label", "note")
+    p_text = [note_name(p) if pitch_label == "note" else str(p) for p in pitches]
+    tasks = [
+        Task(prefix + "nsynth_pitch", SINGLE, p_text,
+             [Clip(wav[k], (pitches.index(int(notes[k]["pitch"])),)) for k in keys],
+             prompt=default_prompt("nsynth_pitch"), paper_key="nsynth_pitch",
+             settings={**settings, "classes": f"{len(pitches)} pitches present in the split [U]",
+                       "pitch_label": pitch_label}),
+        Task(prefix + "nsynth_velocity", SINGLE, [str(v) for v in VELOCITIES],
+             [Clip(wav[k], (VELOCITIES.index(int(notes[k]["velocity"])),)) for k in keys],
+             prompt=default_prompt("nsynth_velocity"), paper_key="nsynth_velocity", settings=dict(settings)),
+        Task(prefix + "nsynth_qualities", MULTI, [clean_label(q) for q in QUALITIES],
+             [Clip(wav[k], tuple(QUALITIES.index(q) for q in notes[k]["qualities_str"])) for k in keys],
+             paper_key="nsynth_qualities", settings=dict(settings)),
+        Task(prefix + "nsynth_family", SINGLE, [clean_label(c) for c in FAMILIES],
+             [Clip(wav[k], (FAMILIES.index(notes[k]["instrument_family_str"]),)) for k in keys],
+             paper_key="nsynth_family", settings=dict(settings)),
+    ]
+    return tasks
