@@ -70,6 +70,7 @@ def storage_servers():
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    _forget_filesystems()   # fsspec caches instances with the endpoint of an earlier server
     try:
         import boto3
 
@@ -81,5 +82,14 @@ def storage_servers():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        _forget_filesystems()
         s3.stop()
         gcs.stop()
+
+
+def _forget_filesystems():
+    import gcsfs
+    import s3fs
+
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    s3fs.S3FileSystem.clear_instance_cache()

@@ -375,3 +375,37 @@ def test_preprocess_tfds_data_dir_in_a_bucket(prepared, tmp_path):
                 assert np.array_equal(got, ex["audio"].astype(np.int16))
     mirrored = [f for _, _, fs in os.walk(tmp_path / "staging" / "_buckets") for f in fs]
     assert mirrored.count("dataset_info.json") == 2 and not any("train" in f for f in mirrored)   # only the split asked
+
+
+def test_eval_reader_reads_a_tfds_data_dir_in_a_bucket(prepared, tmp_path, monkeypatch):
+    """`--option tfds.data_dir=gs://...` (and s3://): the scored splits are mirrored into the local cache, the WAV
+    export is kept there, and the tasks equal those read from the same datasets on local disk."""
+    monkeypatch.setenv("CLAP_JAX_TFDS_STAGING", str(tmp_path / "cache"))
+    local, errors, _ = load_tasks(prepared["data_root"], "tfds_crema_d,tfds_nsynth_family")
+    assert errors == {}
+    empty_root = tmp_path / "root"
+    empty_root.mkdir()
+    with storage_servers() as s:
+        for scheme in ("gs", "s3"):
+            url = f"{s[scheme]}/eval/tensorflow_datasets"
+            for name in ("crema_d", "nsynth"):
+                storage.upload(os.path.join(prepared["data_dir"], name), f"{url}/{name}")
+            config = {"options": {"tfds": {"data_dir": url}}}
+            tasks, errors, missing = load_tasks(empty_root, "tfds_crema_d,tfds_nsynth_family", config)
+            assert errors == {} and missing == []
+            assert sorted(t.name for t in tasks) == sorted(t.name for t in local)
+            for t, ref in zip(sorted(tasks, key=lambda t: t.name), sorted(local, key=lambda t: t.name)):
+                assert t.classes == ref.classes and t.prompt == ref.prompt
+                assert [c.labels for c in t.clips] == [c.labels for c in ref.clips]
+                for c, rc in zip(t.clips, ref.clips):
+                    assert c.path.startswith(str(tmp_path / "cache"))               # local, not in the bucket
+                    assert np.array_equal(sf.read(c.path)[0], sf.read(rc.path)[0])
+            # a second read uses the export: nothing is fetched from the bucket again
+            monkeypatch.setattr(tfds_source, "mirror", lambda *a, **k: pytest.fail("mirrored twice"))
+            again, errors, _ = load_tasks(empty_root, "tfds_crema_d", config)
+            assert errors == {} and len(again[0].clips) == len(local[0].clips)
+            monkeypatch.undo()
+            monkeypatch.setenv("CLAP_JAX_TFDS_STAGING", str(tmp_path / "cache"))
+        # the bucket holds no dataset: the reader reports its data as absent, not as an error
+        _, errors, missing = load_tasks(empty_root, "tfds", {"options": {"tfds": {"data_dir": f"{s['gs']}/none"}}})
+        assert errors == {} and [r.name for r in missing] == ["tfds"]

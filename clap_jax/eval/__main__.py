@@ -163,8 +163,9 @@ def main(argv=None) -> int:
     if not root.is_dir():
         raise UserError(f"--data-root {args.data_root}: " + ("not a directory" if root.exists() else
                         "directory does not exist") + "; give the folder that holds the evaluation datasets")
+    config = build_config(args)
     if args.list:
-        found, missing = discover(args.data_root, args.tasks)
+        found, missing = discover(args.data_root, args.tasks, config)
         for reader, path in found:
             print(f"found    {reader.name:20s} {path}")
         for reader in missing:

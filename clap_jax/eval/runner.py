@@ -50,14 +50,15 @@ def unknown_task_names(tasks) -> list:
     return sorted(w for w in wanted if not any(_selected(r, {w}) for r in REGISTRY.values()))
 
 
-def discover(data_root, tasks="all"):
+def discover(data_root, tasks="all", config: Optional[dict] = None):
     """([(reader, dataset_dir)], [reader whose data is absent]) for the selected readers."""
     wanted = _wanted(tasks)
+    options = (config or {}).get("options", {})
     found, missing = [], []
     for reader in REGISTRY.values():
         if not _selected(reader, wanted):
             continue
-        path = reader.locate(Path(data_root))
+        path = reader.locate(Path(data_root), options.get(reader.name, {}))
         (found if path is not None else missing).append((reader, path) if path is not None else reader)
     return found, missing
 
@@ -66,7 +67,7 @@ def load_tasks(data_root, tasks="all", config: Optional[dict] = None):
     """Read every selected dataset found under data_root. Returns (tasks, errors, missing_readers)."""
     config = config or {}
     wanted = _wanted(tasks)
-    found, missing = discover(data_root, tasks)
+    found, missing = discover(data_root, tasks, config)
     out, errors = [], {}
     for reader, path in found:
         try:

@@ -4,7 +4,8 @@ A reader is a class with
   name          registry name of the dataset family ("esc50", "hear", ...)
   tasks         names of the tasks it can produce (used by --tasks and by the "what to download" list)
   how_to_get    one paragraph: what to download and where to put it under --data-root
-  locate(root)  -> Path of the dataset directory under root, or None when the data is absent
+  locate(root, options) -> Path of the dataset directory under root, or None when the data is absent (options:
+                the reader's --option values, for a reader whose data may sit elsewhere)
   read(path, options) -> list[Task]; raises DatasetError with a message naming the missing/bad file
 """
 from __future__ import annotations
@@ -97,7 +98,7 @@ class Reader:
     candidates: tuple = ()
     marker = ""
 
-    def locate(self, root: Path) -> Optional[Path]:
+    def locate(self, root: Path, options: Optional[dict] = None) -> Optional[Path]:
         for rel in self.candidates:
             p = Path(root) / rel
             if (p / self.marker).exists():

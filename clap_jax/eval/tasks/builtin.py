@@ -37,7 +37,7 @@ class Builtin(Reader):
     how_to_get = ("No download: generate the synthetic held-out set with clap_jax.data.synthetic; it writes "
                   f"{TASKS_FILE} into its output directory. Point --data-root at it or at its parent.")
 
-    def locate(self, root):
+    def locate(self, root, options=None):
         root = Path(root)
         if (root / TASKS_FILE).exists():
             return root

@@ -21,7 +21,7 @@ class AudioCaps(Reader):
     how_to_get = ("Clone https://github.com/cdjkim/audiocaps into <data-root>/audiocaps/ (dataset/test.csv) and "
                   "put your 10-s test clips, named by YouTube id, anywhere under <data-root>/audiocaps/.")
 
-    def locate(self, root):
+    def locate(self, root, options=None):
         for rel in ("audiocaps", "AudioCaps"):
             p = Path(root) / rel
             if (p / "dataset" / "test.csv").exists() or (p / "test.csv").exists():

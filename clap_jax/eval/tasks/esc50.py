@@ -33,7 +33,7 @@ class ESC50(Reader):
     how_to_get = ("Download https://github.com/karolpiczak/ESC-50/archive/master.zip and unzip it so that "
                   "<data-root>/ESC-50-master/meta/esc50.csv and <data-root>/ESC-50-master/audio/ exist.")
 
-    def locate(self, root):
+    def locate(self, root, options=None):
         return _esc_dir(Path(root))
 
     def read(self, path, options):
@@ -65,7 +65,7 @@ class ESC50Actions(Reader):
                   "<data-root>/ESC50-Actions/ so that <data-root>/ESC50-Actions/action_vectors_dataset/"
                   "actionvector_one_per_audiofile.csv exists.")
 
-    def locate(self, root):
+    def locate(self, root, options=None):
         root = Path(root)
         if _esc_dir(root) is None:
             return None

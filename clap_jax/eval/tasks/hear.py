@@ -41,7 +41,7 @@ class HEAR(Reader):
     how_to_get = ("Download HEAR 2021 task tarballs (hear-2021.0.x-<task>-...-<sr>.tar.gz; Zenodo 5885750 has "
                   "48 kHz) and extract them so that <data-root>/hear/tasks/<task-dir>/task_metadata.json exist.")
 
-    def locate(self, root):
+    def locate(self, root, options=None):
         for rel in ("hear/tasks", "tasks", "hear"):
             p = Path(root) / rel
             if p.is_dir() and any((d / "task_metadata.json").exists() for d in p.iterdir() if d.is_dir()):

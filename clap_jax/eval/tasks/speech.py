@@ -61,7 +61,7 @@ class RAVDESS(Reader):
     how_to_get = ("Download Audio_Speech_Actors_01-24.zip and Audio_Song_Actors_01-24.zip (Zenodo 1188976) and "
                   "extract them into <data-root>/RAVDESS/Audio_Speech_Actors_01-24/ and .../Audio_Song_Actors_01-24/.")
 
-    def locate(self, root):
+    def locate(self, root, options=None):
         for rel in self.candidates:
             p = Path(root) / rel
             if (p / "Audio_Speech_Actors_01-24").is_dir() or (p / "Audio_Song_Actors_01-24").is_dir():
@@ -98,7 +98,7 @@ class SpeechCommands(Reader):
                   "into <data-root>/speech_commands_test_set_v0.02/ (12 class folders); or extract the full "
                   "speech_commands_v0.02.tar.gz into <data-root>/speech_commands_v0.02/ (uses testing_list.txt).")
 
-    def locate(self, root):
+    def locate(self, root, options=None):
         for rel in self.candidates:
             p = Path(root) / rel
             if (p / "testing_list.txt").exists() or (p / "_unknown_").is_dir() or (p / "yes").is_dir():
@@ -132,7 +132,7 @@ class LibriCount(Reader):
     how_to_get = ("Download LibriCount10-0dB.zip (https://zenodo.org/record/1216072) and extract it to "
                   "<data-root>/LibriCount10-0dB/ (files <count>_<...>.wav).")
 
-    def locate(self, root):
+    def locate(self, root, options=None):
         for rel in self.candidates:
             p = Path(root) / rel
             if p.is_dir() and any(re.match(r"\d+_", f.name) for f in p.glob("*.wav")):

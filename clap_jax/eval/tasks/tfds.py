@@ -11,12 +11,17 @@ Builders (TFDS has these suite datasets; `tfds build <name>` fetches them):
   speech_commands     test split; its 12 labels include _silence_ and _unknown_
   nsynth (config full) test split (4,096 notes, the official nsynth-test); four tasks: pitch, velocity,
                       qualities, instrument family
+TFDS data elsewhere, e.g. in a bucket: `--option tfds.data_dir=gs://bucket/tensorflow_datasets` (any path or
+gs:// / s3:// URL; the prepared metadata and the scored splits' record files are copied once into a local cache,
+and the WAV export is kept under the local cache too, so later runs read nothing from the bucket).
+
 Tasks are named "tfds_<paper task>" and use the same prompts, class words and class order as the official-layout
 readers (nsynth: clap_jax.eval.tasks.nsynth builds both). The prepared copy is read with
 tfds.builder_from_directory, so the newest prepared version is used and the builder's code is not needed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -49,21 +54,23 @@ class TFDS(Reader):
     how_to_get = ("pip install -e .[tfds]; `tfds build crema_d gtzan gtzan_music_speech speech_commands nsynth "
                   "--data_dir <data-root>/tensorflow_datasets`.")
 
-    def locate(self, root):
-        p = Path(root) / "tensorflow_datasets"
-        return p if any((p / b).is_dir() for b in BUILDERS) else None
+    def locate(self, root, options=None):
+        given = (options or {}).get("data_dir")
+        p = str(given) if given else str(Path(root) / "tensorflow_datasets")
+        return p if any(storage.isdir(storage.join(p, b)) for b in BUILDERS) else None
 
     def read(self, path, options):
         out = []
+        path = str(path)
         for builder_name in BUILDERS:
-            if not (Path(path) / builder_name).is_dir():
+            if not storage.isdir(storage.join(path, builder_name)):
                 continue
             spec, splits = (SINGLE_LABEL[builder_name][0], SINGLE_LABEL[builder_name][2]) if (
                 builder_name in SINGLE_LABEL) else NSYNTH
-            export = Path(path) / EXPORT_DIR / builder_name
-            meta = _exported(Path(path), spec, export)
+            export = export_dir(path) / builder_name
+            meta = _exported(path, spec, export)
             if meta is None:   # first use (or a newer version prepared): export once, needs tfds
-                meta = _export(Path(path), spec, splits, export)
+                meta = _export(path, spec, splits, export)
             settings = {"source": f"TFDS {spec} {meta['version']}", "splits": list(meta["splits"])}
             if builder_name == "nsynth":
                 notes = {c["id"]: c for c in meta["clips"]}
@@ -83,7 +90,18 @@ class TFDS(Reader):
         return out
 
 
-def _exported(data_dir: Path, spec: str, export: Path):
+def export_dir(data_dir: str) -> Path:
+    """Where the WAV export of ``data_dir``'s datasets lives: beside them for a local data dir, in the local
+    TFDS cache (one folder per URL) for a bucket."""
+    if not storage.is_url(data_dir):
+        return Path(data_dir) / EXPORT_DIR
+    from clap_jax.data import tfds_source
+
+    digest = hashlib.sha256(data_dir.rstrip("/").encode()).hexdigest()[:12]
+    return Path(tfds_source.default_staging()) / EXPORT_DIR / digest
+
+
+def _exported(data_dir: str, spec: str, export: Path):
     """The export's labels.json when it is current: this format, and made from the version prepared now."""
     from clap_jax.data import tfds_source
 
@@ -103,7 +121,7 @@ def _exported(data_dir: Path, spec: str, export: Path):
     return meta if Path(prepared).name == meta.get("version") else None
 
 
-def _export(data_dir: Path, spec: str, splits, export: Path) -> dict:
+def _export(data_dir: str, spec: str, splits, export: Path) -> dict:
     from clap_jax.data import tfds_source
 
     try:
@@ -112,7 +130,7 @@ def _export(data_dir: Path, spec: str, splits, export: Path) -> dict:
         raise DatasetError(f"{data_dir} holds TFDS datasets but tensorflow-datasets is not installed "
                            f"({tfds_source.INSTALL_HINT})") from None
     try:
-        builder, prepared = tfds_source.open_builder(str(data_dir), spec)
+        builder, prepared = tfds_source.open_builder(str(data_dir), spec, splits)
         akey = tfds_source.audio_key(builder, "audio")
         sr = tfds_source.sample_rate(builder, akey)
         clips = []

@@ -21,7 +21,7 @@ class TUT2017(Reader):
                   "audio zips) and extract them so that <data-root>/TUT-acoustic-scenes-2017-evaluation/meta.txt "
                   "and .../audio/ exist (development set, Zenodo 400515, for split=development).")
 
-    def locate(self, root):
+    def locate(self, root, options=None):
         for d in DIRS.values():
             p = Path(root) / d
             if (p / "meta.txt").exists() or (p / "evaluation_setup").is_dir():
