@@ -26,7 +26,7 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("compile") / "fsdp.json"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu",
                ALLOW_MULTIPLE_LIBTPU_LOAD="1")  # this process loads libtpu too
-    cmd = [sys.executable, "-m", "clap_jax.train.compile", "--config", "configs/tiny.py:fsdp,batch_size=32",
+    cmd = [sys.executable, "-m", "clap_jax.train.compile", "--config", "configs/tiny.py:fsdp,batch_size=32,wide",
            "--topology", TOPOLOGY, "--json", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -44,10 +44,11 @@ def test_cli_prints_the_report_and_writes_json(report):
 
 
 def test_compiled_flops_follow_the_analytic_count(report):
-    """At the tiny widths (8 and 32 channels) the vector work XLA counts (softmax, GELU, norms) is about a fifth of
-    the step's FLOPs, which the analytic (matmul) count leaves out as MFU counts do; at full size matmuls dominate."""
+    """The analytic count is the matmuls' (as MFU counts are); XLA also counts vector work (GELU's erf, softmax,
+    norms, the optimizer). At the `wide` test widths (head width 64) that is under a tenth of the step, as at full
+    size; at the default tiny widths (8 and 32 channels) it is about a fifth."""
     fl = report["fsdp"]["flops"]
-    assert 1.0 < fl["compiled"] / fl["analytic"] < 1.3, fl
+    assert 1.0 < fl["compiled"] / fl["analytic"] < 1.10, fl
 
 
 def test_memory_fields_are_positive_and_sum_to_the_total(report):
@@ -70,9 +71,11 @@ def test_fsdp_shards_the_state_gathers_the_weights_and_reduce_scatters_the_gradi
     assert r["memory_bytes"]["arguments"] < 0.75 * state_bytes   # (58 %: with the batch's share and the constants)
     col = r["collectives"]
     assert col["all-gather"]["count"] > 0 and col["all-gather"]["bytes"] >= state_bytes / 3 / 4
-    # gradients go back to their shards by reduce-scatter, not by all-reducing every full gradient
-    assert col["reduce-scatter"]["count"] > 0
-    assert col["all-reduce"]["bytes"] < 4 * r["params"] / 4
+    # gradients go back to their shards, a large share by reduce-scatter (the compiler all-reduces and slices some
+    # of them: at these widths about half the bytes; replicated data parallelism would all-reduce every one)
+    grad_bytes = 4 * r["params"]
+    assert col["reduce-scatter"]["count"] > 0 and col["reduce-scatter"]["bytes"] > grad_bytes / 3
+    assert col["all-reduce"]["bytes"] < 0.6 * grad_bytes
 
 
 def test_roofline_is_consistent(report):
