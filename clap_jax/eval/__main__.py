@@ -151,6 +151,12 @@ def parser():
     ap.add_argument("--skip-bad-clips", action="store_true", help="drop unreadable clips instead of failing the task")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--list", action="store_true", help="only list which datasets are found under --data-root")
+    ap.add_argument("--protocol", default="zeroshot", choices=("zeroshot", "linear"),
+                    help="zeroshot: class prompts (the paper's protocol); linear: a probe fitted on the frozen, cached "
+                         "audio embeddings per task (clap_jax/eval/linear.py), its zero-shot number beside it")
+    ap.add_argument("--probe", default="logreg", choices=("logreg", "mlp"), help="--protocol linear: the probe")
+    ap.add_argument("--probe-folds", type=int, default=5,
+                    help="--protocol linear: k of the seeded k-fold split for tasks whose dataset defines no folds")
     return ap
 
 
@@ -186,11 +192,21 @@ def main(argv=None) -> int:
         rate = int(audio_cfg.sample_rate) if audio_cfg is not None else 44100
         loader = LoaderConfig(sample_rate=rate, duration=duration, crop=args.crop, channels=args.channels,
                               seed=args.seed)
-        r = evaluate(embedder, args.data_root, tasks=args.tasks, config=config, cache_dir=cache_dir, loader=loader,
-                     batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
-                     skip_bad_clips=args.skip_bad_clips)
+        kw = dict(tasks=args.tasks, config=config, cache_dir=cache_dir, loader=loader, batch_size=args.batch_size,
+                  workers=args.workers, progress=not args.no_progress, skip_bad_clips=args.skip_bad_clips)
+        if args.protocol == "linear":
+            from clap_jax.eval.linear import ProbeConfig, evaluate_linear
+            try:
+                probe = ProbeConfig(probe=args.probe, folds=args.probe_folds, seed=args.seed)
+            except ValueError as e:
+                raise UserError(f"--probe-folds: {e}") from None
+            r = evaluate_linear(embedder, args.data_root, probe=probe, **kw)
+        else:
+            r = evaluate(embedder, args.data_root, **kw)
         r["weights"] = w
         r["name"] = args.name[i] if args.name and i < len(args.name) else Path(w).name
+        if args.protocol == "linear" and not (args.name and i < len(args.name)):
+            r["name"] += f" (linear probe, {args.probe})"
         r["config"] = config
         runs.append(r)
     paths = _write_report(write_report, runs, args.out)
