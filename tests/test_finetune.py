@@ -189,3 +189,9 @@ def test_bad_config_names_the_field(setup):
         config_lib.set_field(c, "optim.llr=0.5")
     config_lib.set_field(c, "mixup.alpha=0.3")
     assert c.mixup.alpha == 0.3
+    from clap_jax.errors import run_cli
+    from clap_jax.finetune.__main__ import main
+
+    assert run_cli(main, ["--task", "esc50", "--data-root", str(root / "data")]) == 2   # no --weights
+    assert run_cli(main, ["--weights", weights, "--data-root", str(root / "data"), "--task", "nope",
+                          "--workdir", str(root / "nope")]) == 2

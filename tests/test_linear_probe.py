@@ -92,3 +92,31 @@ def test_cli_linear_reuses_cached_zero_shot_embeddings(tmp_path, monkeypatch):
     assert e["settings"]["protocol"] == "linear probe (logreg)"
     assert e["metrics"]["zeroshot_acc"] == 1.0                         # tones named by their prompts
     assert "esc50" in (tmp_path / "lin" / "report.md").read_text()
+
+
+def test_builtin_suite_probe_beats_zero_shot_on_rhythm(tmp_path):
+    """What is compared: a tiny CLAP at its random initialisation (untrained: no trained model fits this test's time
+    budget on CPU) on the built-in suite's held-out clips (200, synthetic, 1 s at 16 kHz). Its text tower knows
+    nothing, so zero-shot sits at or below chance; the logistic-regression probe on the same frozen audio embeddings
+    must beat the zero-shot number on rhythm (measured: probe 52 % vs zero-shot 43 %: the probe is itself near
+    chance there, rhythm being the attribute a random, mean-pooled tower keeps least of) and by a wide margin on
+    pitch and loudness (measured 85 / 84 % vs 28 / 47 %)."""
+    from clap_jax.data import synthetic
+    from clap_jax.eval.clips import LoaderConfig
+    from clap_jax.eval.linear import ProbeConfig, evaluate_linear
+    from clap_jax.inference import CLAP
+    from clap_jax.models import registry
+
+    synthetic.write(str(tmp_path / "synth"), 0, 200, seed=0, seconds=1.0, sample_rate=16000, progress=False)
+    cfg = registry.model_config("msclap-2023-tiny")
+    cfg.audio.sample_rate, cfg.audio.duration, cfg.audio.spec_size = 16000, 1.0, 128
+    model = CLAP(config=cfg, seed=0)
+    model.cache_id = None
+    r = evaluate_linear(model, str(tmp_path / "synth"), tasks="builtin", loader=LoaderConfig(16000, 1.0),
+                        probe=ProbeConfig(steps=300), progress=False, workers=1, log=print)
+    m = {k.replace("builtin_", ""): v["metrics"] for k, v in r["tasks"].items()}
+    assert set(m) == {"sound", "pitch", "loudness", "rhythm"} and "builtin_retrieval" in r["skipped"]
+    print({k: (round(v["acc"], 3), round(v["zeroshot_acc"], 3)) for k, v in m.items()})
+    assert m["rhythm"]["acc"] > m["rhythm"]["zeroshot_acc"]
+    for k in ("pitch", "loudness"):
+        assert m[k]["acc"] > m[k]["zeroshot_acc"] + 0.2

@@ -58,6 +58,7 @@ class Prepared:
     split: str
     pretrained: dict                # the weights' variables
     mesh: Any
+    fold_number: dict               # fold name -> its position among all the task's folds
 
 
 def load_task(c):
@@ -103,13 +104,15 @@ def prepare(c) -> Prepared:
     log.info("%s: %d clips decoded in %.1f s (%.2f GB in memory)", task.name, len(task.clips), time.time() - t0,
              wav.nbytes / 1e9)
     folds, how = splits(task.clips, SINGLE, c.folds, c.seed)
+    fold_number = {f: i for i, (f, _, _) in enumerate(folds)}   # seeds a fold's draws whichever folds run
     if c.only_folds:
         unknown = sorted(set(c.only_folds) - {f for f, _, _ in folds})
         if unknown:
             raise ConfigError(f"config.only_folds: no fold(s) {unknown} (folds: {[f for f, _, _ in folds]})")
         folds = [f for f in folds if f[0] in set(c.only_folds)]
     mesh = shd.make_mesh({"data": -1})
-    return Prepared(c, mcfg, task, wav, np.asarray([cl.labels[0] for cl in task.clips]), folds, how, variables, mesh)
+    return Prepared(c, mcfg, task, wav, np.asarray([cl.labels[0] for cl in task.clips]), folds, how, variables, mesh,
+                    fold_number)
 
 
 def _initial_variables(prep: Prepared, abstract: dict) -> tuple[dict, dict]:
@@ -214,12 +217,13 @@ def run_fold(prep: Prepared, fold_pos: int, on_checkpoint: Optional[Callable[[in
             state = ckpt_lib.restore(mngr, latest, abstract, None)
             resumed_from = int(latest)
             log.info("fold %s: resumed from step %d", name, latest)
-        key = jax.random.PRNGKey(c.seed + 1000 * (fold_pos + 1))
+        number = prep.fold_number[name]
+        key = jax.random.PRNGKey(c.seed + 1000 * (number + 1))
         bsh = shd.batch_sharding(prep.mesh)
         start = int(state["step"])
         t0, sums, n_sum = time.time(), {}, 0
         for step in range(start, c.steps):
-            idx = _batch_indices(c.seed, fold_pos, step, train_idx, c.batch_size)
+            idx = _batch_indices(c.seed, number, step, train_idx, c.batch_size)
             state, m = train(state, fixed, jax.device_put(prep.wav[idx], bsh),
                              jax.device_put(prep.labels[idx].astype(np.int32), bsh), key)
             for k, v in m.items():
