@@ -115,7 +115,7 @@ def test_resume_is_bit_exact(setup):
     assert again["folds"][0]["acc"] == whole["folds"][0]["acc"]
 
 
-def test_llrd_multipliers_and_updates(setup):
+def test_llrd_multipliers_and_updates():
     from clap_jax.finetune.model import Classifier, layer_depths, llrd_multipliers, make_optimizer
     from clap_jax.finetune.config import defaults
     from clap_jax.models import registry
@@ -142,17 +142,17 @@ def test_llrd_multipliers_and_updates(setup):
     # the optimizer applies them: Adam's first update is lr * sign(g) (bias-corrected), times the multiplier
     oc = defaults().optim
     oc.lr, oc.warmup_steps, oc.weight_decay, oc.grad_clip_norm, oc.llrd = 1e-2, 0, 0.0, 0.0, 0.5
-    p = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), params)
+    p = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), params)
     tx, _ = make_optimizer(oc, p, 100)
-    g = jax.tree.map(lambda x: -jnp.ones_like(x), p)
-    upd, _ = tx.update(g, tx.init(p), p)
+    g = jax.tree.map(lambda x: -np.ones_like(x), p)
+    upd, _ = jax.jit(tx.update)(g, jax.jit(tx.init)(p), p)
     flat_u = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(upd)}
     flat_m = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(mults)}
     for k, u in flat_u.items():
         np.testing.assert_allclose(np.asarray(u), 1e-2 * flat_m[k], rtol=1e-4, err_msg=k)
     oc.llrd = 1.0   # off: every layer at the full rate
     tx, _ = make_optimizer(oc, p, 100)
-    upd, _ = tx.update(g, tx.init(p), p)
+    upd, _ = jax.jit(tx.update)(g, jax.jit(tx.init)(p), p)
     assert all(np.allclose(np.asarray(u), 1e-2, rtol=1e-4) for u in jax.tree.leaves(upd))
 
 
