@@ -6,7 +6,8 @@ report.md and report.png to --out. Two or more --weights give a side-by-side rep
 --weights takes a clap_jax checkpoint or an msclap .pth (loaded by clap_jax.inference.CLAP); the special value
 "random-init" the CLAP architecture with random weights (the random baseline), and "random-hash" a hash
 embedder (chance-level numbers, to check the harness without the model package).
-`--list` only prints which datasets are found.
+`--list` only prints which datasets are found. `--protocol linear` fits a probe (logistic regression, or `--probe
+mlp`) per classification task on the frozen audio embeddings instead of prompting (clap_jax/eval/linear.py).
 --weights and --out may be bucket URLs (gs://..., s3://...): a training workdir there is read in place, other
 weights are downloaded first; the report is uploaded into --out.
 

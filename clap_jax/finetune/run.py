@@ -15,6 +15,7 @@ host memory.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -230,9 +231,12 @@ def run_fold(prep: Prepared, fold_pos: int, on_checkpoint: Optional[Callable[[in
                 sums[k] = sums.get(k, 0.0) + v
             n_sum += 1
             done = step + 1
+            if step == start:   # the rates leave out the first step (it compiles)
+                jax.block_until_ready(state["step"])
+                t0, t_start = time.time(), done
             if done % c.log.every_steps == 0 or done == c.steps:
                 avg = {k: float(v) / n_sum for k, v in jax.device_get(sums).items()}
-                rate = (done - start) / max(time.time() - t0, 1e-9)
+                rate = (done - t_start) / (time.time() - t0) if done > t_start else float("nan")
                 left = (c.steps - done) / rate + (len(prep.folds) - fold_pos - 1) * c.steps / rate
                 log.info("fold %s (%d/%d) step %d/%d | loss %.4f acc %.3f | lr %.2e gnorm %.3g | %.2f steps/s | "
                          "ETA fold %s, all folds %s", name, fold_pos + 1, len(prep.folds), done, c.steps, avg["loss"],
@@ -323,7 +327,11 @@ def run(c, on_checkpoint: Optional[Callable[[int, int], None]] = None) -> dict:
              len(prep.task.classes), prep.split, c.steps, c.batch_size)
     folds = [run_fold(prep, i, None if on_checkpoint is None else (lambda s, i=i: on_checkpoint(i, s)))
              for i in range(len(prep.folds))]
+    loader = LoaderConfig(sample_rate=int(prep.model_config.audio.sample_rate),
+                          duration=float(prep.model_config.audio.duration), crop=c.crop, seed=c.seed)
     results = {"checkpoint": c.weights, "name": "fine-tuned", "protocol": "finetune", "data_root": str(c.data_root),
+               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "loader": dataclasses.asdict(loader), "logit_scale": None,
                "weights": c.weights, "config": json.loads(c.to_json()),
                "tasks": {prep.task.name: results_entry(prep, folds)}, "errors": {}, "missing": [], "pending": {}}
     runs = [results]
