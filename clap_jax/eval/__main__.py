@@ -6,7 +6,8 @@ report.md and report.png to --out. Two or more --weights give a side-by-side rep
 --weights takes a clap_jax checkpoint or an msclap .pth (loaded by clap_jax.inference.CLAP); the special value
 "random-init" the CLAP architecture with random weights (the random baseline), and "random-hash" a hash
 embedder (chance-level numbers, to check the harness without the model package).
-`--list` only prints which datasets are found.
+`--list` only prints which datasets are found. `--protocol linear` fits a probe (logistic regression, or `--probe
+mlp`) per classification task on the frozen audio embeddings instead of prompting (clap_jax/eval/linear.py).
 --weights and --out may be bucket URLs (gs://..., s3://...): a training workdir there is read in place, other
 weights are downloaded first; the report is uploaded into --out.
 
@@ -151,6 +152,12 @@ def parser():
     ap.add_argument("--skip-bad-clips", action="store_true", help="drop unreadable clips instead of failing the task")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--list", action="store_true", help="only list which datasets are found under --data-root")
+    ap.add_argument("--protocol", default="zeroshot", choices=("zeroshot", "linear"),
+                    help="zeroshot: class prompts (the paper's protocol); linear: a probe fitted on the frozen, cached "
+                         "audio embeddings per task (clap_jax/eval/linear.py), its zero-shot number beside it")
+    ap.add_argument("--probe", default="logreg", choices=("logreg", "mlp"), help="--protocol linear: the probe")
+    ap.add_argument("--probe-folds", type=int, default=5,
+                    help="--protocol linear: k of the seeded k-fold split for tasks whose dataset defines no folds")
     return ap
 
 
@@ -187,11 +194,21 @@ def main(argv=None) -> int:
         rate = int(audio_cfg.sample_rate) if audio_cfg is not None else 44100
         loader = LoaderConfig(sample_rate=rate, duration=duration, crop=args.crop, channels=args.channels,
                               seed=args.seed)
-        r = evaluate(embedder, args.data_root, tasks=args.tasks, config=config, cache_dir=cache_dir, loader=loader,
-                     batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
-                     skip_bad_clips=args.skip_bad_clips)
+        kw = dict(tasks=args.tasks, config=config, cache_dir=cache_dir, loader=loader, batch_size=args.batch_size,
+                  workers=args.workers, progress=not args.no_progress, skip_bad_clips=args.skip_bad_clips)
+        if args.protocol == "linear":
+            from clap_jax.eval.linear import ProbeConfig, evaluate_linear
+            try:
+                probe = ProbeConfig(probe=args.probe, folds=args.probe_folds, seed=args.seed)
+            except ValueError as e:
+                raise UserError(f"--probe-folds: {e}") from None
+            r = evaluate_linear(embedder, args.data_root, probe=probe, **kw)
+        else:
+            r = evaluate(embedder, args.data_root, **kw)
         r["weights"] = w
         r["name"] = args.name[i] if args.name and i < len(args.name) else Path(w).name
+        if args.protocol == "linear" and not (args.name and i < len(args.name)):
+            r["name"] += f" (linear probe, {args.probe})"
         r["config"] = config
         runs.append(r)
     paths = _write_report(write_report, runs, args.out)

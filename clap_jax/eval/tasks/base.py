@@ -35,6 +35,7 @@ class Clip:
     path: str
     labels: tuple = ()        # class indices (single/multi label)
     captions: tuple = ()      # reference captions (retrieval / captioning)
+    fold: Optional[str] = None  # cross-validation fold the dataset puts the clip in (linear probes, fine-tuning)
 
 
 @dataclasses.dataclass

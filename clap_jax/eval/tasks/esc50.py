@@ -43,7 +43,8 @@ class ESC50(Reader):
             rows = [r for r in rows if int(r["fold"]) in set(folds)]
         classes = sorted({r["category"] for r in rows})
         index = {c: i for i, c in enumerate(classes)}
-        clips = [Clip(str(path / "audio" / r["filename"]), (index[r["category"]],)) for r in rows]
+        clips = [Clip(str(path / "audio" / r["filename"]), (index[r["category"]],), fold=str(int(r["fold"])))
+                 for r in rows]
         return [Task("esc50", SINGLE, [clean_label(c) for c in classes], clips,
                      prompt=default_prompt("esc50"), paper_key="esc50",
                      settings={"split": f"folds {folds}" if folds else "all 5 folds pooled"})]

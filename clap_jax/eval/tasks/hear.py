@@ -84,7 +84,8 @@ class HEAR(Reader):
                     raise DatasetError(f"{f}: {fname} has labels {bad} not in labelvocabulary.csv")
                 if kind == SINGLE and len(ls) != 1:
                     raise DatasetError(f"{f}: multiclass clip {fname} has {len(ls)} labels")
-                clips.append(Clip(str(d / sr / s / fname), tuple(index[str(l)] for l in ls)))
+                clips.append(Clip(str(d / sr / s / fname), tuple(index[str(l)] for l in ls),
+                                  fold=s if s.startswith("fold") else None))
         return Task(f"hear_{paper_key or hear_name}", kind, [text(l) for l in labels], clips,
                     prompt=default_prompt(paper_key or ""), paper_key=paper_key,
                     settings={"source": f"HEAR {d.name}", "splits": splits, "sample_rate_dir": sr})
