@@ -21,6 +21,7 @@ from clap_jax.convert.tree import CheckpointError
 # Converter modules that register a format when imported.
 FORMAT_MODULES = ("clap_jax.convert.msclap", "clap_jax.convert.msclap2022")
 FORMAT_MODULES += ("clap_jax.convert.clapcap",)   # msclap's captioner (clapcap) weights
+FORMAT_MODULES += ("clap_jax.convert.laion",)     # laion_clap .pt checkpoints (LAION-CLAP)
 
 
 @dataclasses.dataclass(frozen=True)
