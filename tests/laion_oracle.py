@@ -159,3 +159,27 @@ def text_embeddings(wrapper, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def logit_scales(wrapper) -> tuple[float, float]:
     a, t = wrapper.model.get_logit_scale()
     return float(a), float(t)
+
+
+def _byte_chars():
+    """GPT-2 / RoBERTa's byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def write_bpe(d):
+    """A small RoBERTa-style vocabulary (byte alphabet, a few merges, <s>=0 <pad>=1 </s>=2) in directory `d`."""
+    import json
+
+    merges = [("Ġ", "d"), ("o", "g"), ("Ġd", "og"), ("Ġ", "b"), ("a", "r"), ("Ġb", "ar"), ("k", "s"),
+              ("Ġ", "r"), ("a", "i"), ("Ġr", "ai"), ("Ġrai", "n")]
+    tokens = ["<s>", "<pad>", "</s>", "<unk>"] + _byte_chars() + ["".join(m) for m in merges] + ["<mask>"]
+    (d / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (d / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    return d

@@ -14,27 +14,7 @@ from clap_jax.models.laion import normalize
 from clap_jax.text.roberta_tokenizer import RobertaTokenizer
 from conftest import rel_err
 import laion_oracle as lo
-
-
-def _byte_chars():
-    """GPT-2 / RoBERTa's byte -> printable character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def write_bpe(d):
-    merges = [("Ġ", "d"), ("o", "g"), ("Ġd", "og"), ("Ġ", "b"), ("a", "r"), ("Ġb", "ar"), ("k", "s"),
-              ("Ġ", "r"), ("a", "i"), ("Ġr", "ai"), ("Ġrai", "n")]
-    tokens = ["<s>", "<pad>", "</s>", "<unk>"] + _byte_chars() + ["".join(m) for m in merges] + ["<mask>"]
-    (d / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (d / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    return d
+from laion_oracle import write_bpe
 
 
 TEXTS = ["a dog barks", "rain on the dog bar", "Ünïcödé rain!", "dog " * 100]

@@ -226,6 +226,32 @@ def normalize(x):
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def train_flops(config: ml_collections.ConfigDict, samples: int) -> float:
+    """Analytic FLOPs of one training example (2 per multiply-add): the front end once (STFT + mel, no gradient)
+    and the time resize twice, 3 x the forward of HTSAT (global view; the fusion branch's local convolutions and
+    AFF are not counted), RoBERTa and both projections."""
+    a, t, d = config.audio, config.text, config.d_joint
+    frames = samples // a.hop_size + 1
+    n_freq = a.n_fft // 2 + 1
+    target = a.spec_size * (a.spec_size // a.mel_bins)
+    front = 2 * frames * a.n_fft * n_freq * 2 + 2 * frames * n_freq * a.mel_bins
+    resize = 0.0 if frames >= target else 2.0 * target * frames * a.mel_bins
+    grid = a.spec_size // a.patch_size
+    tokens = grid * grid
+    swin = 2 * tokens * a.patch_size ** 2 * a.embed_dim
+    for i, depth in enumerate(a.depths):
+        c, n = a.embed_dim * 2 ** i, tokens // 4 ** i
+        swin += depth * (2 * 12 * c * c * n + 4 * min(a.window_size ** 2, n) * c * n)
+        if i < len(a.depths) - 1:
+            swin += 2 * (n // 4) * (4 * c) * (2 * c)
+    latent = a.embed_dim * 2 ** (len(a.depths) - 1)
+    swin += 2 * (tokens // 4 ** (len(a.depths) - 1)) * latent * a.num_classes * 3
+    h, L, s = t.hidden_size, t.num_layers, t.max_length
+    roberta = s * L * (2 * (4 * h * h + 2 * h * t.intermediate_size) + 4 * s * h)
+    proj = 2 * (latent * d + d * d) + 2 * (h * d + d * d)
+    return float(front + 2.0 * resize + 3.0 * (swin + roberta + proj))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Registration
 # ----------------------------------------------------------------------------------------------------------------
@@ -243,4 +269,4 @@ def _tokenizer(config: ml_collections.ConfigDict, source: str | None = None):
 
 registry.register(registry.Family(
     name=FAMILY, configs=CONFIGS, build=LaionCLAP, tokenizer=_tokenizer, example_inputs=_example_inputs,
-    validate=validate))
+    validate=validate, train_flops=train_flops))
