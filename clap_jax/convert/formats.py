@@ -97,6 +97,10 @@ def load_weights(path: str, config: ml_collections.ConfigDict | None = None, **o
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such file or directory")
     if os.path.isdir(path):
+        from clap_jax.convert import hf_clap   # a HF transformers ClapModel directory (LAION-CLAP)
+
+        if hf_clap.is_hf_clap_dir(path):
+            return hf_clap.load_hf_clap(path, config)
         if os.path.isfile(os.path.join(path, checkpoint.CONFIG_FILE)):
             return checkpoint.load_checkpoint(path)
         if workdir.is_workdir(path):
