@@ -100,7 +100,8 @@ class CLAP:
     @property
     def logit_scale(self) -> float:
         """exp of the learned log-scale (msclap's `logit_scale.exp()`)."""
-        return float(np.exp(np.asarray(self.variables["params"]["logit_scale"])))
+        p = self.variables["params"]
+        return float(np.exp(np.asarray(p["logit_scale"] if "logit_scale" in p else p["logit_scale_a"])))  # LAION: a
 
     # -- preprocessing ------------------------------------------------------------------------------------------
     def preprocess_audio(self, audio, sample_rate: int | None = None) -> np.ndarray:
