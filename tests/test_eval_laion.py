@@ -34,3 +34,26 @@ def test_eval_runs_a_laion_checkpoint_with_laion_protocol(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text()
     section = md[md.index("## LAION-CLAP's published numbers"):]
     assert "| esc50 | acc | " + f"{esc['metrics']['acc']:.3f}" in section and "0.910" in section
+
+
+def test_clap_class_uses_laion_clip_rules(tmp_path):
+    """CLAP(laion .pt) embeds arrays of any length with laion_clap's rules (int16 round trip, repeat-pad with
+    zeros, crops drawn like laion's from a RandomState seeded with `seed`)."""
+    import jax.numpy as jnp
+
+    from clap_jax import CLAP
+    from clap_jax.audio import fusion
+
+    cfg = registry.model_config("laion-clap-tiny")
+    variables = jax.device_get(registry.init_variables(cfg, 2))
+    cv.save_laion(variables, cfg, str(tmp_path / "tiny.pt"))
+    rng = np.random.default_rng(1)
+    waves = [(rng.standard_normal(n) * 0.3).astype(np.float32) for n in (100000, 20 * 48000)]
+    clap = CLAP(str(tmp_path / "tiny.pt"), seed=5, batch_size=8)
+    got = clap.get_audio_embeddings(waves, sample_rate=48000)
+    state = np.random.RandomState(5)
+    batch = fusion.batch_inputs([fusion.laion_audio_input(w, state) for w in waves])
+    model = registry.build_model(cfg)
+    want = model.apply(variables, jnp.asarray(batch["waveform"]), method=model.encode_audio)["embedding"]
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-5)
+
