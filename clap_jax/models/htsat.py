@@ -95,23 +95,25 @@ class AFF(nn.Module):
     r: int = 4
     dtype: Any = jnp.float32
 
-    def _branch(self, x, names, train):
+    def _branch(self, x, names, train, rows):
         inter = self.channels // self.r
         conv = lambda n, name: nn.Conv(n, (1, 1), name=name, dtype=self.dtype,  # noqa: E731
                                        kernel_init=_torch_conv_init(x.shape[-1] if n == inter else inter),
                                        bias_init=_torch_conv_init(x.shape[-1] if n == inter else inter))
-        bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,  # noqa: E731
-                                       name=name, dtype=self.dtype)
-        x = bn(names[1])(conv(inter, names[0])(x))
-        x = jax.nn.relu(x)
-        return bn(names[3])(conv(self.channels, names[2])(x))
+        bn = lambda name, y: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,  # noqa: E731
+                                          name=name, dtype=self.dtype)(
+            y, mask=None if rows is None else jnp.broadcast_to(rows[:, None, None, None], y.shape))
+        x = jax.nn.relu(bn(names[1], conv(inter, names[0])(x)))
+        return bn(names[3], conv(self.channels, names[2])(x))
 
     @nn.compact
-    def __call__(self, x, residual, train: bool = False):
+    def __call__(self, x, residual, train: bool = False, rows=None):
+        """`rows` (B,) bool: the rows the fusion is for; in training BatchNorm takes its statistics from them only
+        (LAION-CLAP runs AFF on the longer clips alone)."""
         xa = x + residual
-        xl = self._branch(xa, ("local_att_0", "local_att_1", "local_att_3", "local_att_4"), train)
+        xl = self._branch(xa, ("local_att_0", "local_att_1", "local_att_3", "local_att_4"), train, rows)
         xg = self._branch(jnp.mean(xa, axis=(1, 2), keepdims=True),
-                          ("global_att_1", "global_att_2", "global_att_4", "global_att_5"), train)
+                          ("global_att_1", "global_att_2", "global_att_4", "global_att_5"), train, rows)
         wei = jax.nn.sigmoid(xl + xg)
         return 2 * x * wei + 2 * residual * (1 - wei)
 
@@ -147,7 +149,7 @@ class PatchEmbed(nn.Module):
             y = y.reshape(b, v, gh, gw, c).transpose(0, 2, 1, 3, 4).reshape(b, gh, v * gw, c)
             tw = x.shape[2]
             y = jnp.pad(y, ((0, 0), (0, 0), (0, max(0, tw - v * gw)), (0, 0)))[:, :, :tw]
-            fused = AFF(self.embed_dim, dtype=self.dtype, name="fusion_model")(x, y, train)
+            fused = AFF(self.embed_dim, dtype=self.dtype, name="fusion_model")(x, y, train, longer)
             x = jnp.where(longer[:, None, None, None], fused, x)
         b, h, w, c = x.shape
         return _ln("norm", self.dtype)(x.reshape(b, h * w, c))
@@ -364,7 +366,11 @@ class HTSAT(nn.Module):
                                          c.specaug_freq_stripes)
             x = (x.reshape(b, v, t, f) * keep[:, None]).reshape(b * v, t, f)
         imgs = self.image(x).reshape(b, v, c.spec_size, c.spec_size)
-        return self.forward_features(imgs[:, 0], train, imgs[:, 1:], jnp.asarray(longer, bool).reshape(b))
+        longer = jnp.asarray(longer, bool).reshape(b)
+        if train:   # LAION-CLAP trains the fusion branch on every batch: with no long clip, one random row is marked
+            pick = jax.random.randint(self.make_rng("augment"), (), 0, b)
+            longer = jnp.where(jnp.any(longer), longer, jnp.arange(b) == pick)
+        return self.forward_features(imgs[:, 0], train, imgs[:, 1:], longer)
 
     def __call__(self, wav, train: bool = False):
         """(B, N) waveform at the configured rate -> dict(latent, clipwise, framewise)."""
