@@ -167,7 +167,8 @@ def laion_section(results: list, names: list) -> list[str]:
              f"Zero-shot prompt `{paper.LAION_PROMPT}`, ESC-50 fold 1 only (this suite pools all 5 folds unless run "
              "with LAION's protocol: `clap_jax.eval.paper.LAION_PROTOCOL` as the --config JSON); retrieval as in "
              "Table 2.", "",
-             "| Task | Metric | " + " | ".join(names) + " | LAION-CLAP (paper) |", "|---|---|" + "---|" * len(names) + "---|"]
+             "| Task | Metric | " + " | ".join(names) + " | LAION-CLAP (paper) |",
+             "|---|---|" + "---|" * len(names) + "---|"]
     for (task, metric), v in paper.LAION_CLAP.items():
         ours = [_find(r, task, metric)[0] for r in results]
         lines.append(f"| {task} | {metric} | " + " | ".join(_fmt(x) if x is not None else "—" for x in ours)
