@@ -46,3 +46,7 @@ setup(
     extras_require={"torch": TORCH, "tpu": TPU, "cloud": CLOUD, "test": TEST, "tpuvm": TPU_VM, "gpu": GPU,
                     "tfds": TFDS},
 )
+
+# Not an extra: laion-clap==1.1.7 is the LAION-CLAP parity oracle, installed by scripts/setup.sh with --no-deps, and
+# the packages its imports need (torchaudio, torchvision, webdataset, wget, braceexpand, h5py, ftfy, pandas) go with
+# --no-deps into a directory of their own that only tests/laion_oracle.py puts on sys.path.

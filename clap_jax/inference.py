@@ -63,6 +63,7 @@ class CLAP:
         self.channel_mode, self.crop = channel_mode, crop
         self.batch_size = batch_size
         self._rng = np.random.default_rng(seed)
+        self._laion_state = np.random.RandomState(seed)   # LAION-CLAP's crop draws (clap_jax.audio.fusion)
         self.tokenizer = registry.tokenizer(config, tokenizer)
         self._own_mesh = mesh is None
         self._mesh = Mesh(np.array(jax.local_devices()), ("data",)) if mesh is None else mesh
@@ -100,7 +101,8 @@ class CLAP:
     @property
     def logit_scale(self) -> float:
         """exp of the learned log-scale (msclap's `logit_scale.exp()`)."""
-        return float(np.exp(np.asarray(self.variables["params"]["logit_scale"])))
+        p = self.variables["params"]
+        return float(np.exp(np.asarray(p["logit_scale"] if "logit_scale" in p else p["logit_scale_a"])))  # LAION: a
 
     # -- preprocessing ------------------------------------------------------------------------------------------
     def preprocess_audio(self, audio, sample_rate: int | None = None) -> np.ndarray:
@@ -140,8 +142,39 @@ class CLAP:
 
     def get_audio_outputs(self, audio, sample_rate: int | None = None, batch_size: int | None = None) -> dict:
         """-> dict(embedding (N, d_proj), latent (N, 768), clipwise (N, 527), framewise (N, 1024, 527))."""
+        if self.config.get("family") == "laion-clap":
+            return self._laion_audio_outputs(audio, sample_rate, batch_size or self.batch_size)
         wav = self.preprocess_audio(audio, sample_rate)
         return self._run_batched(self._audio_fn, [wav], batch_size or self.batch_size)
+
+    def _laion_audio_outputs(self, audio, sample_rate, batch_size) -> dict:
+        """LAION-CLAP's clip rules instead of msclap's: the int16 round trip, whole repeats then zeros for short
+        clips, and for long clips a crop (unfused) or the feature-fusion views (fused), drawn in laion_clap's order
+        from a RandomState seeded with `seed` (clap_jax.audio.fusion)."""
+        from clap_jax.audio import fusion
+
+        if isinstance(audio, (str, np.ndarray)) or hasattr(audio, "__fspath__"):
+            audio = [audio]
+        a, items = self.config.audio, []
+        for i, x in enumerate(audio):
+            if isinstance(x, np.ndarray):   # any length: decode and resample only, no cut (load_clip would cut)
+                if sample_rate is None:
+                    raise UserError(f"audio[{i}]: arrays need a sample_rate")
+                y = audio_io._to_rate_and_mono(audio_io.as_channels_first(x, f"audio[{i}]"), int(sample_rate),
+                                               self.sample_rate, self.channel_mode, "soxr_hq")
+            else:
+                y = audio_io.decode(str(x), self.sample_rate, self.channel_mode)
+            items.append(fusion.laion_audio_input(y, self._laion_state, self.clip_samples, fusion=bool(a.fusion),
+                                                  sr=self.sample_rate, n_fft=a.n_fft, hop=a.hop_size,
+                                                  n_mels=a.mel_bins, fmin=a.fmin, fmax=a.fmax))
+        batch = fusion.batch_inputs(items)
+        if not a.fusion:
+            return self._run_batched(self._audio_fn, [batch["waveform"]], batch_size)
+        model = self.model
+        if not hasattr(self, "_fusion_fn"):
+            self._fusion_fn = jax.jit(lambda v, m, lg: model.apply(v, {"mel_fusion": m, "longer": lg},
+                                                                  method=model.encode_audio))
+        return self._run_batched(self._fusion_fn, [batch["mel_fusion"], batch["longer"]], batch_size)
 
     def get_audio_embeddings(self, audio, sample_rate: int | None = None, batch_size: int | None = None) -> np.ndarray:
         """(N, d_proj) unnormalised audio embeddings (msclap's `get_audio_embeddings`)."""

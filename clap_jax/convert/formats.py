@@ -21,6 +21,7 @@ from clap_jax.convert.tree import CheckpointError
 # Converter modules that register a format when imported.
 FORMAT_MODULES = ("clap_jax.convert.msclap", "clap_jax.convert.msclap2022")
 FORMAT_MODULES += ("clap_jax.convert.clapcap",)   # msclap's captioner (clapcap) weights
+FORMAT_MODULES += ("clap_jax.convert.laion",)     # laion_clap .pt checkpoints (LAION-CLAP)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +97,10 @@ def load_weights(path: str, config: ml_collections.ConfigDict | None = None, **o
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such file or directory")
     if os.path.isdir(path):
+        from clap_jax.convert import hf_clap   # a HF transformers ClapModel directory (LAION-CLAP)
+
+        if hf_clap.is_hf_clap_dir(path):
+            return hf_clap.load_hf_clap(path, config)
         if os.path.isfile(os.path.join(path, checkpoint.CONFIG_FILE)):
             return checkpoint.load_checkpoint(path)
         if workdir.is_workdir(path):

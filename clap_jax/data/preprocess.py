@@ -122,6 +122,7 @@ class Options:
     label_joiner: str = ", "
     label_captions: str = "if-missing"  # 'if-missing' | 'always' | 'never'
     default_split: str = "train"
+    caption_generator: str = "template"  # or a local HF seq2seq model dir (clap_jax.data.keyword_captions)
 
 
 def stable_uid(example_id: str) -> int:
@@ -588,6 +589,11 @@ def run(manifests: Sequence[str], out_dir: str, root: str = "", opts: Options | 
         raise UserError(f"--out {out_dir}: is a file, not a directory; choose a directory")
 
     rows, problems = read_manifests(manifests, root, opts, allow_outside_root)
+    if opts.caption_generator != "template":   # keyword-to-caption for labelled rows
+        from clap_jax.data import keyword_captions
+
+        keyword_captions.caption_rows(rows, opts.label_templates, opts.label_joiner, opts.label_captions,
+                                      keyword_captions.make_generator(opts.caption_generator, opts.label_joiner))
     usable = collections.Counter(r.where.rsplit(":", 1)[0] for r in rows)
     for m in manifests:
         if not usable[m]:
@@ -787,6 +793,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--label-joiner", default=", ")
     p.add_argument("--label-captions", choices=("if-missing", "always", "never"), default="if-missing")
     p.add_argument("--default-split", default="train")
+    p.add_argument("--caption-generator", default="template",
+                   help="captions for labelled rows: 'template' (--label-template) or a local HF seq2seq model "
+                   "directory, e.g. a T5 keyword-to-caption model (clap_jax.data.keyword_captions)")
     p.add_argument("--quiet", action="store_true")
     tfds_source.add_arguments(p)
     a = p.parse_args(argv)
@@ -794,7 +803,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = Options(sample_rate=a.sample_rate, audio_format=a.audio_format, min_seconds=a.min_seconds,
                    max_seconds=a.max_seconds, trim_db=a.trim_db, examples_per_shard=a.examples_per_shard,
                    shard_mb=a.shard_mb, label_templates=tuple(a.label_template or Options.label_templates),
-                   label_joiner=a.label_joiner, label_captions=a.label_captions, default_split=a.default_split)
+                   label_joiner=a.label_joiner, label_captions=a.label_captions, default_split=a.default_split,
+                   caption_generator=a.caption_generator)
     a.manifest, a.root = tfds_source.from_args(a, progress=not a.quiet)  # --tfds: its export's manifest
     meta = run(a.manifest, a.out, a.root, opts, workers=a.workers, progress=not a.quiet, overwrite=a.overwrite,
                append=a.append, allow_outside_root=a.allow_outside_root)

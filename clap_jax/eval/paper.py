@@ -93,3 +93,28 @@ AVERAGES["clap2022_16_tasks"] = {"clap2022": 0.428}
 def clap2022(task: str, metric: str) -> Optional[float]:
     """The CLAP 2022 paper's number for a Table-2 cell, or None where the 2022 paper has none."""
     return CLAP2022.get((task, metric), CLAP2022_EXTRA.get((task, metric)))
+
+
+# LAION-CLAP (Wu, Chen et al., "Large-scale contrastive language-audio pretraining with feature fusion and
+# keyword-to-caption augmentation", ICASSP 2023), its published numbers keyed like Table 2's cells. Zero-shot
+# classification: the paper's best model (LAION-Audio-630K + AudioSet with keyword-to-caption), prompt
+# "This is a sound of {label}.", ESC-50 on fold 1 only (400 clips; this suite pools all 5 folds, so the two are not
+# the same test). Retrieval: mAP@10 as the CLAP 2023 paper quotes LAION-CLAP ([4]) for its benchmarks; T->A R@1
+# as the LAION-CLAP paper states its best model's (AudioCaps 36.7, Clotho 18.2).
+LAION_CLAP = {
+    ("esc50", "acc"): 0.910, ("us8k", "acc"): 0.770,
+    ("audiocaps", "a2t_mAP@10"): 0.457, ("clotho", "a2t_mAP@10"): 0.138,
+    ("audiocaps", "t2a_mAP@10"): 0.510, ("clotho", "t2a_mAP@10"): 0.204,
+    ("audiocaps", "t2a_R@1"): 0.367, ("clotho", "t2a_R@1"): 0.182,
+}
+LAION_PROMPT = "This is a sound of {label}."
+# LAION's zero-shot protocol for `python -m clap_jax.eval --config FILE` (the same JSON shape): its prompt for every
+# classification task, ESC-50 fold 1 only.
+LAION_PROTOCOL = {"prompts": {k: LAION_PROMPT for k in ("esc50", "us8k", "fsd50k", "audioset", "gtzan_genres",
+                                                         "vocalsound", "tut2017", "dcase17")},
+                  "options": {"esc50": {"folds": [1]}}}
+
+
+def laion_clap(task: str, metric: str) -> Optional[float]:
+    """LAION-CLAP's published number for a cell, or None where its paper has none."""
+    return LAION_CLAP.get((task, metric))

@@ -157,7 +157,23 @@ def markdown(results: list) -> str:
             lines += ["Data not found (what to download and where to put it):", ""]
             lines += [f"- **{m['reader']}** ({', '.join(m['tasks'])}): {m['how_to_get']}" for m in r["missing"]]
             lines.append("")
+    lines += laion_section(results, names)
     return "\n".join(lines)
+
+
+def laion_section(results: list, names: list) -> list[str]:
+    """LAION-CLAP's published numbers beside ours, for the cells its paper reports (protocol stated)."""
+    lines = ["## LAION-CLAP's published numbers", "",
+             f"Zero-shot prompt `{paper.LAION_PROMPT}`, ESC-50 fold 1 only (this suite pools all 5 folds unless run "
+             "with LAION's protocol: `clap_jax.eval.paper.LAION_PROTOCOL` as the --config JSON); retrieval as in "
+             "Table 2.", "",
+             "| Task | Metric | " + " | ".join(names) + " | LAION-CLAP (paper) |",
+             "|---|---|" + "---|" * len(names) + "---|"]
+    for (task, metric), v in paper.LAION_CLAP.items():
+        ours = [_find(r, task, metric)[0] for r in results]
+        lines.append(f"| {task} | {metric} | " + " | ".join(_fmt(x) if x is not None else "—" for x in ours)
+                     + f" | {_fmt(v)} |")
+    return lines + [""]
 
 
 def bar_chart(results: list, path: Path) -> Path:

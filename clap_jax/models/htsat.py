@@ -85,18 +85,72 @@ def window_reverse(x: jax.Array, w: int, h: int, wd: int) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------------------
 # Modules
 # ----------------------------------------------------------------------------------------------------------------
+class AFF(nn.Module):
+    """Attentional feature fusion (2-D), LAION-CLAP's `AFF(type='2D')`: x, residual (B, H, W, C) -> same.
+
+    wei = sigmoid(local_att(x + residual) + global_att(x + residual));  out = 2 x wei + 2 residual (1 - wei),
+    local_att = conv1x1 (C -> C/r) -> BN -> ReLU -> conv1x1 (C/r -> C) -> BN; global_att the same after a global
+    average pool. Module names follow the torch Sequential indices (`local_att_0`, `local_att_1`, ...)."""
+    channels: int
+    r: int = 4
+    dtype: Any = jnp.float32
+
+    def _branch(self, x, names, train, rows):
+        inter = self.channels // self.r
+        conv = lambda n, name: nn.Conv(n, (1, 1), name=name, dtype=self.dtype,  # noqa: E731
+                                       kernel_init=_torch_conv_init(x.shape[-1] if n == inter else inter),
+                                       bias_init=_torch_conv_init(x.shape[-1] if n == inter else inter))
+        bn = lambda name, y: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,  # noqa: E731
+                                          name=name, dtype=self.dtype)(
+            y, mask=None if rows is None else jnp.broadcast_to(rows[:, None, None, None], y.shape))
+        x = jax.nn.relu(bn(names[1], conv(inter, names[0])(x)))
+        return bn(names[3], conv(self.channels, names[2])(x))
+
+    @nn.compact
+    def __call__(self, x, residual, train: bool = False, rows=None):
+        """`rows` (B,) bool: the rows the fusion is for; in training BatchNorm takes its statistics from them only
+        (LAION-CLAP runs AFF on the longer clips alone)."""
+        xa = x + residual
+        xl = self._branch(xa, ("local_att_0", "local_att_1", "local_att_3", "local_att_4"), train, rows)
+        xg = self._branch(jnp.mean(xa, axis=(1, 2), keepdims=True),
+                          ("global_att_1", "global_att_2", "global_att_4", "global_att_5"), train, rows)
+        wei = jax.nn.sigmoid(xl + xg)
+        return 2 * x * wei + 2 * residual * (1 - wei)
+
+
 class PatchEmbed(nn.Module):
-    """(B, H, W) image -> (B, H/p * W/p, C) tokens (conv with kernel = stride = p, then LayerNorm)."""
+    """(B, H, W) image -> (B, H/p * W/p, C) tokens (conv with kernel = stride = p, then LayerNorm).
+
+    With `fusion` (LAION-CLAP's 'aff_2d' feature fusion), `local` (B, 3, H, W) are the images of three local
+    crops: each goes through `mel_conv2d` (kernel = stride = (p, 3p)), their columns are laid side by side (view 0's
+    columns, then view 1's, then view 2's), zero-padded or cut to the global grid's width and fused into the
+    global patches by `fusion_model` (AFF) for the rows where `longer` is true; other rows keep the global patches."""
     embed_dim: int
     patch_size: int
     dtype: Any = jnp.float32
+    fusion: bool = False
 
     @nn.compact
-    def __call__(self, img):
+    def __call__(self, img, local=None, longer=None, train: bool = False):
         p = self.patch_size
         init = _torch_conv_init(p * p)
         x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", name="proj", dtype=self.dtype,
                     kernel_init=init, bias_init=init)(img[..., None])   # (B, H/p, W/p, C)
+        if self.fusion and (local is not None or self.is_initializing()):
+            if local is None:
+                local = jnp.broadcast_to(img[:, None], (img.shape[0], 3) + img.shape[1:])
+                longer = jnp.zeros((img.shape[0],), bool)
+            b, v, hh, ww = local.shape
+            init3 = _torch_conv_init(p * 3 * p)
+            y = nn.Conv(self.embed_dim, (p, 3 * p), strides=(p, 3 * p), padding="VALID", name="mel_conv2d",
+                        dtype=self.dtype, kernel_init=init3, bias_init=init3)(
+                local.reshape(b * v, hh, ww)[..., None].astype(self.dtype))       # (B*3, H/p, W', C)
+            _, gh, gw, c = y.shape
+            y = y.reshape(b, v, gh, gw, c).transpose(0, 2, 1, 3, 4).reshape(b, gh, v * gw, c)
+            tw = x.shape[2]
+            y = jnp.pad(y, ((0, 0), (0, 0), (0, max(0, tw - v * gw)), (0, 0)))[:, :, :tw]
+            fused = AFF(self.embed_dim, dtype=self.dtype, name="fusion_model")(x, y, train, longer)
+            x = jnp.where(longer[:, None, None, None], fused, x)
         b, h, w, c = x.shape
         return _ln("norm", self.dtype)(x.reshape(b, h * w, c))
 
@@ -237,7 +291,8 @@ class HTSAT(nn.Module):
         self.mel_w = self.variable("constants", "melW", lambda: jnp.asarray(
             frontend.mel_filterbank(c.mel_sr, c.n_fft, c.mel_bins, c.fmin, c.fmax)))
         self.bn0 = nn.BatchNorm(momentum=0.9, epsilon=1e-5, axis_name=None, name="bn0")
-        self.patch_embed = PatchEmbed(c.embed_dim, c.patch_size, self.dtype, name="patch_embed")
+        self.patch_embed = PatchEmbed(c.embed_dim, c.patch_size, self.dtype, c.get("fusion", False),
+                                      name="patch_embed")
         n = len(c.depths)
         dpr = np.linspace(0, c.drop_path_rate, sum(c.depths)).tolist()
         grid = c.spec_size // c.patch_size
@@ -274,10 +329,11 @@ class HTSAT(nn.Module):
                                       self.freq_ratio)
 
     # -- Swin ---------------------------------------------------------------------------------------------------
-    def forward_features(self, img, train: bool):
-        """(B, 256, 256) -> dict(latent (B, D), clipwise (B, K), framewise (B, 1024, K))."""
+    def forward_features(self, img, train: bool, local=None, longer=None):
+        """(B, 256, 256) -> dict(latent (B, D), clipwise (B, K), framewise (B, 1024, K)). `local`/`longer`: the
+        fusion inputs of PatchEmbed (fusion models only)."""
         c = self.config
-        x = self.patch_embed(img.astype(self.dtype))
+        x = self.patch_embed(img.astype(self.dtype), local, longer, train)
         for layer in self.layers:
             x = layer(x, train)
         x = self.norm(x)                                                # (B, L, D)
@@ -295,6 +351,26 @@ class HTSAT(nn.Module):
         if self.is_initializing():  # create `head`'s parameters (unused by the tscam path, kept for parity)
             self.head(clipwise)
         return {"latent": latent, "clipwise": clipwise, "framewise": framewise}
+
+    def forward_fusion(self, mel_views, longer, train: bool = False):
+        """LAION-CLAP's fusion input: mel_views (B, 4, T <= 1024, F) = [global, front, middle, back] log-mels,
+        longer (B,) bool -> dict(latent, clipwise, framewise). bn0 normalises every view over the mel bins; each
+        view is resized to 1024 frames and folded; the three local views are fused into the patches of the global
+        one for the `longer` rows (other rows use the global view alone, as LAION-CLAP does)."""
+        c = self.config
+        b, v, t, f = mel_views.shape
+        x = self.bn0(mel_views.reshape(b * v, t, f), use_running_average=not train)
+        if train and c.specaug:   # the same stripes on the four views of a clip (torchlibrosa draws per example)
+            keep = frontend.spec_augment(self.make_rng("augment"), jnp.ones((b, t, f), x.dtype),
+                                         c.specaug_time_width, c.specaug_time_stripes, c.specaug_freq_width,
+                                         c.specaug_freq_stripes)
+            x = (x.reshape(b, v, t, f) * keep[:, None]).reshape(b * v, t, f)
+        imgs = self.image(x).reshape(b, v, c.spec_size, c.spec_size)
+        longer = jnp.asarray(longer, bool).reshape(b)
+        if train:   # LAION-CLAP trains the fusion branch on every batch: with no long clip, one random row is marked
+            pick = jax.random.randint(self.make_rng("augment"), (), 0, b)
+            longer = jnp.where(jnp.any(longer), longer, jnp.arange(b) == pick)
+        return self.forward_features(imgs[:, 0], train, imgs[:, 1:], longer)
 
     def __call__(self, wav, train: bool = False):
         """(B, N) waveform at the configured rate -> dict(latent, clipwise, framewise)."""

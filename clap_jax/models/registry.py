@@ -29,6 +29,7 @@ import ml_collections
 # Modules that register families when imported (each ends with `register(Family(...))`).
 FAMILY_MODULES = ("clap_jax.models.clap", "clap_jax.models.clap2022")
 FAMILY_MODULES += ("clap_jax.models.clapcap",)   # the audio captioner (msclap clapcap)
+FAMILY_MODULES += ("clap_jax.models.laion",)     # LAION-CLAP (HTSAT + RoBERTa, feature fusion)
 
 
 @dataclasses.dataclass(frozen=True)
