@@ -29,6 +29,7 @@ TPU = ["libtpu==0.0.42.1"]
 CLOUD = ["gcsfs>=2024.6", "s3fs>=2024.6"]  # gs:// and s3:// paths (fsspec); checkpoints go through tensorstore
 TPU_VM = ["jax[tpu]==0.10.2"] + CLOUD  # TPU VMs read data and write runs in buckets
 GPU = ["jax[cuda12]==0.10.2"] + CLOUD
+CAPTION = ["pycocoevalcap==1.2"]  # BLEU-1..4, METEOR (Java), ROUGE-L beside CIDEr-D in the caption eval
 TEST = TORCH + TPU + ["pytest>=8", "pyyaml", "scikit-learn", "pycocoevalcap==1.2"]  # CIDEr-D cross-check
 TEST += CLOUD + ["gcp-storage-emulator>=2024.8", "moto[server]>=5.0"]  # GCS and S3 servers on loopback (tests)
 
@@ -39,5 +40,6 @@ setup(
     packages=find_packages(include=["clap_jax", "clap_jax.*"]),
     python_requires=">=3.11",
     install_requires=CORE,
-    extras_require={"torch": TORCH, "tpu": TPU, "cloud": CLOUD, "test": TEST, "tpuvm": TPU_VM, "gpu": GPU},
+    extras_require={"torch": TORCH, "tpu": TPU, "cloud": CLOUD, "test": TEST, "tpuvm": TPU_VM, "gpu": GPU,
+                    "caption": CAPTION},
 )
