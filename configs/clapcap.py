@@ -49,8 +49,8 @@ def get_config(arg: str = ""):
     c.objective = "prefix_lm"
     if a["demo"]:
         c.model = _demo_model()
-        c.batch_size, c.total_steps = 32, 400
-        c.optim.lr = 2e-3
+        c.batch_size, c.total_steps = 16, 300
+        c.optim.lr = 3e-3
         c.mesh.data, c.mesh.fsdp = 8, 1
         c.sharding.fsdp_min_size = 2 ** 10
         c.data.kind, c.data.dirs, c.data.num_workers = "tfrecord", ("runs/demo/data/tfrecords",), 0
