@@ -51,6 +51,9 @@ def base() -> ml_collections.ConfigDict:
     #                                     0: in the main process (threads)
     c.data.prefetch = 2                 # global batches made and put on the devices ahead of the running step,
     #                                     while it runs (0: each fetched when its step is due)
+    c.data.tasks = ()                   # multi-task prompt/answer training (objective 'prefix_lm', configs/htsat22.py):
+    #                                     task slots {name, prompt, answer, label_key, weight, dirs}
+    #                                     (clap_jax.data.multitask.Task); () : one caption dataset
     c.data.max_consecutive_bad_records = 1000  # 'tfrecord': corrupt/undecodable records in a row before the run
     #                                     stops with an error naming the data (skipped and counted until then)
 
@@ -291,6 +294,15 @@ def _validate_values(config, num_devices, data=True):
         objective_lib.of(config)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if config.data.get("tasks"):
+        from clap_jax.data import multitask
+        from clap_jax.errors import UserError
+
+        try:
+            tasks = [multitask.Task.from_config(dict(t)) for t in config.data.tasks]
+            multitask.TaskSampler([t.weight for t in tasks])
+        except UserError as e:
+            raise ConfigError(f"config.data.tasks: {e}") from None
     need(config.loss.kind in ("global", "sharded"), "loss.kind", f"unknown {config.loss.kind!r} (global, sharded)")
     need(config.ckpt.every_steps >= 0, "ckpt.every_steps", "must be >= 0 (0 = only at the end)")
     need(config.ckpt.keep >= 1, "ckpt.keep", "must be >= 1")
