@@ -3,6 +3,7 @@ covers the answer only (checked with the answer-token loss by hand), the per-bat
 resumable mixture iterator, and configs/htsat22.py's task slots."""
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -127,3 +128,70 @@ def test_htsat22_config_names_the_task_slots():
     bad.data.tasks = ({"name": "x", "prompt": "p", "answer": "label", "weight": -1.0},)
     with pytest.raises(ConfigError, match="data.tasks.*weight"):
         config_lib.validate_config(bad, data=False)
+
+
+def test_htsat22_tiny_trains_on_a_task_mixture_of_the_builtin_data(tmp_path):
+    """Two task slots filled from the built-in data (a single-label task preprocessed from prompt/answer records,
+    and captioning on the caption TFRecords): batches carry the task's prompt outside the loss, the mixture's
+    position is checkpointed and a run resumes from it."""
+    from clap_jax.data import preprocess, synthetic
+    from clap_jax.text.tokenizer import ClapTokenizer
+    from clap_jax.train import data as data_lib
+    from clap_jax.train import sharding as shd
+    from clap_jax.train import train
+
+    data = tmp_path / "data"
+    synthetic.write(str(data), num_train=32, num_eval=0, seconds=0.5, sample_rate=16000, audio_format="pcm16",
+                    progress=False)
+    rows = [json.loads(line) for line in open(data / "train.jsonl")]
+    sound = multitask.Task("sound_events", "what sound is this?", "label", 0)
+    multitask.write_records(str(data / "sound.jsonl"), multitask.to_records(rows, sound))
+    preprocess.run([str(data / "sound.jsonl")], str(data / "sound_tfr"), root=str(data),
+                   opts=preprocess.Options(sample_rate=16000, audio_format="pcm16", label_captions="never"),
+                   progress=False)
+
+    def cfg(steps):
+        c = load_config("htsat22", f"tiny,steps={steps},batch=8")
+        m = c.model
+        m.audio.duration, m.audio.sample_rate, m.audio.mel_sr = 0.5, 16000, 16000
+        m.audio.n_fft, m.audio.hop_size, m.audio.fmax = 512, 160, 8000.0
+        m.audio.spec_size, m.audio.mel_bins, m.audio.window_size, m.audio.depths = 64, 32, 4, (1, 1, 1, 1)
+        tasks = [dict(t) for t in c.data.tasks]
+        tasks[0]["dirs"] = (str(data / "sound_tfr"),)
+        tasks[0]["prompt"] = sound.prompt
+        tasks[-1]["dirs"] = (str(data / "tfrecords"),)
+        c.data.tasks = tuple(tasks)
+        c.data.kind, c.data.num_workers = "tfrecord", 0
+        c.ckpt.every_steps, c.log.every_steps = 2, 1
+        c.optim.schedule, c.optim.warmup_steps = "constant", 0
+        return c
+
+    c = cfg(3)
+    mix = data_lib.make_data_iterator(c, shd.make_mesh(c.mesh))
+    assert len(mix.iterators) == 2                       # the slots without data are left out
+    tok = ClapTokenizer(max_length=c.model.text.max_length)
+    prompts = {"what sound is this?": set(synthetic.SOUNDS), "caption this audio.": None}
+    seen = set()
+    for _ in range(6):
+        b = {k: np.asarray(v) for k, v in next(mix).items()}
+        for ids, lm in zip(b["input_ids"], b["loss_mask"]):
+            prompt = tok.decode(ids[:np.argmax(lm)]).strip()
+            answer = tok.decode(ids[lm == 1]).replace("<|endoftext|>", "").strip()
+            assert prompt in prompts and answer
+            if prompts[prompt] is not None:
+                assert answer in prompts[prompt]
+            seen.add(prompt)
+    assert seen == set(prompts)
+    state = json.loads(json.dumps(mix.get_state()))
+    nxt = np.asarray(next(mix)["input_ids"])
+    again = data_lib.make_data_iterator(c, shd.make_mesh(c.mesh))
+    again.set_state(state)
+    np.testing.assert_array_equal(np.asarray(next(again)["input_ids"]), nxt)
+
+    first = train.train_and_evaluate(cfg(2), str(tmp_path / "run"))
+    assert all(np.isfinite(v) for v in first["losses"].values())
+    res = train.train_and_evaluate(cfg(3), str(tmp_path / "run"))
+    assert res["start_step"] == 2 and sorted(res["losses"]) == [3] and np.isfinite(res["losses"][3])
+    # the audio encoder is trained in this run
+    assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+        jax.tree.leaves(first["state"]["params"]["clap"]), jax.tree.leaves(res["state"]["params"]["clap"])))

@@ -190,3 +190,8 @@ class MixtureIterator:
         self.index = int(state["index"])
         for it, s in zip(self.iterators, state["tasks"]):
             it.set_state(s)
+
+    def close(self) -> None:
+        for it in self.iterators:
+            if hasattr(it, "close"):
+                it.close()

@@ -282,7 +282,8 @@ def _validate_values(config, num_devices, data=True):
          f"{clip} s disagrees with config.model.audio.duration = {duration} s: the model config owns the clip "
          f"length (leave data.clip_seconds unset, or make the two equal)")
     if data and config.data.kind == "tfrecord":
-        need(bool(config.data.dirs), "data.dirs", "needs at least one directory of TFRecords")
+        need(bool(config.data.dirs) or any(t.get("dirs") for t in (config.data.get("tasks") or ())), "data.dirs",
+             "needs at least one directory of TFRecords (or config.data.tasks with dirs)")
         need(not config.data.weights or len(config.data.weights) == len(config.data.dirs), "data.weights",
              f"needs one weight per directory ({len(config.data.dirs)})")
         need(config.batch_size % jax.process_count() == 0, "batch_size",
@@ -343,7 +344,7 @@ def check_data_dirs(config) -> None:
     compile, as a ConfigError naming it."""
     if config.data.kind != "tfrecord":
         return
-    for d in config.data.dirs:
+    for d in tuple(config.data.dirs) + tuple(d for t in (config.data.get("tasks") or ()) for d in t.get("dirs", ())):
         if not files.isdir(d):   # a local directory, or a bucket prefix holding objects
             raise ConfigError(f"config.data.dirs: {d}: not a directory (expected the --out of "
                               f"python -m clap_jax.data.preprocess)")
