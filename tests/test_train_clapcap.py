@@ -150,4 +150,4 @@ def test_tiny_captioner_on_builtin_data_lowers_heldout_loss_and_resumes_bit_exac
     assert after["heldout_token_acc"] > before["heldout_token_acc"] + 0.2
 
 
-STEPS = 150
+STEPS = 100
