@@ -151,3 +151,32 @@ def test_tiny_captioner_on_builtin_data_lowers_heldout_loss_and_resumes_bit_exac
 
 
 STEPS = 100
+
+
+def test_prefix_lm_gradient_accumulation_is_exact():
+    """Micro-batches (optim.grad_accum_steps = 2) give the whole batch's loss and gradient: each micro-batch's
+    token losses are divided by the whole batch's answer-token count."""
+    from clap_jax.train import state as state_lib
+
+    c = load_config("clapcap", "tiny,seconds=0.25,train_gpt,text_len=8,batch=4")
+    model = state_lib.make_model(c)
+    variables = jax.jit(lambda r: model.init({"params": r}, *state_lib._dummy_inputs(c), train=False))(
+        jax.random.PRNGKey(0))
+    from clap_jax.models import config as model_config
+    from clap_jax.train.random_batches import RandomBatches
+
+    it = RandomBatches(batch_size=4, num_samples=model_config.clip_samples(c.model), text_len=8, num_classes=8)
+    batch = objective.of(c).prepare({k: jnp.asarray(v) for k, v in next(it).items()})
+    # rows of different answer lengths, so that a per-micro-batch mean would differ from the batch mean
+    batch["loss_mask"] = batch["loss_mask"].at[0, 3:].set(0).at[3, 1:].set(0)
+    args = (variables["params"], variables["batch_stats"], variables["constants"], batch, jax.random.PRNGKey(1))
+    (l1, (m1, _)), g1 = jax.jit(objective.of(c).make_grad_fn(model, c, None))(*args)
+    c2 = load_config("clapcap", "tiny,seconds=0.25,train_gpt,text_len=8,batch=4")
+    c2.optim.grad_accum_steps = 2
+    (l2, (m2, _)), g2 = jax.jit(objective.of(c2).make_grad_fn(model, c2, None))(*args)
+    np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5)
+    np.testing.assert_allclose(float(m2["token_acc"]), float(m1["token_acc"]), rtol=1e-5, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)
+    # the frozen audio encoder gets no gradient
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(g1["clap"]))
