@@ -84,7 +84,7 @@ def highest_precision_flops_per_example(model_cfg, num_samples: int) -> float:
     """The part of `clap_train_flops_per_example` done in float32 at Precision.HIGHEST (the STFT, mel filterbank
     and resize matmuls, for msclap-exact features): on TPU each such matmul takes 6 bf16 MXU passes."""
     a = model_cfg.audio
-    if _family_flops(model_cfg) is not None:   # no time resize outside the 2023 family
+    if _family_flops(model_cfg) is not None and "caption" not in model_cfg:   # no time resize outside HTSAT
         return frontend_flops(a, num_samples)
     return frontend_flops(a, num_samples) + 2.0 * resize_flops(a, num_samples)
 
