@@ -32,6 +32,7 @@ CLOUD = ["gcsfs>=2024.6", "s3fs>=2024.6"]  # gs:// and s3:// paths (fsspec); che
 TFDS = ["tensorflow-datasets==4.9.10", "tensorflow-cpu==2.21.0", "importlib_resources", "pydub"]
 TPU_VM = ["jax[tpu]==0.10.2"] + CLOUD  # TPU VMs read data and write runs in buckets
 GPU = ["jax[cuda12]==0.10.2"] + CLOUD
+CAPTION = ["pycocoevalcap==1.2"]  # BLEU-1..4, METEOR (Java), ROUGE-L beside CIDEr-D in the caption eval
 TEST = TORCH + TPU + ["pytest>=8", "pyyaml", "scikit-learn", "pycocoevalcap==1.2"]  # CIDEr-D cross-check
 TEST += TFDS  # TFDS eval reader and preprocess --tfds, tested on datasets TFDS prepares
 TEST += CLOUD + ["gcp-storage-emulator>=2024.8", "moto[server]>=5.0"]  # GCS and S3 servers on loopback (tests)
@@ -44,7 +45,7 @@ setup(
     python_requires=">=3.11",
     install_requires=CORE,
     extras_require={"torch": TORCH, "tpu": TPU, "cloud": CLOUD, "test": TEST, "tpuvm": TPU_VM, "gpu": GPU,
-                    "tfds": TFDS},
+                    "tfds": TFDS, "caption": CAPTION},
 )
 
 # Not an extra: laion-clap==1.1.7 is the LAION-CLAP parity oracle, installed by scripts/setup.sh with --no-deps, and

@@ -8,6 +8,7 @@
 #   QUICK=1 bash scripts/main.sh         # smoke run (runs/demo_quick): 400 clips, 60 steps, no accuracy goal
 #   SKIP_SETUP=1 bash scripts/main.sh    # do not run scripts/setup.sh
 #   STEPS=600 bash scripts/main.sh       # override the number of training steps
+#   SKIP_CAPTION=1 bash scripts/main.sh  # skip the captioner stage (CAPTION_STEPS=N: its training steps)
 #
 # Idempotent and resumable: a finished dataset is reused, the trainer resumes from RUN_DIR/train's newest checkpoint
 # (kill it and rerun), a finished training is not rerun; eval, export and report are always redone (seconds).
@@ -100,6 +101,24 @@ banner "5/6 export to PyTorch (msclap state dict) -> $RUN_DIR/export"
 mkdir -p "$RUN_DIR/export"
 JAX_PLATFORMS=cpu $PY -m clap_jax.convert jax-to-msclap --overwrite "$WORK" "$RUN_DIR/export/clap_demo.pth"
 stage_done export
+
+banner "captioner: configs/clapcap.py:demo on the same data, audio encoder + GPT-2 from $WORK -> $RUN_DIR/caption"
+if [[ "${SKIP_CAPTION:-0}" == 1 ]]; then
+  echo "SKIP_CAPTION=1: no captioner"
+else
+  CAP_STEPS=${CAPTION_STEPS:-$([[ "$QUICK" == 1 ]] && echo 40 || echo 300)}
+  CAP_CONFIG="configs/clapcap.py:demo,dirs=$DATA/tfrecords,clap=$WORK,text_from=$WORK,train_gpt,steps=$CAP_STEPS"
+  if [[ -d "$RUN_DIR/caption/checkpoints/$CAP_STEPS" ]]; then
+    echo "already trained to step $CAP_STEPS (delete $RUN_DIR/caption to retrain)"
+  else
+    XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=8" JAX_PLATFORMS=cpu \
+      $PY -m clap_jax.train --config "$CAP_CONFIG" --workdir "$RUN_DIR/caption" 2>&1 | tee -a "$RUN_DIR/caption.log"
+    [[ -d "$RUN_DIR/caption/checkpoints/$CAP_STEPS" ]] || { echo "captioner did not reach step $CAP_STEPS" >&2; exit 1; }
+  fi
+  JAX_PLATFORMS=cpu $PY -m clap_jax.eval.caption_demo --weights "$RUN_DIR/caption" --data-root "$DATA" \
+    --out "$RUN_DIR/caption_eval"
+fi
+stage_done caption
 
 banner "6/6 report"
 printf 'total\t%s\n' "$(($(date +%s) - T_ALL))" >> "$TIMINGS"

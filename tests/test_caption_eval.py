@@ -119,7 +119,8 @@ def test_clotho_captioning_task(captioner, clotho_root, standin_jar, tmp_path):
     r = evaluate(captioner, clotho_root, tasks="clotho_captioning",
                  config={"spice_jar": str(tmp_path / "absent.jar")}, log=logs.append)
     e = r["tasks"]["clotho_captioning"]
-    assert set(e["metrics"]) == {"CIDEr-D"} and "SPICE jar not found" in e["spice_error"]
+    assert set(e["metrics"]) == {"CIDEr-D", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L"} \
+        and "SPICE jar not found" in e["spice_error"]
     captions = [c["caption"] for c in e["captions"]]
     refs = [[f"a sound number {i} variant {j}" for j in range(5)] for i in range(3)]
     assert e["metrics"]["CIDEr-D"] == pytest.approx(metrics.cider_d(captions, refs))

@@ -334,14 +334,24 @@ class Tokenize(grain.transforms.Map):
     once; GPT-2 BPE is ~0.05 ms a caption, cached.
     """
 
-    def __init__(self, tokenizer: str | None = None, max_length: int = 77, family: str = DEFAULT_FAMILY):
+    def __init__(self, tokenizer: str | None = None, max_length: int = 77, family: str = DEFAULT_FAMILY,
+                 prompt: str | None = None):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.family = family
+        self.prompt = prompt   # multi-task records: the task's prompt first, the caption is the answer
 
     def map(self, example: dict) -> dict:
         example = dict(example)
-        ids, mask = _tokenize(bytes(example.pop("caption")).decode(), self.tokenizer, self.max_length, self.family)
+        text = bytes(example.pop("caption")).decode()
+        if self.prompt is not None:   # + 'loss_mask': 1 on the answer tokens only (clap_jax.data.multitask)
+            from clap_jax.data import multitask
+
+            tok = _tokenizer(self.tokenizer, self.max_length, self.family)
+            ids, mask, loss = multitask.encode(tok, self.prompt, text, self.max_length)
+            example["input_ids"], example["attention_mask"], example["loss_mask"] = ids, mask, loss
+            return example
+        ids, mask = _tokenize(text, self.tokenizer, self.max_length, self.family)
         example["input_ids"], example["attention_mask"] = ids, mask
         return example
 
@@ -353,7 +363,8 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
                   read_threads: int | None = None, drop_remainder: bool = True, tokenizer: str | None = None,
                   text_length: int = 77, shuffle: bool = True, crop: str = "random",
                   caption: str = "random", max_consecutive_bad: int | None = 1000,
-                  audio_dtype: str = "float32", tokenizer_family: str = DEFAULT_FAMILY) -> grain.IterDataset:
+                  audio_dtype: str = "float32", tokenizer_family: str = DEFAULT_FAMILY,
+                  prompt: str | None = None) -> grain.IterDataset:
     """The Grain dataset of host batches (see module docstring for the flow and the element layout).
 
     ``data_dirs``: one preprocessed directory, or several mixed by ``weights`` (then the stream is infinite, each
@@ -368,6 +379,8 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
     ``audio_dtype``: 'float32' (values in [-1, 1)) or 'int16' (the stored samples; see the module docstring).
     ``tokenizer_family``: the model family whose tokenizer makes the token ids ('msclap-2023': GPT-2 BPE, built in;
     'msclap-2022': BERT WordPiece from the vocabulary ``tokenizer`` names), ``text_length`` ids per caption.
+    ``prompt``: multi-task prompt/answer records: each row is ``prompt`` then the record's caption as the answer,
+    with a ``loss_mask`` on the answer tokens (clap_jax.data.multitask.encode; GPT-2 tokenizer).
 
     For evaluation: ``shuffle=False, crop='start', caption='first', num_epochs=1, drop_remainder=False`` gives
     every record once, in shard order (split over hosts).
@@ -405,7 +418,7 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
     if num_epochs is not None and drop_remainder:  # every host gets the same number of full batches
         ds = ds[: len(ds) // (per_host_batch_size * process_count) * (per_host_batch_size * process_count)]
     ds = ds[process_index::process_count]
-    ds = ds.map(Tokenize(tokenizer, text_length, tokenizer_family))  # (a bad record's None passes through Grain's map untouched)
+    ds = ds.map(Tokenize(tokenizer, text_length, tokenizer_family, prompt))  # (a bad record's None passes through Grain's map untouched)
     if read_threads is None:
         read_threads = 1 if worker_count > 0 else 2
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,

@@ -352,4 +352,4 @@ class _Frozen:
 
 registry.register(registry.Family(
     name=FAMILY, configs={"msclap-clapcap": clapcap_2023, "msclap-clapcap-tiny": tiny},
-    build=ClapCapModel, tokenizer=_tokenizer, example_inputs=_example_inputs))
+    build=ClapCapModel, tokenizer=_tokenizer, example_inputs=_example_inputs, objective="prefix_lm"))

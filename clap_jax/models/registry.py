@@ -46,6 +46,9 @@ class Family:
     # (config, samples per clip) -> analytic FLOPs of one training example (3 x forward + front end), for MFU;
     # None: the msclap-2023 count (clap_jax.train.flops)
     train_flops: Callable[[ml_collections.ConfigDict, int], float] | None = None
+    # what its training run optimises by default (clap_jax.train.objective): 'contrastive' (CLAP towers) or
+    # 'prefix_lm' (an audio-prefix language model: cross-entropy on the answer tokens)
+    objective: str = "contrastive"
 
 
 _FAMILIES: dict[str, Family] = {}

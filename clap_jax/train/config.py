@@ -31,6 +31,8 @@ def base() -> ml_collections.ConfigDict:
     c.model = model_config.clap_2023()
     c.batch_size = 1536                 # global, over all devices and processes
     c.total_steps = 10_000
+    c.objective = placeholder(str)      # 'contrastive' | 'prefix_lm' (clap_jax.train.objective); None: the model
+    #                                     family's own (CLAP: contrastive, the captioner: prefix_lm)
     c.peak_flops_per_device = placeholder(float)  # override the device table for MFU (None: look up device kind)
 
     c.data = ml_collections.ConfigDict()
@@ -49,6 +51,9 @@ def base() -> ml_collections.ConfigDict:
     #                                     0: in the main process (threads)
     c.data.prefetch = 2                 # global batches made and put on the devices ahead of the running step,
     #                                     while it runs (0: each fetched when its step is due)
+    c.data.tasks = ()                   # multi-task prompt/answer training (objective 'prefix_lm', configs/htsat22.py):
+    #                                     task slots {name, prompt, answer, label_key, weight, dirs}
+    #                                     (clap_jax.data.multitask.Task); () : one caption dataset
     c.data.max_consecutive_bad_records = 1000  # 'tfrecord': corrupt/undecodable records in a row before the run
     #                                     stops with an error naming the data (skipped and counted until then)
 
@@ -97,12 +102,18 @@ def base() -> ml_collections.ConfigDict:
     c.optim.towers = ml_collections.ConfigDict()
     for t in ("audio_encoder", "caption_encoder", "logit_scale"):
         c.optim.towers[t] = ml_collections.ConfigDict({"lr_mult": 1.0, "freeze": False})
+    # the captioner's towers (prefix_lm): audio encoder, mapper, GPT-2 with its LM head (msclap trains the mapper
+    # alone: clap and gpt frozen, as configs/clapcap.py sets)
+    for t in ("clap", "clap_project", "gpt"):
+        c.optim.towers[t] = ml_collections.ConfigDict({"lr_mult": 1.0, "freeze": False})
 
     c.init = ml_collections.ConfigDict()
     c.init.clap_jax = placeholder(str)       # clap_jax run dir: params of its latest checkpoint
     c.init.msclap = placeholder(str)         # msclap CLAP_weights_2023.pth
-    c.init.audio_encoder = placeholder(str)  # clap_jax run dir: audio encoder only
+    c.init.audio_encoder = placeholder(str)  # audio encoder only, from a clap_jax run dir, checkpoint dir or a
+    #                                          msclap CLAP / captioner file (CLAP's audio tower <-> the captioner's)
     c.init.hf_gpt2 = placeholder(str)        # HF GPT-2 dir (model.safetensors / pytorch_model.bin)
+    c.init.text_decoder = placeholder(str)   # GPT-2 only, from the same sources: CLAP's text tower <-> captioner's
 
     c.ckpt = ml_collections.ConfigDict()
     c.ckpt.every_steps = 1000           # 0: only at the end
@@ -134,6 +145,8 @@ def base() -> ml_collections.ConfigDict:
     c.eval.data_root = placeholder(str) # else: clap_jax.eval zero-shot tasks under this directory
     c.eval.tasks = "builtin"
     c.eval.batch_size = 32
+    c.eval.heldout_batches = 0          # >0: the objective's loss on this many held-out global batches (the data's
+    #                                     'eval' split; random data: another seed) at every eval step
 
     c.nan = ml_collections.ConfigDict()
     c.nan.max_consecutive = 10          # skipped (non-finite) steps in a row before the run stops
@@ -269,12 +282,28 @@ def _validate_values(config, num_devices, data=True):
          f"{clip} s disagrees with config.model.audio.duration = {duration} s: the model config owns the clip "
          f"length (leave data.clip_seconds unset, or make the two equal)")
     if data and config.data.kind == "tfrecord":
-        need(bool(config.data.dirs), "data.dirs", "needs at least one directory of TFRecords")
+        need(bool(config.data.dirs) or any(t.get("dirs") for t in (config.data.get("tasks") or ())), "data.dirs",
+             "needs at least one directory of TFRecords (or config.data.tasks with dirs)")
         need(not config.data.weights or len(config.data.weights) == len(config.data.dirs), "data.weights",
              f"needs one weight per directory ({len(config.data.dirs)})")
         need(config.batch_size % jax.process_count() == 0, "batch_size",
              f"must be divisible by the number of processes ({jax.process_count()})")
         need(config.data.max_consecutive_bad_records >= 1, "data.max_consecutive_bad_records", "must be >= 1")
+    from clap_jax.train import objective as objective_lib
+
+    try:
+        objective_lib.of(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if config.data.get("tasks"):
+        from clap_jax.data import multitask
+        from clap_jax.errors import UserError
+
+        try:
+            tasks = [multitask.Task.from_config(dict(t)) for t in config.data.tasks]
+            multitask.TaskSampler([t.weight for t in tasks])
+        except UserError as e:
+            raise ConfigError(f"config.data.tasks: {e}") from None
     need(config.loss.kind in ("global", "sharded"), "loss.kind", f"unknown {config.loss.kind!r} (global, sharded)")
     need(config.ckpt.every_steps >= 0, "ckpt.every_steps", "must be >= 0 (0 = only at the end)")
     need(config.ckpt.keep >= 1, "ckpt.keep", "must be >= 1")
@@ -287,6 +316,7 @@ def _validate_values(config, num_devices, data=True):
     need(not prof or (len(prof) == 2 and 1 <= prof[0] <= prof[1]), "profile.steps",
          f"must be () or (first, last) with 1 <= first <= last, got {prof}")
     need(config.eval.every_steps >= 0, "eval.every_steps", "must be >= 0 (0 = never)")
+    need(config.eval.heldout_batches >= 0, "eval.heldout_batches", "must be >= 0")
     need(config.nan.max_consecutive >= 1, "nan.max_consecutive", "must be >= 1")
     optim_lib.validate(config.optim)
     shd.validate_rules(config.sharding.rules)
@@ -294,7 +324,7 @@ def _validate_values(config, num_devices, data=True):
          "tensor parallelism is not offered (must be 1): the model's state fits a chip and FSDP "
          "(config.mesh.fsdp) splits it further")
     need(config.sharding.max_replicated_mb >= 0, "sharding.max_replicated_mb", "must be >= 0")
-    for key in ("clap_jax", "msclap", "hf_gpt2", "audio_encoder"):
+    for key in ("clap_jax", "msclap", "hf_gpt2", "audio_encoder", "text_decoder"):
         path = config.init.get(key)
         if path and "://" not in str(path):
             need(os.path.exists(path), f"init.{key}", f"path does not exist: {path}")
@@ -314,7 +344,7 @@ def check_data_dirs(config) -> None:
     compile, as a ConfigError naming it."""
     if config.data.kind != "tfrecord":
         return
-    for d in config.data.dirs:
+    for d in tuple(config.data.dirs) + tuple(d for t in (config.data.get("tasks") or ()) for d in t.get("dirs", ())):
         if not files.isdir(d):   # a local directory, or a bucket prefix holding objects
             raise ConfigError(f"config.data.dirs: {d}: not a directory (expected the --out of "
                               f"python -m clap_jax.data.preprocess)")

@@ -42,6 +42,8 @@ def make_real_pipeline(config, mesh, saved_workers: int | None = None) -> Iterat
     the global batch over the mesh's batch axes."""
     per_host = config.batch_size // jax.process_count()
     dc = config.data
+    if dc.get("tasks"):
+        return make_task_mixture(config, mesh, saved_workers)
     return pipeline.make_iterator(
         list(dc.dirs), per_host_batch_size=per_host, mesh=mesh, data_axes=shd.BATCH_AXES,
         weights=list(dc.weights) if dc.weights else None, seed=dc.seed, num_epochs=None,
@@ -49,6 +51,46 @@ def make_real_pipeline(config, mesh, saved_workers: int | None = None) -> Iterat
         text_length=config.model.text.max_length, worker_count=num_workers(config, saved_workers),
         max_consecutive_bad=dc.max_consecutive_bad_records, audio_dtype="int16",
         tokenizer=dc.get("tokenizer"), tokenizer_family=config.model.get("family", pipeline.DEFAULT_FAMILY))
+
+
+def heldout_batches(config, mesh, num_batches: int) -> list[dict]:
+    """`num_batches` global batches the run never trains on, the same at every call: the 'eval' split of the
+    TFRecord directories (first caption, clip start, in order), or random batches of another seed."""
+    if config.data.kind == "random":
+        it = RandomBatches(batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
+                           text_len=config.model.text.max_length, num_classes=config.data.num_classes,
+                           seed=config.data.seed + 1_000_003, sharding=shd.batch_sharding(mesh),
+                           vocab_size=config.model.text.get("vocab_size"))
+    else:
+        dc = config.data
+        it = pipeline.make_iterator(
+            list(dc.dirs[:1]), per_host_batch_size=config.batch_size // jax.process_count(), mesh=mesh,
+            data_axes=shd.BATCH_AXES, split="eval", seed=dc.seed, num_epochs=None, shuffle=False, crop="start",
+            caption="first", sample_rate=config.model.audio.sample_rate, duration=config.model.audio.duration,
+            text_length=config.model.text.max_length, worker_count=0, audio_dtype="int16",
+            tokenizer=dc.get("tokenizer"), tokenizer_family=config.model.get("family", pipeline.DEFAULT_FAMILY))
+    return [next(it) for _ in range(num_batches)]
+
+
+def make_task_mixture(config, mesh, saved_workers: int | None = None):
+    """Multi-task prompt/answer training (`config.data.tasks`): one pipeline per task that has data (its records'
+    captions are the answers, its prompt goes first), each batch from the task the sampler draws for it, mixed
+    by the tasks' weights (clap_jax.data.multitask)."""
+    from clap_jax.data import multitask
+
+    dc = config.data
+    tasks = [multitask.Task.from_config(dict(t)) for t in dc.tasks]
+    tasks = [t for t in tasks if t.dirs and t.weight > 0]
+    log.info("task mixture: %s", ", ".join(f"{t.name} ({t.weight:g})" for t in tasks))
+    its = [pipeline.make_iterator(
+        list(t.dirs), per_host_batch_size=config.batch_size // jax.process_count(), mesh=mesh,
+        data_axes=shd.BATCH_AXES, seed=dc.seed + 7919 * i, num_epochs=None,
+        sample_rate=config.model.audio.sample_rate, duration=config.model.audio.duration,
+        text_length=config.model.text.max_length, worker_count=num_workers(config, saved_workers),
+        max_consecutive_bad=dc.max_consecutive_bad_records, audio_dtype="int16", tokenizer=dc.get("tokenizer"),
+        tokenizer_family=config.model.get("family", pipeline.DEFAULT_FAMILY), prompt=t.prompt)
+        for i, t in enumerate(tasks)]
+    return multitask.MixtureIterator(its, [t.weight for t in tasks], seed=dc.seed)
 
 
 def make_data_iterator(config, mesh, saved_workers: int | None = None, seed: int | None = None) -> Iterator[dict]:
@@ -110,10 +152,11 @@ def _audio_to_float(audio):
     return audio.astype(jnp.float32) * jnp.float32(1 / 32768)
 
 
-def to_model_batch(batch: dict) -> dict:
-    """The train step's inputs from an iterator's batch: BATCH_KEYS only, int16 audio made float32 on the devices
-    (a jitted elementwise op: each device converts its own rows, the sharding is kept)."""
-    out = {k: batch[k] for k in BATCH_KEYS}
+def to_model_batch(batch: dict, keys=BATCH_KEYS) -> dict:
+    """The train step's inputs from an iterator's batch: `keys` only (the objective's; BATCH_KEYS for CLAP),
+    int16 audio made float32 on the devices (a jitted elementwise op: each device converts its own rows, the
+    sharding is kept)."""
+    out = {k: batch[k] for k in keys}
     if out["audio"].dtype == jnp.int16:
         out["audio"] = _audio_to_float(out["audio"])
     return out

@@ -65,11 +65,26 @@ def clap_train_flops_per_example(model_cfg, num_samples: int) -> float:
             + 3.0 * (htsat_forward_flops(a, num_samples) + gpt2_forward_flops(t, t.max_length) + proj))
 
 
+def captioner_train_flops(model_cfg, num_samples: int) -> float:
+    """The captioner (HTSAT, projection, transformer mapper, GPT-2 over prefix + tokens, LM head): 3 x forward
+    plus the front end, counted whole whether a tower is frozen or not."""
+    a, t, k, dp = model_cfg.audio, model_cfg.text, model_cfg.caption, model_cfg.d_proj
+    c_last = a.embed_dim * 2 ** (len(a.depths) - 1)
+    e, n = t.n_embd, k.clip_length + k.prefix_length
+    mapper = 2 * dp * k.clip_length * e + k.num_layers * n * (2 * 4 * e * e + 2 * 2 * e * e * k.mlp_ratio
+                                                              + 4 * n * e)
+    seq = k.prefix_length + t.max_length
+    head = 2 * seq * e * t.vocab_size
+    return (frontend_flops(a, num_samples) + 2.0 * resize_flops(a, num_samples)
+            + 3.0 * (htsat_forward_flops(a, num_samples) + 2 * (c_last * dp + dp * dp) + mapper
+                     + gpt2_forward_flops(t, seq) + head))
+
+
 def highest_precision_flops_per_example(model_cfg, num_samples: int) -> float:
     """The part of `clap_train_flops_per_example` done in float32 at Precision.HIGHEST (the STFT, mel filterbank
     and resize matmuls, for msclap-exact features): on TPU each such matmul takes 6 bf16 MXU passes."""
     a = model_cfg.audio
-    if _family_flops(model_cfg) is not None:   # no time resize outside the 2023 family
+    if _family_flops(model_cfg) is not None and "caption" not in model_cfg:   # no time resize outside HTSAT
         return frontend_flops(a, num_samples)
     return frontend_flops(a, num_samples) + 2.0 * resize_flops(a, num_samples)
 
@@ -82,6 +97,8 @@ def _family_flops(model_cfg):
     from clap_jax.models import registry
 
     fn = registry.family(family).train_flops
+    if fn is None and "caption" in model_cfg:   # an audio-prefix language model on the 2023 audio encoder
+        return captioner_train_flops
     if fn is None:
         raise ValueError(f"model family {family!r} has no train_flops hook: analytic FLOPs are unknown")
     return fn

@@ -25,7 +25,9 @@ import optax
 
 from clap_jax.train.sharding import path_str
 
-TOWERS = ("audio_encoder", "caption_encoder", "logit_scale")
+TOWERS = ("audio_encoder", "caption_encoder", "logit_scale",   # CLAP
+          "clap", "clap_project", "gpt")                          # the captioner (audio encoder, mapper, GPT-2)
+AUDIO_TOWERS = ("audio_encoder", "clap")
 
 
 def validate(oc) -> None:

@@ -231,10 +231,19 @@ class Progress:
         eta = (c.total_steps - step) / sps if sps > 0 else float("inf")
         self.writer.scalars(step, {**{f"train/{k}": v for k, v in avg.items()}, "perf/steps_per_s": sps,
                                    "perf/examples_per_s_per_device": eps_dev, **({"perf/mfu": mfu} if mfu else {})})
-        log.info("step %d/%d | loss %.4f acc a2t %.3f t2a %.3f | scale %.2f lr %.2e gnorm %.3g | %.2f steps/s "
-                 "%.1f ex/s/dev | ETA %s | MFU %s%s", step, c.total_steps, avg["loss"], avg["acc_a2t"],
-                 avg["acc_t2a"], avg["logit_scale"], avg["lr"], avg["grad_norm"], sps, eps_dev,
-                 flops_lib.fmt_duration(eta), f"{100 * mfu:.1f}%" if mfu else "n/a",
-                 f" | skipped {int(last['nan_total'])}" if last["nan_total"] else "")
+        if "acc_a2t" not in avg:   # another objective (prefix_lm: token accuracy)
+            log.info("step %d/%d | loss %.4f %s | lr %.2e gnorm %.3g | %.2f steps/s %.1f ex/s/dev | ETA %s | "
+                     "MFU %s%s",
+                     step, c.total_steps, avg["loss"],
+                     " ".join(f"{k} {avg[k]:.3f}" for k in ("token_acc", "logit_scale") if k in avg),
+                     avg["lr"], avg["grad_norm"], sps, eps_dev, flops_lib.fmt_duration(eta),
+                     f"{100 * mfu:.1f}%" if mfu else "n/a",
+                     f" | skipped {int(last['nan_total'])}" if last["nan_total"] else "")
+        else:
+            log.info("step %d/%d | loss %.4f acc a2t %.3f t2a %.3f | scale %.2f lr %.2e gnorm %.3g | %.2f steps/s "
+                     "%.1f ex/s/dev | ETA %s | MFU %s%s", step, c.total_steps, avg["loss"], avg["acc_a2t"],
+                     avg["acc_t2a"], avg["logit_scale"], avg["lr"], avg["grad_norm"], sps, eps_dev,
+                     flops_lib.fmt_duration(eta), f"{100 * mfu:.1f}%" if mfu else "n/a",
+                     f" | skipped {int(last['nan_total'])}" if last["nan_total"] else "")
         self._window_sums, self._window_n = {}, 0
         self.start_clock()

@@ -16,7 +16,7 @@ import numpy as np
 
 from clap_jax.convert import msclap as convert_msclap
 from clap_jax.errors import ConfigError
-from clap_jax.convert.hf_gpt2 import load_hf_gpt2, with_text_tower
+from clap_jax.convert.hf_gpt2 import load_hf_gpt2
 from clap_jax.convert.tree import check_tree
 from clap_jax.convert.workdir import restore_variables
 from clap_jax.models import registry
@@ -128,23 +128,107 @@ def load_initial_weights(config, state: dict, abstract_state: dict, state_sh: di
             state["constants"] = put(variables["constants"], state_sh["constants"])
         log.info("init: params, batch_stats, constants from msclap %s", ic.msclap)
     if ic.get("audio_encoder"):
-        want = {k: {"audio_encoder": abstract_state[k]["audio_encoder"]} for k in colls
-                if "audio_encoder" in abstract_state[k]}
-        loaded = restore_variables(ic.audio_encoder, want)
-        for k in want:
-            _check_tree(f"audio_encoder({k})", loaded[k], want[k])
-        params = dict(params, audio_encoder=loaded["params"]["audio_encoder"])
+        dst = _tower_path(abstract_params, "audio")
+        want = {k: _get(abstract_state[k], dst) for k in colls if _has(abstract_state[k], dst)}
+        loaded = _load_tower(ic.audio_encoder, want, "audio", "config.init.audio_encoder", dst)
+        params = _put_path(params, dst, loaded["params"])
         for k in ("batch_stats", "constants"):
-            if k in want:
-                state = dict(state, **{k: dict(state[k], audio_encoder=loaded[k]["audio_encoder"])})
+            if k in loaded:
+                state = dict(state, **{k: _put_path(state[k], dst, loaded[k])})
         log.info("init: audio encoder (params, batch_stats, constants) from %s", ic.audio_encoder)
     if ic.get("hf_gpt2"):
-        text, _ = load_hf_gpt2(ic.hf_gpt2, config.model.text)
-        _check_tree("hf_gpt2", text, abstract_params["caption_encoder"]["base"])
-        params = with_text_tower(params, put(text, state_sh["params"]["caption_encoder"]["base"]))
-        log.info("init: GPT-2 text encoder from %s", ic.hf_gpt2)
+        dst = _tower_path(abstract_params, "text")
+        text, _ = load_hf_gpt2(ic.hf_gpt2, _text_config(config.model))
+        _check_tree("hf_gpt2", text, _get(abstract_params, dst))
+        params = _put_path(params, dst, put(text, _get(state_sh["params"], dst)))
+        log.info("init: GPT-2 from %s", ic.hf_gpt2)
+    if ic.get("text_decoder"):
+        dst = _tower_path(abstract_params, "text")
+        loaded = _load_tower(ic.text_decoder, {"params": _get(abstract_params, dst)}, "text",
+                             "config.init.text_decoder", dst)
+        params = _put_path(params, dst, loaded["params"])
+        log.info("init: GPT-2 from the text tower / decoder of %s", ic.text_decoder)
     if params is not state["params"]:
         state = dict(state, params=params,
                      opt_state=jax.jit(lambda p: make_optimizer_from(config, abstract_params)[0].init(p),
                                        out_shardings=state_sh["opt_state"])(params))
     return state
+
+
+# ============================================================================================ towers by model kind
+# Where a tower lives in each kind of model: CLAP (audio_encoder, caption_encoder/base) or an audio-prefix language
+# model (the captioner, HTSAT-22 multi-task pretraining: clap, gpt/transformer). Weights of either kind initialise
+# the same tower of the other.
+_TOWER_PATHS = {"audio": (("audio_encoder",), ("clap",)), "text": (("caption_encoder", "base"), ("gpt", "transformer"))}
+
+
+def _has(tree, path) -> bool:
+    for p in path:
+        if not isinstance(tree, dict) or p not in tree:
+            return False
+        tree = tree[p]
+    return True
+
+
+def _get(tree, path):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def _put_path(tree: dict, path: tuple, value) -> dict:
+    if len(path) == 1:
+        return dict(tree, **{path[0]: value})
+    return dict(tree, **{path[0]: _put_path(tree[path[0]], path[1:], value)})
+
+
+def _tower_path(params, kind: str) -> tuple:
+    for path in _TOWER_PATHS[kind]:
+        if _has(params, path):
+            return path
+    raise ConfigError(f"config.init: this model has no {kind} tower to initialise "
+                      f"(looked for {', '.join('/'.join(p) for p in _TOWER_PATHS[kind])})")
+
+
+def _text_config(model_cfg):
+    return model_cfg.text
+
+
+def _load_tower(path: str, want: dict, kind: str, field: str, dst: tuple) -> dict:
+    """{collection: the `kind` tower} of the weights at `path`: a clap_jax training workdir (or its checkpoints
+    directory; only that tower is read), a clap_jax checkpoint directory, or a weights file of a registered format
+    (msclap CLAP or captioner .pth / .safetensors). Checked against `want` (this model's tower)."""
+    import os
+
+    from clap_jax.convert import formats
+    from clap_jax.convert import workdir as workdir_lib
+    from clap_jax.convert.checkpoint import read_config
+
+    path = str(path).rstrip("/")
+    root = path[:-len("/checkpoints")] if path.endswith("/checkpoints") else path
+    ckpts = os.path.join(root, workdir_lib.CHECKPOINTS)
+    if workdir_lib.is_workdir(root) or (os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json"))
+                                        and workdir_lib.latest_step(path) is not None):
+        if workdir_lib.is_workdir(root):
+            src_cfg = read_config(os.path.join(root, workdir_lib.CONFIG_FILE))
+            src = _TOWER_PATHS[kind][1 if "caption" in src_cfg else 0]
+        else:   # a bare checkpoints directory: a model of this one's kind
+            src, ckpts = dst, path
+        nest = lambda x: {src[0]: x} if len(src) == 1 else {src[0]: {src[1]: x}}  # noqa: E731
+        got = restore_variables(ckpts, {k: nest(v) for k, v in want.items()})
+        loaded = {k: _get(got[k], src) for k in want}
+    else:
+        variables, _ = formats.load_weights(path)
+        loaded = {}
+        for k in want:
+            tree = variables.get(k, {})
+            src = next((p for p in _TOWER_PATHS[kind] if _has(tree, p)), None)
+            if src is None:
+                raise ConfigError(f"{field}: {path} holds no {kind} tower ({k})")
+            loaded[k] = _get(tree, src)
+        leaves = jax.tree.leaves(want)
+        loaded = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, s.dtype), s.sharding), loaded,
+                              {k: want[k] for k in loaded}) if leaves and hasattr(leaves[0], "sharding") else loaded
+    for k in want:
+        _check_tree(f"{field.rsplit('.', 1)[-1]}({k})", loaded[k], want[k])
+    return loaded

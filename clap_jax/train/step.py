@@ -1,7 +1,9 @@
-"""The update step: forward pass, contrastive loss and its gradient, one optimizer update, compiled once.
+"""The update step: forward pass, loss and its gradient, one optimizer update, compiled once.
 
-Three gradient functions share one signature, fn(params, batch_stats, constants, batch, rng) ->
-((loss, (metrics, new_batch_stats)), grads), and `make_train_step` picks one by config:
+The run's objective (clap_jax.train.objective: 'contrastive' or 'prefix_lm') makes the gradient function and
+says which inputs a batch holds. The contrastive gradient functions are here; they share one signature,
+fn(params, batch_stats, constants, batch, rng) -> ((loss, (metrics, new_batch_stats)), grads), and the
+contrastive objective picks one by config:
 
   make_grad_fn                      the whole batch at once (optim.grad_accum_steps == 1)
   make_cached_accum_grad_fn         micro-batches, one loss over the whole batch ('cached': exact)
@@ -16,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from clap_jax.models import registry
 from clap_jax.train import loss as loss_lib
+from clap_jax.train import objective as objective_lib
 from clap_jax.train import optim as optim_lib
 from clap_jax.train import sharding as shd
 
@@ -174,13 +176,7 @@ def make_independent_accum_grad_fn(model, config, mesh, param_shardings=None) ->
 def make_train_step(model, tx, config, mesh, schedule, param_shardings=None) -> Callable:
     """One optimizer update: (state, global batch) -> (state, metrics). A non-finite loss or gradient leaves
     params, batch stats and optimizer state unchanged (the step counter still advances) and is counted."""
-    if config.optim.grad_accum_steps == 1:
-        make = make_grad_fn
-    elif config.optim.get("grad_accum_mode", "cached") == "cached":
-        make = make_cached_accum_grad_fn
-    else:
-        make = make_independent_accum_grad_fn
-    grad_fn = make(model, config, mesh, param_shardings)
+    grad_fn = objective_lib.of(config).make_grad_fn(model, config, mesh, param_shardings)
     base_rng = jax.random.PRNGKey(config.seed + 1)
 
     def train_step(state, batch):
@@ -218,9 +214,10 @@ def compile_train_step(train_step, abstract_state, state_sh, mesh, config):
     """jit with explicit shardings and donated state, lowered and compiled once, before step 1.
     Returns (compiled step, {compile_s, memory and FLOP figures where the backend reports them})."""
     batch_sh = shd.batch_sharding(mesh)
-    wave, ids, mask = registry.family_of(config.model).example_inputs(config.model, config.batch_size)
-    abstract_batch = {name: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sh)
-                      for name, s in (("audio", wave), ("input_ids", ids), ("attention_mask", mask))}
+    obj = objective_lib.of(config)
+    example = obj.abstract_batch(config.model, config.batch_size)
+    abstract_batch = {name: jax.ShapeDtypeStruct(example[name].shape, example[name].dtype, sharding=batch_sh)
+                      for name in obj.batch_keys}
     jitted = jax.jit(train_step, in_shardings=(state_sh, {k: batch_sh for k in abstract_batch}),
                      out_shardings=(state_sh, shd.replicated(mesh)), donate_argnums=(0,))
     t0 = time.time()

@@ -38,6 +38,7 @@ from clap_jax.train import config as config_lib
 from clap_jax.train import data as data_lib
 from clap_jax.train import distributed
 from clap_jax.train import flops as flops_lib
+from clap_jax.train import objective as objective_lib
 from clap_jax.train import progress as progress_lib
 from clap_jax.train import sharding as shd
 from clap_jax.train import state as state_lib
@@ -47,10 +48,15 @@ from clap_jax.train import workdir as workdir_lib
 log = logging.getLogger("clap_jax.train")
 
 
-def resolve_eval_fn(config, mesh=None) -> Callable | None:
+def resolve_eval_fn(config, mesh=None, model=None) -> Callable | None:
     """The periodic eval: `config.eval.fn = 'module:function'` (called as function(variables, step) -> {name:
-    value}), else zero-shot tasks of clap_jax.eval under `config.eval.data_root` embedded on `mesh`, else None."""
+    value}), else zero-shot tasks of clap_jax.eval under `config.eval.data_root` embedded on `mesh`, else the
+    objective's loss on `config.eval.heldout_batches` held-out batches, else None."""
     ec = config.eval
+    if ec.get("heldout_batches") and not ec.get("fn") and not ec.get("data_root"):
+        model = model if model is not None else state_lib.make_model(config)
+        return objective_lib.heldout_eval_fn(model, config,
+                                             data_lib.heldout_batches(config, mesh, ec.heldout_batches))
     if ec.get("fn"):
         mod, _, fn = ec.fn.partition(":")
         return getattr(importlib.import_module(mod), fn)
@@ -210,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     start = int(state["step"])
 
     # ---------------------------------------------------------------------------------------- evals
-    eval_fn = eval_fn if eval_fn is not None else resolve_eval_fn(config, mesh)
+    eval_fn = eval_fn if eval_fn is not None else resolve_eval_fn(config, mesh, model)
     eval_every = config.eval.every_steps if eval_fn is not None else 0
 
     # ---------------------------------------------------------------------------------------- train loop
@@ -225,7 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
     summary = {"losses": progress.losses, "evals": [], "start_step": start, "stopped": "done",
                "compile": compile_info, "guarded_steps": []}
     batches = data_lib.Prefetcher(data_iter, config.data.prefetch, lambda: preempt.requested,
-                                  with_state=mngr is not None)
+                                  with_state=mngr is not None, prepare=objective_lib.of(config).prepare)
     profile = _Profile(config, workdir)
     ckpt_every = config.ckpt.every_steps if mngr is not None else 0
     failed = True

@@ -1,0 +1,65 @@
+# XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python -m clap_jax.train \
+#     --config configs/htsat22.py --config.data.tasks='...' --workdir runs/htsat22      (fill the task slots first)
+# variants: :tiny (tiny model: tests) | :steps=N | :batch=N
+"""HTSAT-22: multi-task generative pretraining of the audio encoder (CLAP 2023, section 2.2: HTSAT trained on 22
+audio tasks "similar to Pengi"). The audio encoder and a mapper make a prefix for GPT-2, which reads a text prompt
+naming the task and is trained to write the answer (objective 'prefix_lm': cross-entropy on the answer tokens
+only; prompt and padding are ignored). The model is the captioner's (clap_jax.models.clapcap); unlike caption
+training the audio encoder learns (it is the product) and GPT-2 is fine-tuned.
+
+The task list the paper implies, each a named slot: fill `dirs` with TFRecord directories (python -m
+clap_jax.data.preprocess on the prompt/answer records of clap_jax.data.multitask), keep or change the prompt,
+answer format and weight. Slots left without data are dropped from the mixture. A finished run initialises CLAP
+pretraining's audio encoder: configs/clap_2023.py with --config.init.audio_encoder=runs/htsat22."""
+from clap_jax.models import registry
+from clap_jax.train.config import base, parse_args
+
+ARGS = dict(tiny=False, steps=0, batch=0)
+
+# name, prompt, answer format, label key, weight (answers: 'label' = one label, 'labels' = every label of a
+# multi-label clip joined by ', ', 'caption' = a caption, 'text' = free text)
+TASKS = (
+    ("sound_events", "what sound events are in this audio?", "labels", None, 3.0),   # AudioSet, FSD50K
+    ("vocal_sounds", "what vocal sound is this?", "label", 0, 1.0),                  # VocalSound
+    ("scenes", "what acoustic scene is this?", "label", 0, 1.0),                     # TUT / DCASE scenes
+    ("music_genre", "what is the music genre?", "label", 0, 1.0),                    # GTZAN-like genres
+    ("instruments", "what instrument is playing?", "label", 0, 1.0),                 # NSynth instrument family
+    ("emotion", "what emotion does the speaker convey?", "label", 0, 1.0),           # CREMA-D, RAVDESS
+    ("keyword_spotting", "what word is spoken?", "label", 0, 1.0),                   # Speech Commands
+    ("counting", "how many speakers are there?", "label", 0, 0.5),                   # LibriCount
+    ("captioning", "caption this audio.", "caption", None, 3.0),                     # AudioCaps, Clotho, ...
+)
+
+
+def task_slots() -> tuple[dict, ...]:
+    return tuple({"name": n, "prompt": p, "answer": a, "label_key": k, "weight": w, "dirs": ()}
+                 for n, p, a, k, w in TASKS)
+
+
+def get_config(arg: str = ""):
+    a = parse_args(arg, ARGS, "configs/htsat22.py")
+    c = base()
+    c.objective = "prefix_lm"
+    if a["tiny"]:
+        c.model = registry.model_config("msclap-clapcap-tiny")
+        c.model.audio.specaug = False
+        c.model.text.max_length = 24
+        c.batch_size, c.total_steps = 16, 6
+        c.data.kind, c.data.num_workers = "random", 0
+    else:
+        c.model = registry.model_config("msclap-clapcap")
+        c.model.text.max_length = 48                # prompt + answer
+        c.batch_size, c.total_steps = 256, 200_000
+        c.data.kind = "tfrecord"
+    c.data.tasks = task_slots()
+    c.batch_size = a["batch"] or c.batch_size
+    c.total_steps = a["steps"] or c.total_steps
+    c.optim.name = "adamw"
+    c.optim.lr = 1e-4
+    c.optim.weight_decay = 0.01
+    c.optim.schedule = "warmup_cosine"
+    c.optim.warmup_steps = min(2000, c.total_steps // 10)
+    c.optim.grad_clip_norm = 1.0
+    c.optim.towers.clap.freeze = False     # the audio encoder is what this run trains
+    c.optim.towers.gpt.freeze = False
+    return c
