@@ -33,6 +33,11 @@ import threading
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
+# orbax's paths (etils.epath) go through fsspec too: with TensorFlow installed, epath would otherwise use TF's gfile
+# for gs:// and s3://, which has no s3:// in TF 2.x and ignores STORAGE_EMULATOR_HOST / AWS_ENDPOINT_URL.
+# Set EPATH_USE_TF=true before importing clap_jax to keep gfile.
+os.environ.setdefault("EPATH_USE_TF", "false")
+
 
 def is_url(path) -> bool:
     """True for ``scheme://...`` (gs://, s3://, memory://, ...), False for local paths."""

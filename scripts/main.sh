@@ -10,6 +10,9 @@
 #   STEPS=600 bash scripts/main.sh       # override the number of training steps
 #   SKIP_CAPTION=1 bash scripts/main.sh  # skip the captioner stage (CAPTION_STEPS=N: its training steps)
 #
+# Besides zero-shot, the held-out clips are scored by a linear probe (5-fold logistic regression on the frozen audio
+# embeddings, RUN_DIR/probe) printed beside the zero-shot number of each task.
+#
 # Idempotent and resumable: a finished dataset is reused, the trainer resumes from RUN_DIR/train's newest checkpoint
 # (kill it and rerun), a finished training is not rerun; eval, export and report are always redone (seconds).
 set -euo pipefail
@@ -96,6 +99,12 @@ rm -rf "$RUN_DIR/eval"
 JAX_PLATFORMS=cpu $PY -m clap_jax.eval --weights "$WORK" --name demo --data-root "$DATA" --tasks builtin \
   --out "$RUN_DIR/eval" --duration "$DURATION" --no-cache --no-progress
 stage_done eval
+
+banner "linear probe: logistic regression on the frozen embeddings of the same held-out clips -> $RUN_DIR/probe"
+rm -rf "$RUN_DIR/probe"
+JAX_PLATFORMS=cpu $PY -m clap_jax.eval --protocol linear --weights "$WORK" --name demo --data-root "$DATA" \
+  --tasks builtin --out "$RUN_DIR/probe" --duration "$DURATION" --no-cache --no-progress 2>&1 | grep "linear acc" || true
+stage_done probe
 
 banner "5/6 export to PyTorch (msclap state dict) -> $RUN_DIR/export"
 mkdir -p "$RUN_DIR/export"
