@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -30,15 +29,13 @@ def timeit(fn, repeats):
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {os.cpu_count()} cores, load average {load:.1f}"
+    """The machine header (bench/machine.py): CPU model and flags, cores, load, malloc, threads, versions."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from machine import describe
+
+    import torch
+
+    return "\n" + describe(torch_threads=torch.get_num_threads())
 
 
 def main():
@@ -47,7 +44,7 @@ def main():
     p.add_argument("--text-batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
-    p.add_argument("--stft", default="matmul", choices=("matmul", "fft"), help="our STFT implementation")
+    p.add_argument("--stft", default="fft", choices=("matmul", "fft"), help="our STFT implementation")
     p.add_argument("--text", action="store_true", help="also time the text tower")
     args = p.parse_args()
 

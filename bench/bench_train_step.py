@@ -133,6 +133,11 @@ def main():
     print(f"devices: {jax.device_count()} x {dev.device_kind} ({dev.platform}); model {a.size}, batch {a.batch}, "
           f"clip {a.seconds}s, dtype {a.dtype}, remat {a.remat}, fsdp {a.fsdp}, loss {a.loss}")
     print(f"host memory: {hostmem.describe()} (same process for both sides)")
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from machine import describe
+    import torch
+
+    print(describe(torch_threads=a.torch_threads or torch.get_num_threads()))
     t_jax, loss_jax, info, n_dev = bench_jax(c, a.steps)
     ex_s = a.batch / t_jax
     fl = flops_lib.clap_train_flops_per_example(c.model, model_config.clip_samples(c.model))

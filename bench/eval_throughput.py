@@ -142,6 +142,10 @@ def main(argv=None):
            "ours_clips_per_s": ours, "msclap_one_file_per_call_clips_per_s": ms_single,
            "msclap_batched_clips_per_s": ms_batched, "ratio_vs_msclap_one_file": ours / ms_single,
            "ratio_vs_msclap_batched": ours / ms_batched, "weights": a.weights}
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from machine import describe
+
+    out["machine"] = describe()
     try:
         import jax
         out["jax_devices"] = [str(d) for d in jax.devices()]
@@ -153,7 +157,13 @@ def main(argv=None):
         out["mean_cosine_ours_vs_msclap"] = float(cos.mean())
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
+    print(out["machine"])
+    print(f"| side | clips | clips/s |\n|---|---|---|\n| clap_jax (harness, batch {a.batch_size}) | {a.clips} | {ours:.2f} |\n"
+          f"| msclap, one file per call | {len(m_paths)} | {ms_single:.2f} |\n"
+          f"| msclap, batches of {a.batch_size} | {len(m_paths)} | {ms_batched:.2f} |")
+    print(f"ratio vs msclap batched: {ours / ms_batched:.2f}x; vs one file per call: {ours / ms_single:.2f}x"
+          + (f"; mean cosine ours vs msclap {out['mean_cosine_ours_vs_msclap']:.6f}" if a.weights else ""))
+    print(f"(also in {a.out})")
 
 
 if __name__ == "__main__":

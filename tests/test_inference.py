@@ -56,6 +56,48 @@ def test_batching_does_not_change_results(clap):
                                clap.get_text_embeddings(texts, batch_size=16), rtol=1e-5, atol=1e-6)
 
 
+def test_cpu_micro_batches_split_big_batches_and_change_nothing(tiny_cfg, tiny_msclap_state, clap):
+    """On one CPU device the towers run on micro-batches whatever batch_size says (forced on here, where the
+    tests' 8 simulated devices make the cap one row per device); the embeddings are those of one big batch."""
+    micro = CLAP(variables=cv.from_msclap_state_dict(tiny_msclap_state, tiny_cfg), config=tiny_cfg, batch_size=64,
+                 cpu_micro_batches=True)
+    rows = []
+    put = micro._put_batch
+    micro._put_batch = lambda x: (rows.append(x.shape[0]), put(x))[1]
+    rng = np.random.default_rng(3)
+    wavs = [(rng.standard_normal(44100 * 2) * 0.1).astype(np.float32) for _ in range(11)]
+    a = micro.get_audio_embeddings(wavs, sample_rate=44100)
+    assert set(rows) == {max(8, micro._mesh.size)} and len(rows) == 2      # 11 clips -> 2 calls of 8 rows
+    np.testing.assert_allclose(a, clap.get_audio_embeddings(wavs, sample_rate=44100), rtol=1e-5, atol=1e-6)
+    texts = [f"sound number {i}" for i in range(20)]
+    rows.clear()
+    t = micro.get_text_embeddings(texts)
+    assert rows == [16] * 4                 # 20 captions -> 2 calls of 16 rows, ids and mask each
+    np.testing.assert_allclose(t, clap.get_text_embeddings(texts), rtol=1e-5, atol=1e-6)
+    off = CLAP(variables=micro.variables, config=tiny_cfg, batch_size=64, cpu_micro_batches=False)
+    assert not off._micro
+
+
+def test_bfloat16_inference_stays_close_to_float32(tiny_cfg, tiny_msclap_state, clap, tmp_path):
+    bf = CLAP(variables=cv.from_msclap_state_dict(tiny_msclap_state, tiny_cfg), config=tiny_cfg, batch_size=4,
+              dtype="bfloat16")
+    assert bf.config.dtype == "bfloat16" and tiny_cfg.dtype == "float32"
+    rng = np.random.default_rng(4)
+    wavs = [(rng.standard_normal(44100 * 3) * 0.1).astype(np.float32) for _ in range(6)]
+    texts = ["a dog barking", "rain on a tin roof", "a siren far away"]
+    for x32, x16 in ((clap.get_audio_embeddings(wavs, sample_rate=44100), bf.get_audio_embeddings(wavs, 44100)),
+                     (clap.get_text_embeddings(texts), bf.get_text_embeddings(texts))):
+        assert x16.dtype == np.float32 and not np.array_equal(x16, x32)     # computed in bfloat16, returned f32
+        cos = np.sum(x16 * x32, 1) / (np.linalg.norm(x16, axis=1) * np.linalg.norm(x32, axis=1))
+        assert cos.min() > 0.98, cos
+    from clap_jax.convert import checkpoint
+    from clap_jax.eval.__main__ import load_embedder
+
+    ckpt = checkpoint.save_checkpoint(str(tmp_path / "ckpt"), clap.variables, tiny_cfg)
+    f32, b16 = load_embedder(ckpt), load_embedder(ckpt, dtype="bfloat16")
+    assert b16.config.dtype == "bfloat16" and b16.cache_id == f32.cache_id + "-bfloat16"   # cached apart
+
+
 def test_channels_resampling_and_cropping():
     rng = np.random.default_rng(2)
     stereo = rng.standard_normal((2, 1000)).astype(np.float32)

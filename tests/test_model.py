@@ -72,17 +72,41 @@ def test_remat_and_bf16_options(tiny_cfg, setup):
 
 def test_fft_stft_option_gives_the_same_model(tiny_cfg, setup):
     v, wav, ids = setup
-    ref = CLAPModel(tiny_cfg).apply(v, wav, ids, jnp.ones_like(ids))
-    cfg = tiny_cfg.copy_and_resolve_references()
-    cfg.audio.stft = "fft"
-    out = CLAPModel(cfg).apply(v, wav, ids, jnp.ones_like(ids))
+    assert tiny_cfg.audio.stft == "fft"   # the default
+    mm = tiny_cfg.copy_and_resolve_references()
+    mm.audio.stft = "matmul"
+    ref = CLAPModel(mm).apply(v, wav, ids, jnp.ones_like(ids))
+    out = CLAPModel(tiny_cfg).apply(v, wav, ids, jnp.ones_like(ids))
     np.testing.assert_allclose(out[0], ref[0], rtol=1e-4, atol=1e-5)
     # the stored DFT kernels are what 'matmul' reads: zeroing them changes 'matmul' but not 'fft'
     base = v["constants"]["audio_encoder"]["base"]
     zeroed = {**v, "constants": {**v["constants"], "audio_encoder": {"base": {
         **base, "stft_real": jnp.zeros_like(base["stft_real"]), "stft_imag": jnp.zeros_like(base["stft_imag"])}}}}
-    np.testing.assert_array_equal(CLAPModel(cfg).apply(zeroed, wav, ids, jnp.ones_like(ids))[0], out[0])
-    assert not np.allclose(CLAPModel(tiny_cfg).apply(zeroed, wav, ids, jnp.ones_like(ids))[0], ref[0])
+    np.testing.assert_array_equal(CLAPModel(tiny_cfg).apply(zeroed, wav, ids, jnp.ones_like(ids))[0], out[0])
+    assert not np.allclose(CLAPModel(mm).apply(zeroed, wav, ids, jnp.ones_like(ids))[0], ref[0])
+
+
+def test_loading_weights_picks_the_stft_path_from_the_stored_kernels(tiny_cfg, setup, tmp_path, caplog):
+    """Standard kernels (as every msclap / clap_jax checkpoint holds): the rFFT path; anything else: the matmul path
+    that reads them, with a warning; an explicit config is left alone."""
+    from clap_jax.convert import checkpoint
+    from clap_jax.convert.formats import load_weights
+
+    v, _, _ = setup
+    mm = tiny_cfg.copy_and_resolve_references()
+    mm.audio.stft = "matmul"
+    checkpoint.save_checkpoint(str(tmp_path / "std"), jax.device_get(v), mm)
+    _, cfg = load_weights(str(tmp_path / "std"))
+    assert cfg.audio.stft == "fft"
+    base = v["constants"]["audio_encoder"]["base"]
+    odd = {**v, "constants": {**v["constants"], "audio_encoder": {"base": {
+        **base, "stft_real": base["stft_real"] * 1.01}}}}
+    checkpoint.save_checkpoint(str(tmp_path / "odd"), jax.device_get(odd), tiny_cfg)
+    with caplog.at_level("WARNING"):
+        _, cfg = load_weights(str(tmp_path / "odd"))
+    assert cfg.audio.stft == "matmul" and "not the standard" in caplog.text
+    _, cfg = load_weights(str(tmp_path / "std"), config=mm)
+    assert cfg.audio.stft == "matmul"
 
 
 def test_specaug_widths_come_from_the_config(tiny_cfg, setup):

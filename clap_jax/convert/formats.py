@@ -7,6 +7,7 @@ adding its converter module, ending in `register(WeightFormat(...))`, and naming
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -85,7 +86,56 @@ def for_family(family: str) -> WeightFormat:
 
 def load_weights(path: str, config: ml_collections.ConfigDict | None = None, **options):
     """Any supported weights -> (variables, config). `config` overrides the architecture stored with or read off
-    the weights; `options` go to the file format's loader (e.g. msclap's n_head)."""
+    the weights; `options` go to the file format's loader (e.g. msclap's n_head).
+
+    Without `config`, the STFT implementation is chosen from the weights: by rFFT (`audio.stft='fft'`, the faster
+    one) when the stored DFT kernels are the standard periodic-Hann ones, which every msclap, LAION-CLAP and
+    clap_jax checkpoint holds, and by matmul with the stored kernels otherwise (`'matmul'`, a warning says so)."""
+    variables, cfg = _load_weights(path, config, **options)
+    if config is None:
+        choose_stft(variables, cfg, os.fspath(path))
+    return variables, cfg
+
+
+def choose_stft(variables, config: ml_collections.ConfigDict, source: str = "weights") -> str | None:
+    """Set `config.audio.stft` to 'fft' when the stored STFT kernels equal the standard ones for its n_fft, else
+    to 'matmul' (which reads them). Returns the choice (None: the model has no such front end)."""
+    import logging
+
+    import numpy as np
+
+    from clap_jax.audio import frontend
+
+    audio = config.get("audio") if hasattr(config, "get") else None
+    if audio is None or "stft" not in audio or "n_fft" not in audio:
+        return None
+    found = []
+
+    def walk(t):
+        if isinstance(t, dict):
+            if "stft_real" in t and "stft_imag" in t:
+                found.append((t["stft_real"], t["stft_imag"]))
+            for v in t.values():
+                walk(v)
+
+    walk(dict(variables.get("constants", {})) if hasattr(variables, "get") else {})
+    if not found:
+        return None
+    real, imag = frontend.stft_kernels(audio.n_fft)
+    standard = all(np.shape(r) == real.shape and np.shape(i) == imag.shape
+                   and np.allclose(np.asarray(r), real, rtol=0, atol=1e-5)
+                   and np.allclose(np.asarray(i), imag, rtol=0, atol=1e-5) for r, i in found)
+    choice = "fft" if standard else "matmul"
+    if not standard and audio.stft == "fft":
+        logging.getLogger(__name__).warning(
+            "%s: the stored STFT kernels are not the standard periodic-Hann DFT for n_fft=%d; computing the STFT "
+            "with them (audio.stft='matmul', slower than the rFFT path)", source, audio.n_fft)
+    with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
+        audio.stft = choice
+    return choice
+
+
+def _load_weights(path: str, config: ml_collections.ConfigDict | None = None, **options):
     path = os.fspath(path)
     if files.is_url(path):   # object storage: a workdir's checkpoints are read in place, anything else downloaded
         if not files.exists(path):
@@ -93,7 +143,7 @@ def load_weights(path: str, config: ml_collections.ConfigDict | None = None, **o
         if workdir.is_workdir(path):
             return workdir.load_workdir(path)
         with files.local_copy(path) as local:
-            return load_weights(local, config, **options)
+            return _load_weights(local, config, **options)
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such file or directory")
     if os.path.isdir(path):

@@ -56,9 +56,10 @@ def default_cache_dir() -> str:
     return os.environ.get("CLAP_JAX_EVAL_CACHE", str(Path.home() / ".cache" / "clap_jax" / "eval_embeddings"))
 
 
-def load_embedder(weights: str, tokenizer: str | None = None):
+def load_embedder(weights: str, tokenizer: str | None = None, dtype: str | None = None):
     """The model behind --weights; imported lazily so the harness works (and tests run) without it. `tokenizer`:
-    the text vocabulary source (--tokenizer), for a family whose vocabulary the user supplies (msclap-2022)."""
+    the text vocabulary source (--tokenizer), for a family whose vocabulary the user supplies (msclap-2022);
+    `dtype`: the towers' compute dtype (--dtype; bfloat16 embeddings are cached apart from float32 ones)."""
     from clap_jax.eval.embed import weights_cache_id
 
     if weights == "random-hash":
@@ -73,7 +74,7 @@ def load_embedder(weights: str, tokenizer: str | None = None):
     from clap_jax.convert import CheckpointError
 
     try:
-        model = CLAP(weights=weights, tokenizer=tokenizer)
+        model = CLAP(weights=weights, tokenizer=tokenizer, dtype=dtype)
     except CheckpointError as e:   # its message starts with the path: say which argument it came from
         raise CheckpointError(f"--weights {e}") from e
     if not getattr(model, "cache_id", None):
@@ -81,6 +82,8 @@ def load_embedder(weights: str, tokenizer: str | None = None):
             model.cache_id = weights_cache_id(weights)
         except (AttributeError, OSError):
             pass
+    if dtype not in (None, "float32") and getattr(model, "cache_id", None):
+        model.cache_id += f"-{dtype}"
     return model
 
 
@@ -139,6 +142,9 @@ def parser():
                     help="window of clips longer than the model's clip (random: seeded per clip by --seed; "
                          "unseeded: msclap's own random crop)")
     ap.add_argument("--seed", type=int, default=0, help="seed for --crop random")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="compute dtype of the towers (bfloat16: faster on TPUs/GPUs, embeddings within ~1e-3 "
+                         "cosine of float32; on CPUs measure first: bench/bench_embed.py --dtype bfloat16)")
     ap.add_argument("--channels", default="mean", choices=list(CHANNEL_MODES),
                     help="mean: mono down-mix; concat: msclap's channels one after another; first: channel 0")
     ap.add_argument("--duration", type=float, default=None,
@@ -183,7 +189,8 @@ def main(argv=None) -> int:
                         ".pth/.safetensors (or use --list)")
     config = build_config(args)
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    embedders = [load_embedder(w) if args.tokenizer is None else load_embedder(w, tokenizer=args.tokenizer)
+    embedders = [load_embedder(w) if args.tokenizer is None and args.dtype == "float32" else
+                 load_embedder(w, tokenizer=args.tokenizer, dtype=args.dtype)
                  for w in args.weights]   # every --weights is checked before any compute
     runs = []
     for i, (w, embedder) in enumerate(zip(args.weights, embedders)):

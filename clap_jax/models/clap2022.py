@@ -53,7 +53,7 @@ def audio_2022() -> ml_collections.ConfigDict:
     c.mel_sr = 44100               # filterbank built for the model's own rate
     c.fmin = 50.0
     c.fmax = 14000.0
-    c.stft = "matmul"              # 'matmul': torchlibrosa's conv STFT with the stored kernels; 'fft': by rFFT
+    c.stft = "fft"                 # 'fft': by rFFT (faster); 'matmul': the conv STFT with the stored kernels
     c.channels = (64, 128, 256, 512, 1024, 2048)   # the six conv blocks
     c.out_emb = 2048               # fc1 width = the latent fed to the projection
     c.num_classes = 527            # fc_audioset (AudioSet)

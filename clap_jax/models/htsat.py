@@ -168,16 +168,18 @@ class WindowAttention(nn.Module):
         h = self.num_heads
         table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
                            ((2 * self.window - 1) ** 2, h))
-        qkv = _dense(3 * c, "qkv", dtype=self.dtype)(x).reshape(b, nw, n, 3, h, c // h)
-        q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]          # (B, nW, N, h, d)
+        # Heads before tokens (B, nW, h, N, d): XLA:CPU's batched dots of these small (64 x d) matrices run 1.3-4x
+        # faster on operands whose batch dimensions lead than when the dot has to stride over the head axis.
+        qkv = _dense(3 * c, "qkv", dtype=self.dtype)(x).reshape(b, nw, n, 3, h, c // h).transpose(3, 0, 1, 4, 2, 5)
+        q, k, v = qkv[0], qkv[1], qkv[2]                                         # (B, nW, h, N, d)
         q = q * (c // h) ** -0.5
-        attn = jnp.einsum("bwnhd,bwmhd->bwhnm", q, k)
+        attn = jnp.einsum("bwhnd,bwhmd->bwhnm", q, k)
         bias = table[relative_position_index(self.window).reshape(-1)].reshape(n, n, h).transpose(2, 0, 1)
         attn = attn + bias[None, None].astype(attn.dtype)
         if mask is not None:
             attn = attn + mask[None, :, None].astype(attn.dtype)               # (1, nW, 1, N, N)
         attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
-        out = jnp.einsum("bwhnm,bwmhd->bwnhd", attn, v).reshape(b, nw, n, c)
+        out = jnp.einsum("bwhnm,bwhmd->bwhnd", attn, v).transpose(0, 1, 3, 2, 4).reshape(b, nw, n, c)
         return _dense(c, "proj", dtype=self.dtype)(out)
 
 
