@@ -43,6 +43,8 @@ def main():
     p.add_argument("--text-batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="our compute dtype (msclap stays float32); the agreement with msclap is printed")
     args = p.parse_args()
 
     import jax
@@ -52,12 +54,13 @@ def main():
     from clap_jax.models import config as model_config
     from clap_jax.models.clap import CLAPModel
     from clap_jax.text.tokenizer import ClapTokenizer
-    from msclap_oracle import build_msclap, msclap_text_inputs
+    from msclap_oracle import build_msclap, msclap_audio_outputs, msclap_text_embeddings, msclap_text_inputs
 
     torch.set_num_threads(args.threads)
     cfg = model_config.clap_2023()
     ref = build_msclap(cfg, seed=0)
     variables = jax.device_put(cv.from_msclap_state_dict({k: v.numpy() for k, v in ref.state_dict().items()}, cfg))
+    cfg.dtype = args.dtype
     model = CLAPModel(cfg)
     rng = np.random.default_rng(0)
     wav = (rng.standard_normal((args.batch, 308700)) * 0.1).astype(np.float32)
@@ -78,6 +81,9 @@ def main():
     from clap_jax.inference import CLAP
 
     clap = CLAP(variables=variables, config=cfg)
+    ours_emb = (np.asarray(audio_fn(variables, wav)), np.asarray(text_fn(variables, ids, mask)))
+    ref_emb = (np.asarray(msclap_audio_outputs(ref, np.asarray(wav))["embedding"]),
+               np.asarray(msclap_text_embeddings(ref, texts)))
     clips = list(np.asarray(wav))
     clap.get_audio_embeddings(clips, sample_rate=44100), clap.get_text_embeddings(texts)   # compile
     wav_t = torch.from_numpy(np.asarray(wav))
@@ -111,6 +117,11 @@ def main():
             ("text: CLAP.get_text_embeddings vs the msclap tower", args.text_batch, ours_pt, ref_t))
     for name, b, o, r in rows:
         print(f"| {name} | {b} | {o:.3f} | {r:.3f} | {b / o:.1f} | {b / r:.1f} | {r / o:.2f}x |")
+    for name, x, y in (("audio", ours_emb[0], ref_emb[0]), ("text", ours_emb[1], ref_emb[1])):
+        cos = np.sum(x * y, 1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+        rel = np.abs(x - y).max() / np.abs(y).max()
+        print(f"{name} embeddings ({args.dtype}) vs msclap (float32): max relative difference {rel:.1e}, "
+              f"cosine min {cos.min():.6f}")
 
 
 if __name__ == "__main__":

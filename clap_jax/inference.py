@@ -60,10 +60,10 @@ class CLAP:
         at 64: 15/s, on a 2-core AMD EPYC). Results are the same.
 
         `dtype`: the towers' compute dtype ('float32', or 'bfloat16': matmuls and activations in bfloat16, weights,
-        softmax, norms' statistics and outputs in float32). bfloat16 embeddings agree with float32 ones to a cosine
-        of about 0.999 (tests/test_inference_dtype.py measures it). Whether it is faster depends on the hardware: on
-        TPUs and recent GPUs it is; XLA:CPU on a 2-core AMD EPYC with AVX512_BF16 ran the audio tower 1.5x
-        slower than in float32 (bench/bench_embed.py --dtype bfloat16 measures your CPU)."""
+        softmax, norms' statistics and outputs in float32). At full size, bfloat16 embeddings agree with msclap's
+        float32 ones to a cosine of 0.99996 or better. Whether it is faster depends on the hardware: on TPUs and
+        recent GPUs it is; on a 2-core AMD EPYC (Zen 5, AVX512_BF16) XLA:CPU ran the audio tower between 1.5x slower
+        and as fast as float32, the text tower 1.25x faster (bench/bench_embed.py --dtype bfloat16 measures yours)."""
         audio_io.check_mode("channel_mode", channel_mode)
         audio_io.check_mode("crop", crop)
         if weights is not None:
