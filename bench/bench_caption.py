@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -63,8 +62,10 @@ def main():
     same = sum(theirs[i] == [out["tokens"][i, j, :out["lengths"][i, j]].tolist() for j in range(args.beam)]
                for i in range(args.clips))
     mean_len = float(np.mean(out["lengths"][:, 0]))
-    print(f"machine: {platform.machine()} {os.cpu_count()} cores, jax {jax.__version__} on "
-          f"{jax.devices()[0].platform} x{len(jax.devices())}, torch {torch.__version__} ({args.threads} threads)")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from machine import describe
+
+    print(describe(torch_threads=args.threads))
     print(f"config {args.config}, {args.clips} clips, beam {args.beam}, up to {args.steps} tokens "
           f"(best beam mean length {mean_len:.1f}); identical beams on {same}/{args.clips} clips")
     print(f"| decoder | seconds | captions/s |\n|---|---|---|")

@@ -42,14 +42,10 @@ def load_config(spec: str):
 
 
 def machine() -> str:
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{model}, {os.cpu_count()} cores (load {load:.1f}), {jax.device_count()} {jax.devices()[0].platform} devices"
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from machine import describe
+
+    return f"{jax.device_count()} {jax.devices()[0].platform} devices\n" + describe()
 
 
 def run(spec: str, steps: int, warmup: int, old: bool) -> float:

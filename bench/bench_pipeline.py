@@ -165,6 +165,10 @@ def main(argv=None) -> int:
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from machine import describe
+
+    print("# " + describe().replace("\n", "\n# "))
     print(f"# {os.cpu_count()} CPU cores visible; clips of {a.clip_seconds:g} s cropped to 7 s at {a.sample_rate} Hz, "
           f"batch {a.batch}, {a.batches} timed batches")
     print(f"{'format':7s} {'workers':>7s} {'clips/s total':>14s} {'clips/s per worker':>19s} "
