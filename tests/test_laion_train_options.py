@@ -48,7 +48,7 @@ def test_mlp_loss_equals_laion_cliploss_value_and_gradients():
     plain = ClipLoss()(audio_features=tt[0], text_features=tt[1], logit_scale_a=lst[0].exp())
     with jax.enable_x64(True):
         ours, _ = loss_lib.clip_loss(jnp.asarray(a), jnp.asarray(t), jnp.float64(ls_a))
-    np.testing.assert_allclose(float(ours), plain.item(), rtol=1e-12)
+    np.testing.assert_allclose(float(ours), plain.item(), rtol=1e-6)   # (its scale is exp'd in float32)
 
 
 def test_laion_config_towers_and_mlp_loss_choice():

@@ -41,8 +41,9 @@ def mlp_clip_loss(audio_n, text_n, audio_mlp, text_mlp, logit_scale_a_log, logit
     the normalised embeddings (B, d); `audio_mlp`, `text_mlp`: their transforms. -> (loss, metrics)."""
     f32 = lambda x: x.astype(jnp.float32) if x.dtype != jnp.float64 else x  # noqa: E731
     a, t, am, tm = f32(audio_n), f32(text_n), f32(audio_mlp), f32(text_mlp)
-    sa = loss_lib.logit_scale(logit_scale_a_log, max_log_scale).astype(a.dtype)
-    st = loss_lib.logit_scale(logit_scale_t_log, max_log_scale).astype(a.dtype)
+    # exp of the clamped log scales in the embeddings' precision (float32 in training; float64 exact in tests)
+    sa = jnp.exp(jnp.minimum(jnp.asarray(logit_scale_a_log).astype(a.dtype), max_log_scale))
+    st = jnp.exp(jnp.minimum(jnp.asarray(logit_scale_t_log).astype(a.dtype), max_log_scale))
     logits_a = sa * a @ tm.T
     logits_t = st * am @ t.T
     labels = jnp.arange(a.shape[0])
