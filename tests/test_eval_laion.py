@@ -21,9 +21,8 @@ def test_eval_runs_a_laion_checkpoint_with_laion_protocol(tmp_path):
     cv.save_laion(jax.device_get(registry.init_variables(cfg, 0)), cfg, str(tmp_path / "tiny.pt"))
     (tmp_path / "bpe").mkdir()
     write_bpe(tmp_path / "bpe")
-    (tmp_path / "laion.json").write_text(json.dumps(paper.LAION_PROTOCOL))
     rc = main(["--weights", str(tmp_path / "tiny.pt"), "--tokenizer", str(tmp_path / "bpe"), "--data-root",
-               str(tmp_path / "data"), "--tasks", "esc50", "--config", str(tmp_path / "laion.json"), "--out",
+               str(tmp_path / "data"), "--tasks", "esc50", "--protocol", "laion", "--out",
                str(tmp_path / "out"), "--no-cache", "--no-progress", "--batch-size", "4"])
     assert rc == 0
     res = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -34,6 +33,21 @@ def test_eval_runs_a_laion_checkpoint_with_laion_protocol(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text()
     section = md[md.index("## LAION-CLAP's published numbers"):]
     assert "| esc50 | acc | " + f"{esc['metrics']['acc']:.3f}" in section and "0.910" in section
+
+
+def test_protocol_laion_is_laions_settings_with_the_command_line_over_them(tmp_path):
+    from clap_jax.eval.__main__ import build_config, parser
+
+    base = ["--data-root", str(tmp_path), "--weights", "w"]
+    assert build_config(parser().parse_args(base + ["--protocol", "laion"])) == paper.LAION_PROTOCOL
+    assert build_config(parser().parse_args(base))["prompts"] == {}
+    (tmp_path / "c.json").write_text(json.dumps({"prompts": {"us8k": "a {label}"},
+                                                 "options": {"dcase17": {"split": "testing"}}}))
+    c = build_config(parser().parse_args(base + ["--protocol", "laion", "--config", str(tmp_path / "c.json"),
+                                                 "--prompt", "esc50=the {label}"]))
+    assert c["prompts"]["esc50"] == "the {label}" and c["prompts"]["us8k"] == "a {label}"
+    assert c["prompts"]["fsd50k"] == paper.LAION_PROMPT
+    assert c["options"] == {"esc50": {"folds": [1]}, "dcase17": {"split": "testing"}}
 
 
 def test_clap_class_uses_laion_clip_rules(tmp_path):

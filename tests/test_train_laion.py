@@ -1,5 +1,6 @@
 """configs/laion_clap.py: the recipe's values, and the tiny LAION-family model (fusion on) training on
-the built-in data (RoBERTa BPE tokens made in the data pipeline) on 8 simulated devices and resuming bit for bit."""
+built-in-like data with clips shorter and longer than its clip length (fusion views and RoBERTa BPE tokens made in
+the data pipeline) on 8 simulated devices and resuming bit for bit."""
 import jax
 import numpy as np
 
@@ -22,20 +23,16 @@ def test_recipe_values():
 
 def test_tiny_laion_trains_on_the_builtin_data_and_resumes_bit_exact(tmp_path):
     """The fused tiny model (its patch embedding carries the fusion branch's parameters and BatchNorms; unfused
-    HTSAT training is the msclap family's code path, tested there); a run stopped at step 2 and restarted equals
-    an uninterrupted one."""
+    HTSAT training is the msclap family's code path, tested there) on clips of 0.2-2.4 s (its clip is 0.5 s: the
+    longer ones take the fusion path, three local crops fused into the resized global view); a run stopped at
+    step 2 and restarted equals an uninterrupted one."""
     fusion = True
-    from clap_jax.data import synthetic
     from clap_jax.train import data as data_lib
     from clap_jax.train import sharding as shd
-    from laion_oracle import write_bpe
+    from test_laion_fusion_pipeline import write_clips
 
-    data = str(tmp_path / "data")
-    synthetic.write(data, num_train=24, num_eval=0, seconds=0.5, sample_rate=48000, audio_format="pcm16",
-                    progress=False)
-    (tmp_path / "bpe").mkdir()
-    vocab = str(write_bpe(tmp_path / "bpe"))
-    args = f"tiny,dirs={data}/tfrecords,vocab={vocab},ckpt_every=2" + (",fusion" if fusion else "")
+    data, vocab = write_clips(tmp_path, [0.3, 0.5, 0.8, 1.6, 0.2, 2.4, 0.5, 1.1] * 3)
+    args = f"tiny,dirs={data},vocab={vocab},ckpt_every=2" + (",fusion" if fusion else "")
     cfg = load_config("laion_clap", args + ",steps=4")
     assert cfg.data.kind == "tfrecord" and bool(cfg.model.audio.fusion) == fusion
 
@@ -45,7 +42,9 @@ def test_tiny_laion_trains_on_the_builtin_data_and_resumes_bit_exact(tmp_path):
     assert ids.shape == (16, 77) and (ids[:, 0] == 0).all()          # <s> first ...
     lengths = (ids != 1).sum(axis=1)
     assert (ids[np.arange(16), lengths - 1] == 2).all()              # ... </s> last, <pad> = 1 after it
-    assert np.asarray(batch["audio"]).shape[-1] == 24000            # 0.5 s at the model's 48 kHz
+    assert np.asarray(batch["mel_fusion"]).shape == (16, 4, 51, 64)  # 0.5 s at 48 kHz: 24000 // 480 + 1 frames
+    longer = np.asarray(batch["longer"])
+    assert longer.any() and not longer.all()                         # a batch mixing short and long clips
 
     ref = train.train_and_evaluate(cfg, str(tmp_path / "a"))
     losses = ref["losses"]

@@ -141,3 +141,58 @@ def batch_inputs(items: list[dict]) -> dict:
     if all("mel_fusion" in d for d in items):
         out["mel_fusion"] = np.stack([d["mel_fusion"] for d in items])
     return out
+
+
+class FixedDraws:
+    """Stands in for the RandomState of `laion_audio_input` with chosen positions: `starts` (the three local-crop
+    starts in frames, used in order) and `wave_start` (the waveform crop), or, where they are not given, the first
+    ('start') or the middle ('center') position of each range: deterministic views for evaluation."""
+
+    def __init__(self, starts=None, wave_start: int | None = None, mode: str = "start"):
+        if mode not in ("start", "center"):
+            raise ValueError(f"FixedDraws: mode must be 'start' or 'center', got {mode!r}")
+        self.starts = None if starts is None else [int(s) for s in starts]
+        self.wave_start, self.mode = wave_start, mode
+        self.drawn: list[int] = []   # the local-crop starts given out, in order
+
+    def choice(self, r):
+        r = np.asarray(r)
+        if self.starts is not None:
+            s = self.starts[len(self.drawn)]
+            if s not in r:
+                raise ValueError(f"FixedDraws: start {s} is outside its range [{r.min()}, {r.max()}]")
+        else:
+            s = int(r[0] if self.mode == "start" else r[len(r) // 2])
+        self.drawn.append(s)
+        return s
+
+    def randint(self, lo: int, hi: int) -> int:
+        if self.wave_start is not None:
+            return int(self.wave_start)
+        return int(lo if self.mode == "start" else (lo + hi - 1) // 2)
+
+
+class RecordedDraws:
+    """A seeded RandomState for `laion_audio_input` that remembers the local-crop starts it drew (`drawn`)."""
+
+    def __init__(self, seed: int):
+        self.state = np.random.RandomState(seed)
+        self.drawn: list[int] = []
+
+    def choice(self, r):
+        s = int(self.state.choice(r))
+        self.drawn.append(s)
+        return s
+
+    def randint(self, lo: int, hi: int) -> int:
+        return int(self.state.randint(lo, hi))
+
+
+def settings(model_config) -> dict | None:
+    """The keyword arguments of `laion_audio_input`'s mel for a fused model config (sr, n_fft, hop, n_mels,
+    fmin, fmax), or None when the model takes no fusion input."""
+    a = model_config.get("audio")
+    if a is None or not a.get("fusion", False):
+        return None
+    return dict(sr=int(a.sample_rate), n_fft=int(a.n_fft), hop=int(a.hop_size), n_mels=int(a.mel_bins),
+                fmin=float(a.fmin), fmax=float(a.fmax))

@@ -6,6 +6,10 @@
   python -m clap_jax.convert msclap-to-jax clapcap_weights_2023.pth cap/        # the captioner, both ways too
   python -m clap_jax.convert hf-gpt2 gpt2_dir/ ckpt_out/ [--base ckpt/]         # HF GPT-2 into the text tower
   python -m clap_jax.convert hf-bert bert_dir/ ckpt_out/ [--base ckpt/]         # HF BERT into a 2022 text tower
+  python -m clap_jax.convert laion-to-jax 630k-audioset-best.pt ckpt/           # laion_clap .pt -> clap_jax
+  python -m clap_jax.convert jax-to-laion ckpt/ exported.pt                     # -> laion_clap .pt ('module.' keys)
+  python -m clap_jax.convert hf-clap-to-jax clap-htsat-fused/ ckpt/             # HF transformers ClapModel dir
+  python -m clap_jax.convert jax-to-hf-clap ckpt/ hf_out/                       # -> config.json + model.safetensors
 
 Nothing is deleted that clap_jax did not write: an existing destination is replaced only when it is an earlier
 output of clap_jax (a checkpoint directory holding only its two files, an export it wrote) or with --overwrite,
@@ -83,11 +87,27 @@ def main(argv=None) -> int:
     d.add_argument("dst", help="checkpoint directory to write")
     d.add_argument("--base", default=None, help="msclap-2022 weights to start from (default: fresh msclap-2022 "
                                                 "init, text tower sized by the HF config.json)")
-    for sp in (a, b, c, d):
+    e = sub.add_parser("laion-to-jax", help="laion_clap .pt -> clap_jax checkpoint directory")
+    e.add_argument("src", help="laion_clap checkpoint (.pt/.pth/.bin; 'state_dict' with or without 'module.')")
+    e.add_argument("dst", help="checkpoint directory to write")
+    e.add_argument("--n-head", type=int, default=None,
+                   help="RoBERTa heads for a file without a stored config (default hidden size / 64)")
+    f = sub.add_parser("jax-to-laion", help="LAION-family clap_jax checkpoint or workdir -> laion_clap .pt")
+    f.add_argument("src", help="clap_jax checkpoint directory or training workdir of a laion-clap model")
+    f.add_argument("dst", help=".pt file to write")
+    g = sub.add_parser("hf-clap-to-jax", help="HF transformers ClapModel directory -> clap_jax checkpoint")
+    g.add_argument("src", help="directory with config.json + model.safetensors (or pytorch_model.bin)")
+    g.add_argument("dst", help="checkpoint directory to write")
+    h = sub.add_parser("jax-to-hf-clap", help="LAION-family clap_jax checkpoint or workdir -> HF ClapModel dir")
+    h.add_argument("src", help="clap_jax checkpoint directory or training workdir of a laion-clap model")
+    h.add_argument("dst", help="directory to write config.json + model.safetensors into")
+    for sp in (a, b, c, d, e, f, g, h):
         sp.add_argument("--overwrite", action="store_true",
                         help="write even where the destination exists and is not an earlier clap_jax output")
     args = p.parse_args(argv)
 
+    if args.cmd in _LAION_COMMANDS:
+        return _LAION_COMMANDS[args.cmd](args)
     if args.cmd == "msclap-to-jax":
         # msclap 2023 or 2022, told by the file's content; anything else gets the msclap loader's own message
         with files.local_copy(args.src) as src:
@@ -145,6 +165,69 @@ def main(argv=None) -> int:
             save_checkpoint(dst, variables, cfg, overwrite=args.overwrite)
         print(f"wrote {args.dst} (text tower from {args.src})")
     return 0
+
+
+def _laion_model(src: str):
+    variables, cfg = load_weights(src)
+    if cfg.get("family") != "laion-clap":
+        raise CheckpointError(f"{src}: a {cfg.get('family', 'msclap-2023')!r} model; laion_clap and HF ClapModel "
+                              f"files hold laion-clap models only")
+    return variables, cfg
+
+
+def _laion_to_jax(args) -> int:
+    from clap_jax.convert import hf_clap
+
+    with files.local_copy(args.src) as src:
+        if args.cmd == "hf-clap-to-jax":
+            if not hf_clap.is_hf_clap_dir(src):
+                raise CheckpointError(f"{args.src}: not a HF ClapModel directory (config.json of model_type 'clap' "
+                                      f"and its weights)")
+            variables, cfg = hf_clap.load_hf_clap(src)
+        else:
+            variables, cfg = get_format("laion-clap").load(src, None, n_head=args.n_head)
+    with _output(args.dst, args.overwrite, is_dir=True) as dst:
+        save_checkpoint(dst, variables, cfg, overwrite=args.overwrite)
+    n = sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
+    print(f"wrote {args.dst} (clap_jax checkpoint, {cfg.family}, {n / 1e6:.1f} M params)")
+    return 0
+
+
+def _jax_to_laion(args) -> int:
+    if files.is_url(args.dst):
+        if files.exists(args.dst) and not args.overwrite:
+            raise UserError(f"{args.dst}: exists; pass --overwrite to replace it")
+    elif os.path.isdir(args.dst):
+        raise UserError(f"{args.dst}: is a directory; give the .pt file to write")
+    variables, cfg = _laion_model(args.src)   # an existing file is refused by save_laion unless clap_jax wrote it
+    with _output(args.dst, True, is_dir=False) as local:
+        get_format("laion-clap").save(variables, cfg, local, overwrite=args.overwrite)
+    print(f"wrote {args.dst}")
+    return 0
+
+
+def _jax_to_hf_clap(args) -> int:
+    from clap_jax.convert import hf_clap
+
+    ours = {"config.json", "model.safetensors"}
+    if not files.is_url(args.dst) and os.path.isdir(args.dst) and not args.overwrite:
+        extra = set(os.listdir(args.dst)) - ours
+        if extra or (os.listdir(args.dst) and not hf_clap.is_hf_clap_dir(args.dst)):
+            what = ", ".join(sorted(extra)) or "not a HF ClapModel"
+            raise UserError(f"{args.dst}: a directory with other files ({what}); choose an empty or new "
+                            f"directory, or pass --overwrite")
+    elif not files.is_url(args.dst) and os.path.exists(args.dst):
+        if not os.path.isdir(args.dst):
+            raise UserError(f"{args.dst}: is a file; give a directory for the HF ClapModel")
+    variables, cfg = _laion_model(args.src)
+    with _output(args.dst, args.overwrite, is_dir=True) as dst:
+        hf_clap.save_hf_clap(variables, cfg, dst)
+    print(f"wrote {args.dst} (HF ClapModel: config.json + model.safetensors)")
+    return 0
+
+
+_LAION_COMMANDS = {"laion-to-jax": _laion_to_jax, "hf-clap-to-jax": _laion_to_jax, "jax-to-laion": _jax_to_laion,
+                   "jax-to-hf-clap": _jax_to_hf_clap}
 
 
 if __name__ == "__main__":

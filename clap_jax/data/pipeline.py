@@ -276,11 +276,17 @@ class DecodeCrop(grain.transforms.RandomMap):
     of n <= num_samples samples: tiled ceil(num_samples/n) times and cut (msclap). One caption, drawn uniformly
     (``caption='random'``) or the first.
     Returns None (skipped, counted in ``num_bad``) for a record that does not parse or decode.
+
+    ``fusion`` (the mel settings of ``clap_jax.audio.fusion.settings``, for LAION-CLAP models with feature
+    fusion): the whole clip is decoded and made into laion_clap's fusion input instead of 'audio':
+    'mel_fusion' float32 (4, num_samples // hop + 1, n_mels), 'longer' bool (), 'fusion_starts' int32 (3,) (the
+    local crops' first frames, -1 for clips not longer than num_samples). The draws come from a RandomState seeded
+    from ``rng`` (``crop='random'``) or are the first / middle position of each range ('start' / 'center').
     """
 
     def __init__(self, sample_rate: int, num_samples: int, dataset_index: int = 0, where: str = "",
                  crop: str = "random", caption: str = "random", bad_records: BadRecords | None = None,
-                 audio_dtype: str = "float32"):
+                 audio_dtype: str = "float32", fusion: dict | None = None):
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
         if caption not in ("random", "first"):
@@ -288,6 +294,9 @@ class DecodeCrop(grain.transforms.RandomMap):
         if audio_dtype not in ("float32", "int16"):
             raise ValueError(f"audio_dtype must be 'float32' or 'int16', got {audio_dtype!r}")
         self.audio_dtype = audio_dtype
+        self.fusion = dict(fusion) if fusion else None
+        if self.fusion and self.fusion["sr"] != sample_rate:
+            raise ValueError(f"fusion mel rate {self.fusion['sr']} != pipeline sample rate {sample_rate}")
         self.sample_rate = sample_rate
         self.num_samples = num_samples
         self.dataset_index = dataset_index
@@ -306,12 +315,16 @@ class DecodeCrop(grain.transforms.RandomMap):
             if sr != self.sample_rate:
                 raise ValueError(f"record sample rate {sr} != pipeline sample rate {self.sample_rate}; "
                                  "preprocess with --sample-rate to match the model")
-            start = audio_io.crop_start(int(ex["num_samples"][0]), self.num_samples, self.crop, rng)
-            wave = audio_lib.decode_audio_int16(ex["audio"][0], bytes(ex["audio_format"][0]).decode(), start,
-                                                self.num_samples)   # only the window is decoded
-            wave = audio_io.repeat_pad(wave, self.num_samples)
-            if self.audio_dtype == "float32":
-                wave = audio_lib.int16_to_float(wave)
+            if self.fusion:
+                out = self._fusion_input(ex, rng)
+            else:
+                start = audio_io.crop_start(int(ex["num_samples"][0]), self.num_samples, self.crop, rng)
+                wave = audio_lib.decode_audio_int16(ex["audio"][0], bytes(ex["audio_format"][0]).decode(), start,
+                                                    self.num_samples)   # only the window is decoded
+                wave = audio_io.repeat_pad(wave, self.num_samples)
+                if self.audio_dtype == "float32":
+                    wave = audio_lib.int16_to_float(wave)
+                out = {"audio": wave}
             caps = ex["captions"]
             pick = int(rng.integers(len(caps))) if len(caps) > 1 and self.caption == "random" else 0
             caption = bytes(caps[pick]).decode()
@@ -321,8 +334,23 @@ class DecodeCrop(grain.transforms.RandomMap):
             self.bad_records.bad(f"undecodable record in {self.where}: {type(e).__name__}: {e}")
             return None
         self.bad_records.good()
-        return {"audio": wave, "caption": np.bytes_(caption.encode()), "id": np.int32(uid),
+        return {**out, "caption": np.bytes_(caption.encode()), "id": np.int32(uid),
                 "dataset": np.int32(self.dataset_index)}
+
+    def _fusion_input(self, ex: dict, rng: np.random.Generator) -> dict:
+        """The whole clip -> laion_clap's fusion input (see the class docstring)."""
+        from clap_jax.audio import fusion as fusion_lib
+
+        q = audio_lib.decode_audio_int16(ex["audio"][0], bytes(ex["audio_format"][0]).decode())
+        if self.crop == "random":
+            draws = fusion_lib.RecordedDraws(int(rng.integers(2 ** 32)))
+        else:
+            draws = fusion_lib.FixedDraws(mode=self.crop)
+        x = fusion_lib.laion_audio_input(audio_lib.int16_to_float(q), draws, clip_samples=self.num_samples,
+                                         fusion=True, **self.fusion)
+        starts = draws.drawn if x["longer"] else []
+        return {"mel_fusion": x["mel_fusion"], "longer": np.bool_(x["longer"]),
+                "fusion_starts": np.asarray(starts + [-1] * (3 - len(starts)), np.int32)}
 
 
 class Tokenize(grain.transforms.Map):
@@ -364,7 +392,7 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
                   text_length: int = 77, shuffle: bool = True, crop: str = "random",
                   caption: str = "random", max_consecutive_bad: int | None = 1000,
                   audio_dtype: str = "float32", tokenizer_family: str = DEFAULT_FAMILY,
-                  prompt: str | None = None) -> grain.IterDataset:
+                  prompt: str | None = None, fusion: dict | None = None) -> grain.IterDataset:
     """The Grain dataset of host batches (see module docstring for the flow and the element layout).
 
     ``data_dirs``: one preprocessed directory, or several mixed by ``weights`` (then the stream is infinite, each
@@ -381,6 +409,8 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
     'msclap-2022': BERT WordPiece from the vocabulary ``tokenizer`` names), ``text_length`` ids per caption.
     ``prompt``: multi-task prompt/answer records: each row is ``prompt`` then the record's caption as the answer,
     with a ``loss_mask`` on the answer tokens (clap_jax.data.multitask.encode; GPT-2 tokenizer).
+    ``fusion``: LAION-CLAP feature fusion (``clap_jax.audio.fusion.settings`` of the model config): elements hold
+    'mel_fusion', 'longer' and 'fusion_starts' made from the whole clip instead of 'audio' (see ``DecodeCrop``).
 
     For evaluation: ``shuffle=False, crop='start', caption='first', num_epochs=1, drop_remainder=False`` gives
     every record once, in shard order (split over hosts).
@@ -411,7 +441,7 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
             ds = ds.shuffle(seed=_derive(seed, i, 0))
         ds = ds.repeat(num_epochs if len(data_dirs) == 1 else None)
         ds = ds.random_map(DecodeCrop(sample_rate, num_samples, i, where=d, crop=crop, caption=caption,
-                                      bad_records=bad, audio_dtype=audio_dtype),
+                                      bad_records=bad, audio_dtype=audio_dtype, fusion=fusion),
                            seed=_derive(seed, i, 1))
         parts.append(ds)
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)

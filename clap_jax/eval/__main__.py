@@ -8,6 +8,7 @@ report.md and report.png to --out. Two or more --weights give a side-by-side rep
 embedder (chance-level numbers, to check the harness without the model package).
 `--list` only prints which datasets are found. `--protocol linear` fits a probe (logistic regression, or `--probe
 mlp`) per classification task on the frozen audio embeddings instead of prompting (clap_jax/eval/linear.py).
+`--protocol laion` is LAION-CLAP's zero-shot protocol (its prompt for every task, ESC-50 fold 1 only).
 --weights and --out may be bucket URLs (gs://..., s3://...): a training workdir there is read in place, other
 weights are downloaded first; the report is uploaded into --out.
 
@@ -98,8 +99,15 @@ def _parse_kv(items, what):
 
 
 def build_config(args) -> dict:
+    """--protocol laion's settings (clap_jax.eval.paper.LAION_PROTOCOL), then --config, --prompt, --option over
+    them."""
     config = {}
+    if getattr(args, "protocol", None) == "laion":
+        from clap_jax.eval.paper import LAION_PROTOCOL
+
+        config = json.loads(json.dumps(LAION_PROTOCOL))
     if args.config:
+        base = config
         try:
             config = json.loads(Path(args.config).read_text())
         except FileNotFoundError:
@@ -108,6 +116,9 @@ def build_config(args) -> dict:
             raise UserError(f"--config {args.config}: not a JSON file ({e})") from None
         if not isinstance(config, dict):
             raise UserError(f"--config {args.config}: expected a JSON object, got {type(config).__name__}")
+        for key in ("prompts", "options"):   # the file's entries over the protocol's
+            if key in base and isinstance(config.get(key, {}), dict):
+                config[key] = {**base[key], **config.get(key, {})}
     config.setdefault("prompts", {}).update(_parse_kv(args.prompt, "prompt"))
     if getattr(args, "spice_jar", None):
         config["spice_jar"] = args.spice_jar
@@ -158,9 +169,11 @@ def parser():
     ap.add_argument("--skip-bad-clips", action="store_true", help="drop unreadable clips instead of failing the task")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--list", action="store_true", help="only list which datasets are found under --data-root")
-    ap.add_argument("--protocol", default="zeroshot", choices=("zeroshot", "linear"),
+    ap.add_argument("--protocol", default="zeroshot", choices=("zeroshot", "linear", "laion"),
                     help="zeroshot: class prompts (the paper's protocol); linear: a probe fitted on the frozen, cached "
-                         "audio embeddings per task (clap_jax/eval/linear.py), its zero-shot number beside it")
+                         "audio embeddings per task (clap_jax/eval/linear.py), its zero-shot number beside it; "
+                         "laion: LAION-CLAP's zero-shot protocol (prompt 'This is a sound of {label}.' for every "
+                         "task, ESC-50 fold 1 only; --config/--prompt/--option apply over it)")
     ap.add_argument("--probe", default="logreg", choices=("logreg", "mlp"), help="--protocol linear: the probe")
     ap.add_argument("--probe-folds", type=int, default=5,
                     help="--protocol linear: k of the seeded k-fold split for tasks whose dataset defines no folds")

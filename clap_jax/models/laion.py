@@ -211,6 +211,14 @@ class LaionCLAP(nn.Module):
         """(log scale a, log scale t): raw values; laion_clap's `get_logit_scale` returns their exp()."""
         return self.logit_scale_a, self.logit_scale_t
 
+    def train_outputs(self, wav, input_ids, attention_mask=None, train: bool = False):
+        """laion_clap's `CLAP.forward`: (audio, text normalised (B, d_joint), their audio_transform /
+        text_transform outputs, logit_scale_a, logit_scale_t (raw log values)), for its MLP loss."""
+        a = normalize(self.encode_audio(wav, train)["embedding"])
+        t = normalize(self.encode_text(input_ids, attention_mask, train))
+        am, tm = self.transforms(a, t, train)
+        return a, t, am, tm, self.logit_scale_a, self.logit_scale_t
+
     def __call__(self, wav, input_ids, attention_mask=None, train: bool = False):
         """-> (audio_emb, text_emb, logit_scale_a (raw log value)). Unnormalised; the contrastive loss uses
         logit_scale_a for both directions, as laion_clap's ClipLoss does without its MLP loss."""
@@ -269,4 +277,4 @@ def _tokenizer(config: ml_collections.ConfigDict, source: str | None = None):
 
 registry.register(registry.Family(
     name=FAMILY, configs=CONFIGS, build=LaionCLAP, tokenizer=_tokenizer, example_inputs=_example_inputs,
-    validate=validate, train_flops=train_flops))
+    validate=validate, train_flops=train_flops, objective="laion"))

@@ -74,6 +74,7 @@ def base() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.kind = "global"              # 'global' | 'sharded' (row-sharded logits, memory-lean)
     c.loss.max_log_scale = 4.605170185988092  # ln(100)
+    c.loss.mlp = False                  # laion-clap models: laion_clap's MLP loss (clap_jax.train.laion)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adam"               # 'adam' | 'adamw'
@@ -105,6 +106,10 @@ def base() -> ml_collections.ConfigDict:
     # the captioner's towers (prefix_lm): audio encoder, mapper, GPT-2 with its LM head (msclap trains the mapper
     # alone: clap and gpt frozen, as configs/clapcap.py sets)
     for t in ("clap", "clap_project", "gpt"):
+        c.optim.towers[t] = ml_collections.ConfigDict({"lr_mult": 1.0, "freeze": False})
+    # LAION-CLAP's towers (configs/laion_clap.py keeps only these)
+    for t in ("audio_branch", "text_branch", "audio_projection", "text_projection", "audio_transform",
+              "text_transform", "logit_scale_a", "logit_scale_t"):
         c.optim.towers[t] = ml_collections.ConfigDict({"lr_mult": 1.0, "freeze": False})
 
     c.init = ml_collections.ConfigDict()

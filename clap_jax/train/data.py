@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 import jax
 import jax.numpy as jnp
 
+from clap_jax.audio import fusion as fusion_lib
 from clap_jax.data import pipeline
 from clap_jax.models import config as model_config
 from clap_jax.train import sharding as shd
@@ -50,7 +51,8 @@ def make_real_pipeline(config, mesh, saved_workers: int | None = None) -> Iterat
         sample_rate=config.model.audio.sample_rate, duration=config.model.audio.duration,
         text_length=config.model.text.max_length, worker_count=num_workers(config, saved_workers),
         max_consecutive_bad=dc.max_consecutive_bad_records, audio_dtype="int16",
-        tokenizer=dc.get("tokenizer"), tokenizer_family=config.model.get("family", pipeline.DEFAULT_FAMILY))
+        tokenizer=dc.get("tokenizer"), tokenizer_family=config.model.get("family", pipeline.DEFAULT_FAMILY),
+        fusion=fusion_lib.settings(config.model))
 
 
 def heldout_batches(config, mesh, num_batches: int) -> list[dict]:
@@ -61,6 +63,7 @@ def heldout_batches(config, mesh, num_batches: int) -> list[dict]:
                            text_len=config.model.text.max_length, num_classes=config.data.num_classes,
                            seed=config.data.seed + 1_000_003, sharding=shd.batch_sharding(mesh),
                            vocab_size=config.model.text.get("vocab_size"))
+        it = _with_fusion_views(it, config, mesh)
     else:
         dc = config.data
         it = pipeline.make_iterator(
@@ -68,7 +71,8 @@ def heldout_batches(config, mesh, num_batches: int) -> list[dict]:
             data_axes=shd.BATCH_AXES, split="eval", seed=dc.seed, num_epochs=None, shuffle=False, crop="start",
             caption="first", sample_rate=config.model.audio.sample_rate, duration=config.model.audio.duration,
             text_length=config.model.text.max_length, worker_count=0, audio_dtype="int16",
-            tokenizer=dc.get("tokenizer"), tokenizer_family=config.model.get("family", pipeline.DEFAULT_FAMILY))
+            tokenizer=dc.get("tokenizer"), tokenizer_family=config.model.get("family", pipeline.DEFAULT_FAMILY),
+            fusion=fusion_lib.settings(config.model))
     return [next(it) for _ in range(num_batches)]
 
 
@@ -101,11 +105,21 @@ def make_data_iterator(config, mesh, saved_workers: int | None = None, seed: int
         config = config.copy_and_resolve_references()
         config.data.seed = seed
     if config.data.kind == "random":
-        return RandomBatches(batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
-                             text_len=config.model.text.max_length, num_classes=config.data.num_classes,
-                             seed=config.data.seed, sharding=shd.batch_sharding(mesh),
-                             vocab_size=config.model.text.get("vocab_size"))
+        return _with_fusion_views(
+            RandomBatches(batch_size=config.batch_size, num_samples=model_config.clip_samples(config.model),
+                          text_len=config.model.text.max_length, num_classes=config.data.num_classes,
+                          seed=config.data.seed, sharding=shd.batch_sharding(mesh),
+                          vocab_size=config.model.text.get("vocab_size")), config, mesh)
     return make_real_pipeline(config, mesh, saved_workers)
+
+
+def _with_fusion_views(it, config, mesh):
+    """Random batches for a model with LAION feature fusion carry its fusion input (clap_jax.train.laion)."""
+    if fusion_lib.settings(config.model) is None:
+        return it
+    from clap_jax.train.laion import FusionViews
+
+    return FusionViews(it, config.model, mesh)
 
 
 # ------------------------------------------------------------------------------------------ elastic resume

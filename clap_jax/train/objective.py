@@ -262,3 +262,7 @@ def heldout_eval_fn(model, config, batches) -> Callable:
                 for k in ms[0] if k != "tokens"}
 
     return fn
+
+
+# the LAION-CLAP family's objective (feature-fusion batches, laion_clap's MLP loss) registers itself
+from clap_jax.train import laion as _laion  # noqa: E402,F401

@@ -27,7 +27,9 @@ from clap_jax.train.sharding import path_str
 
 TOWERS = ("audio_encoder", "caption_encoder", "logit_scale",   # CLAP
           "clap", "clap_project", "gpt")                          # the captioner (audio encoder, mapper, GPT-2)
-AUDIO_TOWERS = ("audio_encoder", "clap")
+TOWERS += ("audio_branch", "text_branch", "audio_projection", "text_projection",   # LAION-CLAP
+           "audio_transform", "text_transform", "logit_scale_a", "logit_scale_t")
+AUDIO_TOWERS = ("audio_encoder", "clap", "audio_branch")
 
 
 def validate(oc) -> None:
@@ -70,8 +72,13 @@ def lr_schedule(oc, total_steps: int) -> Callable[[jax.Array], jax.Array]:
     return optax.constant_schedule(oc.lr)
 
 
-def _tower(name: str) -> str:
-    return name.split("/", 1)[0]
+def tower_of(name: str) -> str:
+    """The tower a parameter path ('audio_projection_0/kernel') or top-level name belongs to: its first component
+    without a trailing layer index ('audio_projection'), so that a tower can span numbered layers."""
+    return re.sub(r"_\d+$", "", name.split("/", 1)[0])
+
+
+_tower = tower_of
 
 
 def frozen_towers(oc) -> tuple[str, ...]:
@@ -104,6 +111,11 @@ def make_optimizer(oc, params: Any, total_steps: int) -> tuple[optax.GradientTra
     if oc.grad_clip_norm:
         parts.append(optax.clip_by_global_norm(oc.grad_clip_norm))
     labels = jax.tree_util.tree_map_with_path(label, params)
+    have = {tower_of(path_str(p)) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+    for n, t in oc.towers.items():   # a setting that would silently do nothing is a config error
+        if (t.freeze or t.lr_mult != 1.0) and n not in have:
+            raise ValueError(f"config.optim.towers.{n}: this model has no such tower (its towers: "
+                             f"{', '.join(sorted(have))})")
     parts.append(optax.transforms.partition({"train": base, "frozen": optax.set_to_zero()}, labels))
     mults = {n: t.lr_mult for n, t in oc.towers.items() if t.lr_mult != 1.0 and n not in frozen}
     if mults:

@@ -54,13 +54,14 @@ def fsdp_gather(param_shardings) -> Callable:
     return gather
 
 
-def make_embed_fn(model, config, mesh, param_shardings=None) -> Callable:
+def make_embed_fn(model, config, mesh, param_shardings=None, method=None) -> Callable:
     """The training forward pass: fn(params, batch_stats, constants, batch, rng) -> ((audio_emb, text_emb,
     logit_scale_log), new_batch_stats). Frozen towers are cut from the backward pass.
 
     FSDP: with `param_shardings` given, parameters stored split over 'fsdp' are gathered for the forward pass
     and their gradients reduce-scattered back to the storage layout (`fsdp_gather`). Without it, the compiler
-    propagates the weights' split into the activations and has to rematerialise them."""
+    propagates the weights' split into the activations and has to rematerialise them. `method`: the model's
+    method to apply instead of `__call__` (same arguments)."""
     frozen = set(optim_lib.frozen_towers(config.optim))
     gather = None
     if mesh is not None and param_shardings is not None and mesh.shape["fsdp"] > 1:
@@ -70,11 +71,13 @@ def make_embed_fn(model, config, mesh, param_shardings=None) -> Callable:
         if gather is not None:
             params = gather(params)
         if frozen:
-            params = {k: jax.lax.stop_gradient(v) if k in frozen else v for k, v in params.items()}
+            params = {k: jax.lax.stop_gradient(v) if optim_lib.tower_of(k) in frozen else v
+                      for k, v in params.items()}
         k_drop, k_aug = jax.random.split(rng)
         variables = {"params": params, "batch_stats": batch_stats, "constants": constants}
         out, upd = model.apply(variables, batch["audio"], batch["input_ids"], batch["attention_mask"],
-                               train=True, rngs={"dropout": k_drop, "augment": k_aug}, mutable=["batch_stats"])
+                               train=True, rngs={"dropout": k_drop, "augment": k_aug}, mutable=["batch_stats"],
+                               method=method)
         return out, upd.get("batch_stats", batch_stats)
 
     return embed
@@ -216,8 +219,8 @@ def compile_train_step(train_step, abstract_state, state_sh, mesh, config):
     batch_sh = shd.batch_sharding(mesh)
     obj = objective_lib.of(config)
     example = obj.abstract_batch(config.model, config.batch_size)
-    abstract_batch = {name: jax.ShapeDtypeStruct(example[name].shape, example[name].dtype, sharding=batch_sh)
-                      for name in obj.batch_keys}
+    abstract_batch = {name: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sh),
+                                         example[name]) for name in obj.batch_keys}
     jitted = jax.jit(train_step, in_shardings=(state_sh, {k: batch_sh for k in abstract_batch}),
                      out_shardings=(state_sh, shd.replicated(mesh)), donate_argnums=(0,))
     t0 = time.time()
