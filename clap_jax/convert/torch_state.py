@@ -26,24 +26,18 @@ COLLECTIONS = ("params", "batch_stats", "constants")
 TorchName = Callable[[str, tuple], tuple[str, str]]   # (collection, path) -> (torch key, layout kind)
 
 
+# layout kind -> (ours -> torch's, torch's -> ours); any other kind ("copy") is the same in both
+_LAYOUTS = {"linear": (lambda a: a.T, lambda a: a.T),
+            "conv2d": (lambda a: a.transpose(3, 2, 0, 1), lambda a: a.transpose(2, 3, 1, 0)),
+            "stft": (lambda a: a.T[:, None, :], lambda a: a[:, 0, :].T)}
+
+
 def to_torch_layout(x: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "linear":
-        return x.T
-    if kind == "conv2d":
-        return x.transpose(3, 2, 0, 1)
-    if kind == "stft":
-        return x.T[:, None, :]
-    return x
+    return _LAYOUTS[kind][0](x) if kind in _LAYOUTS else x
 
 
 def from_torch_layout(x: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "linear":
-        return x.T
-    if kind == "conv2d":
-        return x.transpose(2, 3, 1, 0)
-    if kind == "stft":
-        return x[:, 0, :].T
-    return x
+    return _LAYOUTS[kind][1](x) if kind in _LAYOUTS else x
 
 
 def torch_name_by_rules(collection: str, path: tuple[str, ...], module_path: Callable[[list], str],
