@@ -28,7 +28,7 @@ import numpy as np
 from clap_jax import files
 from clap_jax.convert import laion as cv
 from clap_jax.convert import torch_state
-from clap_jax.convert.tree import CheckpointError, flatten
+from clap_jax.convert.tree import CheckpointError
 from clap_jax.models import laion as laion_model
 
 _ONLY_OURS = re.compile(r"^(audio_branch\.(tscam_conv|head|spectrogram_extractor|logmel_extractor)\.|"
