@@ -48,3 +48,41 @@ def tree_digest(d) -> str:
             h.update(p.encode() + open(p, "rb").read())
         h.update(repr(sorted(dirs)).encode())
     return h.hexdigest()
+
+
+def builtin_data(tmp_path, sample_rate: int, num_train: int = 24, num_eval: int = 0) -> str:
+    """The built-in synthetic dataset (0.5 s clips, 16-bit PCM, at `sample_rate`) written under `tmp_path`/data."""
+    from clap_jax.data import synthetic
+
+    data = str(tmp_path / "data")
+    synthetic.write(data, num_train=num_train, num_eval=num_eval, seconds=0.5, sample_rate=sample_rate,
+                    audio_format="pcm16", progress=False)
+    return data
+
+
+def first_batch(config) -> dict:
+    """The first training batch the data pipeline of `config` makes, on its mesh."""
+    from clap_jax.train import data as data_lib
+    from clap_jax.train import sharding as shd
+
+    return next(data_lib.make_data_iterator(config, shd.make_mesh(config.mesh)))
+
+
+def train_and_check_resume(make_config, tmp_path, collections=("params", "batch_stats")) -> dict:
+    """Trains `make_config(4)` in one run (`tmp_path`/a), and in another (`tmp_path`/b) `make_config(2)`, then
+    `make_config(4)`, which must resume from the step-2 checkpoint and equal the first run bit for bit: the losses
+    of steps 3 and 4 and the state's `collections` (None: all of it). Returns the first run's result, whose four
+    losses are finite."""
+    from clap_jax.train import train
+
+    ref = train.train_and_evaluate(make_config(4), str(tmp_path / "a"))
+    assert sorted(ref["losses"]) == [1, 2, 3, 4] and all(np.isfinite(v) for v in ref["losses"].values())
+    train.train_and_evaluate(make_config(2), str(tmp_path / "b"))
+    res = train.train_and_evaluate(make_config(4), str(tmp_path / "b"))
+    assert res["start_step"] == 2 and sorted(res["losses"]) == [3, 4]
+    for s in (3, 4):
+        assert res["losses"][s] == ref["losses"][s], (s, res["losses"][s], ref["losses"][s])
+    pick = (lambda state: state) if collections is None else (lambda state: [state[c] for c in collections])
+    for a, b in zip(jax.tree.leaves(pick(res["state"])), jax.tree.leaves(pick(ref["state"]))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    return ref

@@ -7,7 +7,7 @@ import torch
 
 from clap_jax.convert import clapcap as cv
 from clap_jax.convert import load_weights
-from clap_jax.convert.tree import CheckpointError
+from clap_jax.convert.tree import CheckpointError, flatten
 from clap_jax.models import clapcap, gpt2, registry
 from clap_jax.models import config as model_config
 from clapcap_oracle import build_clapcap, generate_beam, gpt_logits, prefix_embeddings
@@ -151,7 +151,7 @@ def test_export_loads_strict_into_msclap(cfg, ref_state, tmp_path):
     for p in (path, twin):
         back, back_cfg = load_weights(p)
         assert back_cfg.family == "msclap-clapcap" and back_cfg.to_dict() == cfg.to_dict()
-        for (pa, a), (pb, b) in zip(sorted(cv.flatten(back)), sorted(cv.flatten(variables))):
+        for (pa, a), (pb, b) in zip(sorted(flatten(back)), sorted(flatten(variables))):
             assert pa == pb
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 import os
 import re
 
-import jax
 import ml_collections
 import numpy as np
 
-from clap_jax.convert import formats
+from clap_jax.convert import formats, torch_state
 from clap_jax.convert import msclap as msclap_fmt
-from clap_jax.convert.tree import CheckpointError, config_from_dict, flatten
+from clap_jax.convert.tree import CheckpointError
 from clap_jax.models import clapcap as clapcap_model
 
 LM_HEAD = "gpt.lm_head.weight"
@@ -47,11 +46,7 @@ def torch_name(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
 
 def to_state_dict(variables, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """Flax variables -> {key: numpy array} that msclap's `ClapCaptionModel.load_state_dict(strict=True)` takes."""
-    sd = {}
-    for coll in ("params", "batch_stats", "constants"):
-        for path, v in flatten(variables.get(coll, {})):
-            key, kind = torch_name(coll, path)
-            sd[key] = np.array(msclap_fmt._to_torch_layout(np.asarray(jax.device_get(v), np.float32), kind), order="C")
+    sd = torch_state.variables_to_state_dict(variables, torch_name)
     for key, v in msclap_fmt._derived_buffers(cfg).items():
         sd["clap." + key[len("audio_encoder."):]] = v
     sd[LM_HEAD] = sd[WTE].copy()
@@ -60,9 +55,8 @@ def to_state_dict(variables, cfg: ml_collections.ConfigDict) -> dict[str, np.nda
 
 def from_state_dict(sd: dict[str, np.ndarray], cfg: ml_collections.ConfigDict, source: str = "checkpoint"):
     """{key: array} -> Flax variables for `cfg`. Raises CheckpointError listing every bad key."""
-    variables = msclap_fmt.state_dict_to_variables(
-        sd, cfg, source, torch_name=torch_name, from_layout=msclap_fmt._from_torch_layout,
-        to_layout=msclap_fmt._to_torch_layout, ignore=_DERIVED, extra_keys=(LM_HEAD,))
+    variables = torch_state.state_dict_to_variables(sd, cfg, source, torch_name=torch_name, ignore=_DERIVED,
+                                                    extra_keys=(LM_HEAD,))
     head, wte = np.asarray(sd[LM_HEAD], np.float32), np.asarray(sd[WTE], np.float32)
     if head.shape != wte.shape or not np.array_equal(head, wte):
         raise CheckpointError(f"{source}: {LM_HEAD} differs from {WTE}; the captioner's LM head is tied to the token "
@@ -93,24 +87,14 @@ def infer_config(sd: dict[str, np.ndarray], n_head: int | None = None,
     fc1 = sd.get("clap_project.transformer.layers.0.mlp.fc1.weight")
     if fc1 is not None:
         k.mlp_ratio = fc1.shape[0] / cfg.text.n_embd
-    try:
-        clapcap_model.validate(cfg)
-    except ValueError as e:
-        raise CheckpointError(f"{source}: {e}") from e
-    return cfg
+    return torch_state.validated(cfg, clapcap_model.validate, source)
 
 
 def load(path: str, cfg: ml_collections.ConfigDict | None = None, n_head: int | None = None):
     """msclap captioner `.pth` / `.safetensors` -> (variables, config)."""
     sd, stored = msclap_fmt.read_msclap_file(path)
     if cfg is None:
-        if stored is not None:
-            cfg = config_from_dict(stored, source=f"{path} ({msclap_fmt.CONFIG_KEY})")
-            if n_head is not None and int(n_head) != cfg.text.n_head:
-                raise CheckpointError(f"{path}: the file stores its architecture with text.n_head={cfg.text.n_head}, "
-                                      f"but n_head={n_head} was given; drop --n-head")
-        else:
-            cfg = infer_config(sd, n_head=n_head, source=path)
+        cfg = msclap_fmt.stored_or_inferred_config(path, sd, stored, n_head, infer_config, "n_head")
     if cfg.get("family") != clapcap_model.FAMILY:
         raise CheckpointError(f"{path}: holds captioner weights, but the model config is of family "
                               f"{cfg.get('family')!r}, not {clapcap_model.FAMILY!r}")

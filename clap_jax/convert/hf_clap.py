@@ -27,16 +27,37 @@ import numpy as np
 
 from clap_jax import files
 from clap_jax.convert import laion as cv
-from clap_jax.convert.tree import CheckpointError, flatten
+from clap_jax.convert import torch_state
+from clap_jax.convert.tree import CheckpointError
 from clap_jax.models import laion as laion_model
 
 _ONLY_OURS = re.compile(r"^(audio_branch\.(tscam_conv|head|spectrogram_extractor|logmel_extractor)\.|"
                         r"(audio|text)_transform\.)|\.attn_mask$")
-_BLOCK = [("norm1.", "layernorm_before."), ("norm2.", "layernorm_after."),
+# Key renames, laion layout <-> HF layout; each pair serves both directions.
+_PREFIXES = (("audio_branch.", "audio_model.audio_encoder."), ("text_branch.", "text_model."),
+             ("audio_projection.0.", "audio_projection.linear1."), ("audio_projection.2.", "audio_projection.linear2."),
+             ("text_projection.0.", "text_projection.linear1."), ("text_projection.2.", "text_projection.linear2."))
+_AUDIO = [(".bn0.", ".batch_norm.")]                          # anywhere in an audio key
+_BLOCK = [("norm1.", "layernorm_before."), ("norm2.", "layernorm_after."),   # in a Swin block's keys
           ("attn.relative_position_bias_table", "attention.self.relative_position_bias_table"),
           ("attn.relative_position_index", "attention.self.relative_position_index"),
           ("attn.proj.", "attention.output.dense."), ("mlp.fc1.", "intermediate.dense."),
           ("mlp.fc2.", "output.dense.")]
+
+# Config fields, ours <-> HF config.json: (our field, HF name, HF's default when config.json omits it, type).
+_INTS = lambda v: tuple(int(x) for x in v)  # noqa: E731
+_AUDIO_FIELDS = (("embed_dim", "patch_embeds_hidden_size", 96, int), ("depths", "depths", (2, 2, 6, 2), _INTS),
+                 ("num_heads", "num_attention_heads", (4, 8, 16, 32), _INTS), ("window_size", "window_size", 8, int),
+                 ("mel_bins", "num_mel_bins", 64, int), ("spec_size", "spec_size", 256, int),
+                 ("patch_size", "patch_size", 4, int), ("num_classes", "num_classes", 527, int),
+                 ("mlp_ratio", "mlp_ratio", 4.0, float))
+_TEXT_FIELDS = (("vocab_size", "vocab_size", 50265, int), ("hidden_size", "hidden_size", 768, int),
+                ("num_layers", "num_hidden_layers", 12, int), ("num_heads", "num_attention_heads", 12, int),
+                ("intermediate_size", "intermediate_size", 3072, int),
+                ("max_position_embeddings", "max_position_embeddings", 514, int),
+                ("type_vocab_size", "type_vocab_size", 1, int),
+                ("layer_norm_eps", "layer_norm_eps", 1e-12, float),     # 1e-12: HF's default
+                ("pad_token_id", "pad_token_id", 1, int))
 
 
 def is_hf_clap_dir(path: str) -> bool:
@@ -54,18 +75,19 @@ def is_hf_clap_dir(path: str) -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 # Key renames (laion layout <-> HF layout)
 # ----------------------------------------------------------------------------------------------------------------
-def _laion_to_hf_key(k: str) -> str:
-    if k.startswith("audio_branch."):
-        k = "audio_model.audio_encoder." + k[len("audio_branch."):]
-        k = k.replace(".bn0.", ".batch_norm.")
-        if ".blocks." in k:
-            for a, b in _BLOCK:
-                k = k.replace(a, b)
+def _rename(k: str, to_hf: bool) -> str:
+    """A key renamed laion -> HF (`to_hf`) or HF -> laion; the fused qkv is handled by the callers."""
+    pick = (lambda pair: pair) if to_hf else (lambda pair: pair[::-1])  # noqa: E731
+    for src, dst in map(pick, _PREFIXES):
+        if k.startswith(src):
+            k = dst + k[len(src):]
+            break
+    else:
         return k
-    if k.startswith("text_branch."):
-        return "text_model." + k[len("text_branch."):]
-    return re.sub(r"^(audio|text)_projection\.([02])\.",
-                  lambda m: f"{m.group(1)}_projection.linear{1 if m.group(2) == '0' else 2}.", k)
+    if src == pick(_PREFIXES[0])[0]:                         # an audio key
+        for a, b in map(pick, _AUDIO + (_BLOCK if ".blocks." in k else [])):
+            k = k.replace(a, b)
+    return k
 
 
 def laion_to_hf(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -79,7 +101,7 @@ def laion_to_hf(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             for name, part in zip(("query", "key", "value"), np.split(np.asarray(v), 3, axis=0)):
                 out[f"{base}{name}.{m.group(2)}"] = np.ascontiguousarray(part)
             continue
-        out[_laion_to_hf_key(k)] = v
+        out[_rename(k, to_hf=True)] = v
     return out
 
 
@@ -100,17 +122,7 @@ def hf_to_laion(sd: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]
                 raise CheckpointError(f"{source}: {k[0]}.attention.self: missing {', '.join(missing)}.{k[1]}")
             out[f"audio_branch.{k[0]}.attn.qkv.{k[1]}"] = np.concatenate([v["query"], v["key"], v["value"]], 0)
             continue
-        if k.startswith("audio_model.audio_encoder."):
-            n = "audio_branch." + k[len("audio_model.audio_encoder."):]
-            n = n.replace(".batch_norm.", ".bn0.")
-            if ".blocks." in n:
-                for a, b in _BLOCK:
-                    n = n.replace(b, a)
-        elif k.startswith("text_model."):
-            n = "text_branch." + k[len("text_model."):]
-        else:
-            n = re.sub(r"^(audio|text)_projection\.linear([12])\.",
-                       lambda m: f"{m.group(1)}_projection.{0 if m.group(2) == '1' else 2}.", k)
+        n = _rename(k, to_hf=False)
         out[n] = v
     return out
 
@@ -121,16 +133,13 @@ def hf_to_laion(sd: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]
 def to_hf_config(cfg: ml_collections.ConfigDict) -> dict:
     a, t = cfg.audio, cfg.text
     latent = a.embed_dim * 2 ** (len(a.depths) - 1)
-    text = dict(vocab_size=t.vocab_size, hidden_size=t.hidden_size, num_hidden_layers=t.num_layers,
-                num_attention_heads=t.num_heads, intermediate_size=t.intermediate_size,
-                max_position_embeddings=t.max_position_embeddings, type_vocab_size=t.type_vocab_size,
-                layer_norm_eps=t.layer_norm_eps, pad_token_id=t.pad_token_id, bos_token_id=0, eos_token_id=2,
-                projection_dim=cfg.d_joint, projection_hidden_act="relu", hidden_act="gelu")
-    audio = dict(window_size=a.window_size, num_mel_bins=a.mel_bins, spec_size=a.spec_size, patch_size=a.patch_size,
-                 patch_stride=[a.patch_size, a.patch_size], num_classes=a.num_classes, hidden_size=latent,
-                 projection_dim=cfg.d_joint, depths=list(a.depths), num_attention_heads=list(a.num_heads),
-                 enable_fusion=bool(a.get("fusion", False)), patch_embeds_hidden_size=a.embed_dim,
-                 mlp_ratio=a.mlp_ratio, layer_norm_eps=1e-5, projection_hidden_act="relu", aff_block_r=4)
+    hf = lambda group, fields: {theirs: (list(group[ours]) if isinstance(group[ours], tuple) else group[ours])  # noqa: E731
+                                for ours, theirs, _, _ in fields}
+    text = dict(hf(t, _TEXT_FIELDS), bos_token_id=0, eos_token_id=2, projection_dim=cfg.d_joint,
+                projection_hidden_act="relu", hidden_act="gelu")
+    audio = dict(hf(a, _AUDIO_FIELDS), patch_stride=[a.patch_size, a.patch_size], hidden_size=latent,
+                 projection_dim=cfg.d_joint, enable_fusion=bool(a.get("fusion", False)), layer_norm_eps=1e-5,
+                 projection_hidden_act="relu", aff_block_r=4)
     return {"model_type": "clap", "architectures": ["ClapModel"], "text_config": text, "audio_config": audio,
             "projection_dim": cfg.d_joint, "projection_hidden_act": "relu",
             "logit_scale_init_value": float(np.exp(cfg.logit_scale_init)), "hidden_size": latent}
@@ -141,34 +150,14 @@ def from_hf_config(d: dict, source: str) -> ml_collections.ConfigDict:
         a, t = d["audio_config"], d["text_config"]
         fusion = bool(a.get("enable_fusion", False))
         cfg = laion_model.laion_config("tiny", fusion)
-        ca, ct = cfg.audio, cfg.text
-        ca.embed_dim = int(a.get("patch_embeds_hidden_size", 96))
-        ca.depths = tuple(int(x) for x in a.get("depths", (2, 2, 6, 2)))
-        ca.num_heads = tuple(int(x) for x in a.get("num_attention_heads", (4, 8, 16, 32)))
-        ca.window_size = int(a.get("window_size", 8))
-        ca.mel_bins = int(a.get("num_mel_bins", 64))
-        ca.spec_size = int(a.get("spec_size", 256))
-        ca.patch_size = int(a.get("patch_size", 4))
-        ca.num_classes = int(a.get("num_classes", 527))
-        ca.mlp_ratio = float(a.get("mlp_ratio", 4.0))
-        ct.vocab_size = int(t.get("vocab_size", 50265))
-        ct.hidden_size = int(t.get("hidden_size", 768))
-        ct.num_layers = int(t.get("num_hidden_layers", 12))
-        ct.num_heads = int(t.get("num_attention_heads", 12))
-        ct.intermediate_size = int(t.get("intermediate_size", 3072))
-        ct.max_position_embeddings = int(t.get("max_position_embeddings", 514))
-        ct.type_vocab_size = int(t.get("type_vocab_size", 1))
-        ct.layer_norm_eps = float(t.get("layer_norm_eps", 1e-12))   # HF's default when config.json omits it
-        ct.pad_token_id = int(t.get("pad_token_id", 1))
+        for ours_group, theirs_group, fields in ((cfg.audio, a, _AUDIO_FIELDS), (cfg.text, t, _TEXT_FIELDS)):
+            for ours, theirs, default, typ in fields:
+                ours_group[ours] = typ(theirs_group.get(theirs, default))
         cfg.d_joint = int(d.get("projection_dim", a.get("projection_dim", 512)))
         cfg.logit_scale_init = float(np.log(d.get("logit_scale_init_value", 1 / 0.07)))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: not a HF ClapModel config ({type(e).__name__}: {e})") from e
-    try:
-        laion_model.validate(cfg)
-    except ValueError as e:
-        raise CheckpointError(f"{source}: {e}") from e
-    return cfg
+    return torch_state.validated(cfg, laion_model.validate, source)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -190,35 +179,15 @@ def save_hf_clap(variables, cfg: ml_collections.ConfigDict, out_dir: str) -> Non
     files.write_text(os.path.join(out_dir, "config.json"), json.dumps(to_hf_config(cfg), indent=2) + "\n")
 
 
-def _read_hf_weights(path: str) -> dict[str, np.ndarray]:
-    st, binf = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
-    if os.path.isfile(st):
-        from safetensors.numpy import load_file
-
-        try:
-            return dict(load_file(st))
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{st}: not a readable safetensors file ({e})") from e
-    if os.path.isfile(binf):
-        import torch
-
-        try:
-            obj = torch.load(binf, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{binf}: unreadable or refused PyTorch file ({type(e).__name__})") from e
-        return {k: v.detach().cpu().numpy() for k, v in obj.items()}
-    raise CheckpointError(f"{path}: a HF ClapModel directory without model.safetensors or pytorch_model.bin")
-
-
 def load_hf_clap(path: str, cfg: ml_collections.ConfigDict | None = None):
     """A HF ClapModel directory -> (variables, laion-clap config)."""
     from clap_jax.models import registry
 
     path = os.fspath(path)
+    sd, hf_cfg = torch_state.read_hf_directory(path, "ClapModel")
     if cfg is None:
-        with open(os.path.join(path, "config.json")) as f:
-            cfg = from_hf_config(json.load(f), os.path.join(path, "config.json"))
-    sd = hf_to_laion(_read_hf_weights(path), path)
+        cfg = from_hf_config(hf_cfg, os.path.join(path, "config.json"))
+    sd = hf_to_laion(sd, path)
     fresh = jax.device_get(registry.init_variables(cfg, 0))
     for k, v in cv.to_laion_state_dict(fresh, cfg).items():   # what HF does not hold (see module docstring)
         if _ONLY_OURS.search(k):

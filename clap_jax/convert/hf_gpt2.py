@@ -6,54 +6,25 @@ Flax Dense kernel, so they are copied as they are.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 
 import ml_collections
 import numpy as np
 
-from clap_jax.convert.msclap import _refuse_torch_load
-from clap_jax.convert.tree import CheckpointError, check_finite, mismatch_error, unflatten
+from clap_jax.convert import torch_state
+from clap_jax.convert.tree import check_finite, mismatch_error, unflatten
 from clap_jax.models import config as model_config
 
 
 def read_hf_gpt2(directory: str) -> tuple[dict[str, np.ndarray], dict]:
     """-> (state dict without prefix, config.json dict or {})."""
-    st = os.path.join(directory, "model.safetensors")
-    bin_ = os.path.join(directory, "pytorch_model.bin")
-    if os.path.isfile(st):
-        from safetensors.numpy import load_file
-
-        try:
-            sd = dict(load_file(st))
-        except Exception as e:
-            raise CheckpointError(f"{st}: not a readable safetensors file ({e})") from e
-    elif os.path.isfile(bin_):
-        import torch
-
-        try:
-            sd = {k: v.numpy() for k, v in torch.load(bin_, map_location="cpu", weights_only=True).items()}
-        except Exception as e:
-            raise _refuse_torch_load(bin_, e) from e
-    elif not os.path.isdir(directory):
-        raise CheckpointError(f"{directory}: no such directory; expected a HF GPT-2 directory (model.safetensors "
-                              f"or pytorch_model.bin, and config.json)")
-    else:
-        raise CheckpointError(f"{directory}: no model.safetensors or pytorch_model.bin")
-    sd = {re.sub(r"^transformer\.", "", k): v for k, v in sd.items()}
-    cfg_path = os.path.join(directory, "config.json")
-    hf_cfg = json.load(open(cfg_path)) if os.path.isfile(cfg_path) else {}
-    return sd, hf_cfg
+    return torch_state.read_hf_directory(directory, "GPT-2", r"^transformer\.")
 
 
 def text_config_from_hf(hf_cfg: dict, base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    t = ml_collections.ConfigDict(base.to_dict())
-    for ours, theirs in (("vocab_size", "vocab_size"), ("n_positions", "n_positions"), ("n_embd", "n_embd"),
-                         ("n_layer", "n_layer"), ("n_head", "n_head"), ("layer_norm_epsilon", "layer_norm_epsilon")):
-        if theirs in hf_cfg:
-            t[ours] = hf_cfg[theirs]
-    return t
+    return torch_state.text_config_from_hf(hf_cfg, base, (
+        ("vocab_size", "vocab_size"), ("n_positions", "n_positions"), ("n_embd", "n_embd"), ("n_layer", "n_layer"),
+        ("n_head", "n_head"), ("layer_norm_epsilon", "layer_norm_epsilon")))
 
 
 def gpt2_params_from_hf(sd: dict[str, np.ndarray], text_cfg: ml_collections.ConfigDict, source: str = "gpt2"):

@@ -22,18 +22,16 @@ hidden_size // 64 (12 for roberta-base) unless given.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import zipfile
 
-import jax
 import ml_collections
 import numpy as np
 
 from clap_jax import files
-from clap_jax.convert import formats
-from clap_jax.convert.msclap import (CONFIG_KEY, _refuse_torch_load, check_export_path, state_dict_to_variables)
+from clap_jax.convert import formats, torch_state
+from clap_jax.convert.msclap import CONFIG_KEY, check_export_path
 from clap_jax.convert.tree import CheckpointError, config_from_dict, config_to_json, flatten
 from clap_jax.models import laion as laion_model
 
@@ -57,51 +55,19 @@ def _module_path(path) -> str:
     return ".".join(parts)
 
 
+def _kernel_kind(mods: list) -> str:
+    conv = (mods[-2:] in (["patch_embed", "proj"], ["patch_embed", "mel_conv2d"]) or mods[-1:] == ["tscam_conv"]
+            or "fusion_model" in mods)
+    return "conv2d" if conv else "linear"
+
+
 def torch_name(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
     """Our (collection, path) -> (torch key, layout kind). Kinds: copy, linear, conv2d, stft."""
-    *mods, leaf = path
-    prefix = _module_path(mods)
-    j = lambda name: f"{prefix}.{name}" if prefix else name  # noqa: E731
-    if collection == "batch_stats":
-        return j({"mean": "running_mean", "var": "running_var"}[leaf]), "copy"
-    if collection == "constants":
-        return {"melW": (j("logmel_extractor.melW"), "copy"),
-                "stft_real": (j("spectrogram_extractor.stft.conv_real.weight"), "stft"),
-                "stft_imag": (j("spectrogram_extractor.stft.conv_imag.weight"), "stft")}[leaf]
-    if leaf == "kernel":
-        conv = (mods[-2:] in (["patch_embed", "proj"], ["patch_embed", "mel_conv2d"]) or mods[-1:] == ["tscam_conv"]
-                or "fusion_model" in mods)
-        return j("weight"), "conv2d" if conv else "linear"
-    if leaf in ("scale", "embedding"):
-        return j("weight"), "copy"
-    return j(leaf), "copy"
-
-
-def _to_torch_layout(x: np.ndarray, kind: str) -> np.ndarray:
-    return {"linear": lambda a: a.T, "conv2d": lambda a: a.transpose(3, 2, 0, 1),
-            "stft": lambda a: a.T[:, None, :]}.get(kind, lambda a: a)(x)
-
-
-def _from_torch_layout(x: np.ndarray, kind: str) -> np.ndarray:
-    return {"linear": lambda a: a.T, "conv2d": lambda a: a.transpose(2, 3, 1, 0),
-            "stft": lambda a: a[:, 0, :].T}.get(kind, lambda a: a)(x)
+    return torch_state.torch_name_by_rules(collection, path, _module_path, _kernel_kind)
 
 
 def _derived_buffers(cfg: ml_collections.ConfigDict, variables) -> dict[str, np.ndarray]:
-    from clap_jax.models.htsat import relative_position_index, shifted_window_mask
-
-    a = cfg.audio
-    out = {}
-    grid = a.spec_size // a.patch_size
-    for i, depth in enumerate(a.depths):
-        res = grid // 2 ** i
-        win = min(a.window_size, res)
-        for jb in range(depth):
-            p = f"audio_branch.layers.{i}.blocks.{jb}"
-            out[f"{p}.attn.relative_position_index"] = relative_position_index(win).astype(np.int64)
-            shift = 0 if (jb % 2 == 0 or res <= a.window_size) else a.window_size // 2
-            if shift:
-                out[f"{p}.attn_mask"] = shifted_window_mask(res, win, shift)
+    out = torch_state.htsat_derived_buffers(cfg.audio, "audio_branch.")
     for path, _ in flatten(variables.get("batch_stats", {})):
         if path[-1] == "mean":
             out[torch_name("batch_stats", path)[0].rsplit(".", 1)[0] + ".num_batches_tracked"] = np.array(0, np.int64)
@@ -114,11 +80,7 @@ def _derived_buffers(cfg: ml_collections.ConfigDict, variables) -> dict[str, np.
 # ----------------------------------------------------------------------------------------------------------------
 def to_laion_state_dict(variables, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """Flax variables -> {key: numpy} (no `module.` prefix) that laion_clap's `load_ckpt` loads strictly."""
-    sd = {}
-    for coll in ("params", "batch_stats", "constants"):
-        for path, v in flatten(variables.get(coll, {})):
-            key, kind = torch_name(coll, path)
-            sd[key] = np.array(_to_torch_layout(np.asarray(jax.device_get(v), np.float32), kind), order="C")
+    sd = torch_state.variables_to_state_dict(variables, torch_name)
     sd.update(_derived_buffers(cfg, variables))
     return sd
 
@@ -167,18 +129,12 @@ def read_laion_file(path: str) -> tuple[dict[str, np.ndarray], dict | None]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise _refuse_torch_load(path, e) from e
+        raise torch_state.refuse_torch_load(path, e) from e
     raw = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(raw, dict) or not raw or not all(hasattr(v, "numpy") for v in raw.values()):
         raise CheckpointError(f"{path}: expected a laion_clap checkpoint (a dict with a 'state_dict' of tensors)")
     sd = {(k[len("module."):] if k.startswith("module.") else k): v.detach().cpu().numpy() for k, v in raw.items()}
-    stored = obj.get(CONFIG_KEY) if "state_dict" in obj else None
-    if stored is not None:
-        try:
-            stored = json.loads(stored)
-        except (TypeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: the stored '{CONFIG_KEY}' is not valid JSON ({e})") from e
-    return sd, stored
+    return sd, torch_state.parse_stored_config(obj.get(CONFIG_KEY) if "state_dict" in obj else None, path, CONFIG_KEY)
 
 
 def infer_config(sd: dict[str, np.ndarray], n_head: int | None = None,
@@ -209,18 +165,13 @@ def infer_config(sd: dict[str, np.ndarray], n_head: int | None = None,
         cfg.d_joint = int(sd["audio_projection.0.weight"].shape[0])
     except KeyError as e:
         raise CheckpointError(f"{source}: not a laion_clap HTSAT + RoBERTa state dict: missing {e.args[0]}") from e
-    try:
-        laion_model.validate(cfg)
-    except ValueError as e:
-        raise CheckpointError(f"{source}: {e}") from e
-    return cfg
+    return torch_state.validated(cfg, laion_model.validate, source)
 
 
 def from_laion_state_dict(sd: dict[str, np.ndarray], cfg: ml_collections.ConfigDict, source: str = "checkpoint"):
     """{key (no 'module.'): array} -> Flax variables for `cfg`. CheckpointError lists every bad key."""
     sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
-    return state_dict_to_variables(sd, cfg, source, torch_name=torch_name, from_layout=_from_torch_layout,
-                                   to_layout=_to_torch_layout, ignore=_DERIVED_BUFFER)
+    return torch_state.state_dict_to_variables(sd, cfg, source, torch_name=torch_name, ignore=_DERIVED_BUFFER)
 
 
 def load_laion(path: str, cfg: ml_collections.ConfigDict | None = None, n_head: int | None = None):

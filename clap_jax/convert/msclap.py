@@ -21,22 +21,17 @@ which no weight shape reveals, must be given (`n_head=` / `--n-head`).
 """
 from __future__ import annotations
 
-import json
 import os
-import pickle
 import re
 import zipfile
 
-import jax
 import ml_collections
 import numpy as np
 
 from clap_jax import files
-from clap_jax.convert import formats
-from clap_jax.convert.tree import (CheckpointError, check_finite, config_from_dict, config_to_json, flatten,
-                                   mismatch_error, unflatten)
+from clap_jax.convert import formats, torch_state
+from clap_jax.convert.tree import CheckpointError, config_from_dict, config_to_json
 from clap_jax.models import config as model_config
-from clap_jax.models import registry
 
 CONFIG_KEY = "clap_jax_config"   # the model config (JSON) in an export: .pth dict key / .safetensors metadata
 PRODUCER = "clap_jax"
@@ -51,7 +46,7 @@ _DERIVED_BUFFER = re.compile(
 # ----------------------------------------------------------------------------------------------------------------
 # Name and layout mapping
 # ----------------------------------------------------------------------------------------------------------------
-def _module_path(path: tuple[str, ...]) -> str:
+def _module_path(path) -> str:
     parts = []
     for p in path:
         m = re.fullmatch(r"(layers|blocks|h)_(\d+)", p)
@@ -60,66 +55,29 @@ def _module_path(path: tuple[str, ...]) -> str:
     return s.replace("audio_encoder.base", "audio_encoder.base.htsat", 1)
 
 
+def _kernel_kind(mods: list) -> str:
+    if mods[-2:] == ["patch_embed", "proj"] or mods[-1:] == ["tscam_conv"]:
+        return "conv2d"
+    if mods[:2] == ["caption_encoder", "base"]:
+        return "copy"                           # HF Conv1D: (in, out)
+    return "linear"
+
+
 def torch_name(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
     """Our (collection, path) -> (torch key, layout kind). Kinds: copy, linear, conv2d, stft."""
-    *mods, leaf = path
-    prefix = _module_path(tuple(mods))
-    j = lambda name: f"{prefix}.{name}" if prefix else name  # noqa: E731
-    if collection == "batch_stats":
-        return j({"mean": "running_mean", "var": "running_var"}[leaf]), "copy"
-    if collection == "constants":
-        return {"melW": (j("logmel_extractor.melW"), "copy"),
-                "stft_real": (j("spectrogram_extractor.stft.conv_real.weight"), "stft"),
-                "stft_imag": (j("spectrogram_extractor.stft.conv_imag.weight"), "stft")}[leaf]
-    if leaf == "kernel":
-        if mods[-2:] == ["patch_embed", "proj"] or mods[-1:] == ["tscam_conv"]:
-            return j("weight"), "conv2d"
-        if mods[:2] == ["caption_encoder", "base"]:
-            return j("weight"), "copy"          # HF Conv1D: (in, out)
-        return j("weight"), "linear"
-    if leaf in ("scale", "embedding"):
-        return j("weight"), "copy"
-    return j(leaf), "copy"                      # bias, relative_position_bias_table, logit_scale
+    return torch_state.torch_name_by_rules(collection, path, _module_path, _kernel_kind)
 
 
-def _to_torch_layout(x: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "linear":
-        return x.T
-    if kind == "conv2d":
-        return x.transpose(3, 2, 0, 1)
-    if kind == "stft":
-        return x.T[:, None, :]
-    return x
-
-
-def _from_torch_layout(x: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "linear":
-        return x.T
-    if kind == "conv2d":
-        return x.transpose(2, 3, 1, 0)
-    if kind == "stft":
-        return x[:, 0, :].T
-    return x
+_to_torch_layout = torch_state.to_torch_layout
+_from_torch_layout = torch_state.from_torch_layout
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Derived buffers (what msclap's state dict holds beyond parameters)
 # ----------------------------------------------------------------------------------------------------------------
 def _derived_buffers(cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-    from clap_jax.models.htsat import relative_position_index, shifted_window_mask
-
-    a = cfg.audio
     out = {"audio_encoder.base.htsat.bn0.num_batches_tracked": np.array(0, np.int64)}
-    grid = a.spec_size // a.patch_size
-    for i, depth in enumerate(a.depths):
-        res = grid // 2 ** i
-        win = min(a.window_size, res)
-        for jb in range(depth):
-            p = f"audio_encoder.base.htsat.layers.{i}.blocks.{jb}"
-            out[f"{p}.attn.relative_position_index"] = relative_position_index(win).astype(np.int64)
-            shift = 0 if (jb % 2 == 0 or res <= a.window_size) else a.window_size // 2
-            if shift:
-                out[f"{p}.attn_mask"] = shifted_window_mask(res, win, shift)
+    out.update(torch_state.htsat_derived_buffers(cfg.audio, "audio_encoder.base.htsat."))
     return out
 
 
@@ -128,11 +86,7 @@ def _derived_buffers(cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------------------------------
 def to_msclap_state_dict(variables, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """Flax variables -> {torch key: numpy array} that msclap's `CLAP.load_state_dict(strict=True)` accepts."""
-    sd = {}
-    for coll in ("params", "batch_stats", "constants"):
-        for path, v in flatten(variables.get(coll, {})):
-            key, kind = torch_name(coll, path)
-            sd[key] = np.array(_to_torch_layout(np.asarray(jax.device_get(v), np.float32), kind), order="C")
+    sd = torch_state.variables_to_state_dict(variables, torch_name)
     sd.update(_derived_buffers(cfg))
     return sd
 
@@ -192,16 +146,7 @@ def write_state_dict_file(sd: dict[str, np.ndarray], cfg, path: str, format_name
 # ----------------------------------------------------------------------------------------------------------------
 # Import: msclap state dict -> clap_jax variables
 # ----------------------------------------------------------------------------------------------------------------
-def _refuse_torch_load(path: str, e: Exception) -> CheckpointError:
-    """The error for a .pth that torch.load(weights_only=True) rejected (a pickle with code, or a broken file)."""
-    if isinstance(e, pickle.UnpicklingError) or "weights only load failed" in str(e).lower():
-        return CheckpointError(
-            f"{path}: the file contains pickled Python code (objects other than tensors), and loading it would run "
-            f"that code, so it is refused. If you trust the file, convert it in a trusted environment: "
-            f"`sd = torch.load(path, weights_only=False)['model']`, then `torch.save({{'model': sd}}, 'clean.pth')` "
-            f"(or safetensors.torch.save_file(sd, 'clean.safetensors')), and use the clean file")
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return CheckpointError(f"{path}: unreadable PyTorch checkpoint, truncated or corrupt? ({type(e).__name__}: {msg})")
+_refuse_torch_load = torch_state.refuse_torch_load
 
 
 def read_msclap_file(path: str) -> tuple[dict[str, np.ndarray], dict | None]:
@@ -239,12 +184,7 @@ def read_msclap_file(path: str) -> tuple[dict[str, np.ndarray], dict | None]:
             raise CheckpointError(f"{path}: expected a dict with a 'model' state dict of tensors")
         sd = {k: v.detach().cpu().numpy() for k, v in raw.items()}
         meta_cfg = obj.get(CONFIG_KEY) if "model" in obj else None
-    if meta_cfg is not None:
-        try:
-            meta_cfg = json.loads(meta_cfg)
-        except (TypeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: the stored '{CONFIG_KEY}' is not valid JSON ({e})") from e
-    return sd, meta_cfg
+    return sd, torch_state.parse_stored_config(meta_cfg, path, CONFIG_KEY)
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -295,48 +235,12 @@ def infer_config(sd: dict[str, np.ndarray], n_head: int | None = None,
             f"{source}: GPT-2's head count is not stored in this file, and its shapes are not msclap's 2023 model "
             f"({', '.join(differ[:4])}), whose 12 heads could be assumed; give the head count with --n-head N "
             f"(Python: n_head=N)")
-    try:
-        model_config.validate(cfg)
-    except ValueError as e:
-        raise CheckpointError(f"{source}: {e}") from e
-    return cfg
-
-
-def state_dict_to_variables(sd: dict[str, np.ndarray], cfg: ml_collections.ConfigDict, source: str, *,
-                            torch_name, from_layout, to_layout, ignore: re.Pattern,
-                            extra_keys: tuple[str, ...] = ()) -> dict:
-    """{torch key: array} -> Flax variables of `cfg`'s model, for any msclap-style layout: `torch_name(collection,
-    path) -> (key, kind)` names each variable, `from_layout` / `to_layout` convert its array for that kind. Keys
-    matching `ignore` (buffers torch derives) are skipped; `extra_keys` must be present but are read by the caller.
-    Raises one CheckpointError listing every missing, unexpected and wrong-shape key, or every non-finite weight."""
-    shapes = registry.variable_shapes(cfg)
-    flat, missing, bad_shape, used = {}, [], [], set(k for k in extra_keys if k in sd)
-    missing += [k for k in extra_keys if k not in sd]
-    for coll in ("params", "batch_stats", "constants"):
-        for path, spec in flatten(shapes[coll]):
-            key, kind = torch_name(coll, path)
-            if key not in sd:
-                missing.append(key)
-                continue
-            used.add(key)
-            x = from_layout(np.asarray(sd[key]), kind)
-            if tuple(x.shape) != tuple(spec.shape):
-                bad_shape.append(f"{key}: checkpoint {tuple(np.asarray(sd[key]).shape)}, model expects "
-                                 f"{tuple(to_layout(np.zeros(spec.shape, np.float32), kind).shape)}")
-                continue
-            flat[(coll,) + path] = np.array(x, dtype=np.float32, order="C")
-    unexpected = sorted(k for k in sd if k not in used and not ignore.search(k))
-    err = mismatch_error(source, missing, unexpected, bad_shape)
-    if err is not None:
-        raise err
-    check_finite(((torch_name(p[0], p[1:])[0], v) for p, v in flat.items()), source)
-    return unflatten(flat)
+    return torch_state.validated(cfg, model_config.validate, source)
 
 
 def from_msclap_state_dict(sd: dict[str, np.ndarray], cfg: ml_collections.ConfigDict, source: str = "checkpoint"):
     """{torch key: array} -> Flax variables for `cfg`. Raises CheckpointError listing every bad key."""
-    return state_dict_to_variables(sd, cfg, source, torch_name=torch_name, from_layout=_from_torch_layout,
-                                   to_layout=_to_torch_layout, ignore=_DERIVED_BUFFER)
+    return torch_state.state_dict_to_variables(sd, cfg, source, torch_name=torch_name, ignore=_DERIVED_BUFFER)
 
 
 def load_msclap_checkpoint(path: str, cfg: ml_collections.ConfigDict | None = None, n_head: int | None = None):
@@ -344,14 +248,21 @@ def load_msclap_checkpoint(path: str, cfg: ml_collections.ConfigDict | None = No
     export of clap_jax's), else one inferred from the weights (see `infer_config` for the head count)."""
     sd, stored = read_msclap_file(path)
     if cfg is None:
-        if stored is not None:
-            cfg = config_from_dict(stored, source=f"{path} ({CONFIG_KEY})")
-            if n_head is not None and int(n_head) != cfg.text.n_head:
-                raise CheckpointError(f"{path}: the file stores its architecture with text.n_head="
-                                      f"{cfg.text.n_head}, but n_head={n_head} was given; drop --n-head")
-        else:
-            cfg = infer_config(sd, n_head=n_head, source=path)
+        cfg = stored_or_inferred_config(path, sd, stored, n_head, infer_config, "n_head")
     return from_msclap_state_dict(sd, cfg, source=path), cfg
+
+
+def stored_or_inferred_config(path: str, sd: dict, stored: dict | None, n_head: int | None, infer,
+                              n_head_field: str) -> ml_collections.ConfigDict:
+    """The model config for a msclap-layout file: the one it stores (where `n_head`, if given, must agree with its
+    `text.<n_head_field>`), else `infer(sd, n_head=n_head, source=path)` from the weights."""
+    if stored is None:
+        return infer(sd, n_head=n_head, source=path)
+    cfg = config_from_dict(stored, source=f"{path} ({CONFIG_KEY})")
+    if n_head is not None and int(n_head) != cfg.text[n_head_field]:
+        raise CheckpointError(f"{path}: the file stores its architecture with text.{n_head_field}="
+                              f"{cfg.text[n_head_field]}, but n_head={n_head} was given; drop --n-head")
+    return cfg
 
 
 formats.register(formats.WeightFormat(

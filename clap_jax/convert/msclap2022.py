@@ -27,15 +27,13 @@ import os
 import re
 import zipfile
 
-import jax
 import ml_collections
 import numpy as np
 
-from clap_jax.convert import formats
-from clap_jax.convert.msclap import (CONFIG_KEY, _from_torch_layout, _to_torch_layout,
-                                     check_export_path, read_msclap_file, state_dict_to_variables,
+from clap_jax.convert import formats, torch_state
+from clap_jax.convert.msclap import (CONFIG_KEY, check_export_path, read_msclap_file, stored_or_inferred_config,
                                      write_state_dict_file)
-from clap_jax.convert.tree import CheckpointError, config_from_dict, flatten
+from clap_jax.convert.tree import CheckpointError
 from clap_jax.models import clap2022
 
 FAMILY = clap2022.FAMILY
@@ -48,26 +46,21 @@ _DERIVED_BUFFER = re.compile(
 # ----------------------------------------------------------------------------------------------------------------
 # Name and layout mapping
 # ----------------------------------------------------------------------------------------------------------------
-def torch_name(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
-    """Our (collection, path) -> (torch key, layout kind). Kinds: copy, linear, conv2d, stft."""
-    *mods, leaf = path
+def _module_path(mods) -> str:
     parts = []
     for p in mods:
         m = re.fullmatch(r"layer_(\d+)", p)
         parts.extend(["layer", m.group(1)] if m else [p])
-    prefix = ".".join(parts)
-    j = lambda name: f"{prefix}.{name}" if prefix else name  # noqa: E731
-    if collection == "batch_stats":
-        return j({"mean": "running_mean", "var": "running_var"}[leaf]), "copy"
-    if collection == "constants":
-        return {"melW": (j("logmel_extractor.melW"), "copy"),
-                "stft_real": (j("spectrogram_extractor.stft.conv_real.weight"), "stft"),
-                "stft_imag": (j("spectrogram_extractor.stft.conv_imag.weight"), "stft")}[leaf]
-    if leaf == "kernel":
-        return j("weight"), ("conv2d" if re.fullmatch(r"conv\d", mods[-1]) else "linear")
-    if leaf in ("scale", "embedding"):
-        return j("weight"), "copy"
-    return j(leaf), "copy"
+    return ".".join(parts)
+
+
+def _kernel_kind(mods: list) -> str:
+    return "conv2d" if re.fullmatch(r"conv\d", mods[-1]) else "linear"
+
+
+def torch_name(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
+    """Our (collection, path) -> (torch key, layout kind). Kinds: copy, linear, conv2d, stft."""
+    return torch_state.torch_name_by_rules(collection, path, _module_path, _kernel_kind)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -75,11 +68,7 @@ def torch_name(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
 # ----------------------------------------------------------------------------------------------------------------
 def to_msclap_state_dict(variables, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """Flax variables -> {torch key: array} that msclap's 2022 `CLAP.load_state_dict(strict=True)` accepts."""
-    sd = {}
-    for coll in ("params", "batch_stats", "constants"):
-        for path, v in flatten(variables.get(coll, {})):
-            key, kind = torch_name(coll, path)
-            sd[key] = np.array(_to_torch_layout(np.asarray(jax.device_get(v), np.float32), kind), order="C")
+    sd = torch_state.variables_to_state_dict(variables, torch_name)
     for key in [k for k in sd if k.endswith(".running_mean")]:
         sd[key[: -len("running_mean")] + "num_batches_tracked"] = np.array(0, np.int64)
     return sd
@@ -130,30 +119,19 @@ def infer_config(sd: dict[str, np.ndarray], n_head: int | None = None,
             f"{source}: BERT's head count is not stored in this file, and its text tower is not bert-base "
             f"(hidden {t.hidden_size}, {t.num_layers} layers), whose 12 heads could be assumed; give the head "
             f"count with --n-head N (Python: n_head=N)")
-    try:
-        clap2022.validate(cfg)
-    except ValueError as err:
-        raise CheckpointError(f"{source}: {err}") from err
-    return cfg
+    return torch_state.validated(cfg, clap2022.validate, source)
 
 
 def from_msclap_state_dict(sd: dict[str, np.ndarray], cfg: ml_collections.ConfigDict, source: str = "checkpoint"):
     """{torch key: array} -> Flax variables for the msclap-2022 `cfg`. CheckpointError lists every bad key."""
-    return state_dict_to_variables(sd, cfg, source, torch_name=torch_name, from_layout=_from_torch_layout,
-                                   to_layout=_to_torch_layout, ignore=_DERIVED_BUFFER)
+    return torch_state.state_dict_to_variables(sd, cfg, source, torch_name=torch_name, ignore=_DERIVED_BUFFER)
 
 
 def load_msclap_2022(path: str, cfg: ml_collections.ConfigDict | None = None, n_head: int | None = None):
     """Read a msclap 2022 checkpoint -> (variables, config): the stored config, else one read off the weights."""
     sd, stored = read_msclap_file(path)
     if cfg is None:
-        if stored is not None:
-            cfg = config_from_dict(stored, source=f"{path} ({CONFIG_KEY})")
-            if n_head is not None and int(n_head) != cfg.text.num_heads:
-                raise CheckpointError(f"{path}: the file stores its architecture with text.num_heads="
-                                      f"{cfg.text.num_heads}, but n_head={n_head} was given; drop --n-head")
-        else:
-            cfg = infer_config(sd, n_head=n_head, source=path)
+        cfg = stored_or_inferred_config(path, sd, stored, n_head, infer_config, "num_heads")
     if cfg.get("family") != FAMILY:
         raise CheckpointError(f"{path}: holds msclap's 2022 model (Cnn14 + BERT) but the config given is of family "
                               f"{cfg.get('family')!r}")

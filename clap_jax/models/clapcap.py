@@ -30,6 +30,7 @@ import ml_collections
 from clap_jax.models import config as model_config
 from clap_jax.models import gpt2 as gpt2_lib
 from clap_jax.models import registry
+from clap_jax.models.clap import _example_inputs, _tokenizer   # the same inputs and GPT-2 tokenizer as CLAP 2023
 from clap_jax.models.clap import AudioEncoder
 from clap_jax.models.gpt2 import GPT2
 
@@ -218,18 +219,6 @@ class ClapCapModel(nn.Module):
         (msclap's ClapCaptionModel.forward)."""
         embedding = self.clap(wav, train)["embedding"]
         return self.gpt(input_ids, attention_mask, self.map_prefix(embedding))
-
-
-def _example_inputs(config: ml_collections.ConfigDict, batch: int) -> tuple:
-    n, t = model_config.clip_samples(config), config.text.max_length
-    return (jax.ShapeDtypeStruct((batch, n), jnp.float32), jax.ShapeDtypeStruct((batch, t), jnp.int32),
-            jax.ShapeDtypeStruct((batch, t), jnp.int32))
-
-
-def _tokenizer(config: ml_collections.ConfigDict, source: str | None = None):
-    from clap_jax.text.tokenizer import ClapTokenizer
-
-    return ClapTokenizer(source, max_length=config.text.max_length)
 
 
 # ----------------------------------------------------------------------------------------------------------------

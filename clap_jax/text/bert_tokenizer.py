@@ -22,11 +22,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Sequence
-
-import numpy as np
-
 from clap_jax.errors import UserError
+from clap_jax.text.base import CaptionTokenizer
 
 DEFAULT_HUB_NAME = "bert-base-uncased"
 MAX_LENGTH = 100
@@ -107,49 +104,23 @@ def _load(vocab_path: str):
     return BertTokenizer(vocab=vocab, do_lower_case=_lower_case(vocab_path))
 
 
-class BertWordPieceTokenizer:
+class BertWordPieceTokenizer(CaptionTokenizer):
     """Captions -> (input_ids, attention_mask), int32 (N, max_length), as msclap 2022 (see module docstring).
 
     >>> tok = BertWordPieceTokenizer("path/to/vocab_dir")
     >>> ids, mask = tok(["a dog barks", "rain"])   # (2, 100)
     """
 
+    pad_id = PAD_ID
+
     def __init__(self, source: str | None = None, max_length: int = MAX_LENGTH):
-        if max_length < 2:
-            raise ValueError(f"max_length must be >= 2, got {max_length}")
-        self.source = source
-        self.max_length = max_length
-        self._tok = None
+        super().__init__(source, max_length)
 
-    @property
-    def hf(self):
-        """The transformers tokenizer (loaded at first use)."""
-        if self._tok is None:
-            self._tok = _load(resolve_vocab(self.source))
-        return self._tok
+    def _load_hf(self):
+        return _load(resolve_vocab(self.source))
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self.hf)
-
-    def encode_one(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"caption must be a str, got {type(text).__name__}: {text!r}")
+    def _encode(self, text: str) -> list[int]:
         ids = list(self.hf(text, add_special_tokens=True)["input_ids"])
         if len(ids) > self.max_length:
             ids = ids[: self.max_length - 1] + [ids[-1]]   # keep [SEP] last
         return ids
-
-    def __call__(self, texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        if isinstance(texts, str):
-            texts = [texts]
-        ids = np.full((len(texts), self.max_length), PAD_ID, np.int32)
-        mask = np.zeros((len(texts), self.max_length), np.int32)
-        for i, t in enumerate(texts):
-            row = self.encode_one(t)
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        return ids, mask
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.hf.decode(list(ids), skip_special_tokens=True)

@@ -19,11 +19,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Sequence
-
-import numpy as np
-
 from clap_jax.errors import UserError
+from clap_jax.text.base import CaptionTokenizer
 
 DEFAULT_HUB_NAME = "roberta-base"
 MAX_LENGTH = 77
@@ -92,46 +89,20 @@ def _load(vocab_path: str, merges_path: str):
         raise UserError(f"{merges_path}: unreadable BPE merges ({type(e).__name__}: {e})") from e
 
 
-class RobertaTokenizer:
+class RobertaTokenizer(CaptionTokenizer):
     """Captions -> (input_ids, attention_mask), int32 (N, max_length), as laion_clap (see module docstring).
 
     >>> tok = RobertaTokenizer("path/to/roberta_dir")
     >>> ids, mask = tok(["a dog barks", "rain"])   # (2, 77)
     """
 
+    pad_id = PAD_ID
+
     def __init__(self, source: str | None = None, max_length: int = MAX_LENGTH):
-        if max_length < 2:
-            raise ValueError(f"max_length must be >= 2, got {max_length}")
-        self.source = source
-        self.max_length = max_length
-        self._tok = None
+        super().__init__(source, max_length)
 
-    @property
-    def hf(self):
-        """The transformers tokenizer (loaded at first use)."""
-        if self._tok is None:
-            self._tok = _load(*resolve_files(self.source))
-        return self._tok
+    def _load_hf(self):
+        return _load(*resolve_files(self.source))
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self.hf)
-
-    def encode_one(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"caption must be a str, got {type(text).__name__}: {text!r}")
+    def _encode(self, text: str) -> list[int]:
         return list(self.hf(text, add_special_tokens=True, truncation=True, max_length=self.max_length)["input_ids"])
-
-    def __call__(self, texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        if isinstance(texts, str):
-            texts = [texts]
-        ids = np.full((len(texts), self.max_length), PAD_ID, np.int32)
-        mask = np.zeros((len(texts), self.max_length), np.int32)
-        for i, t in enumerate(texts):
-            row = self.encode_one(t)
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        return ids, mask
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.hf.decode(list(ids), skip_special_tokens=True)

@@ -20,11 +20,11 @@ import functools
 import os
 import shutil
 import tempfile
-from typing import Sequence
 
 import numpy as np
 
 from clap_jax import files
+from clap_jax.text.base import CaptionTokenizer
 
 EOT = "<|endoftext|>"
 EOT_ID = 50256
@@ -76,47 +76,30 @@ def _load_hf_tokenizer(source: str | None):
     return tok
 
 
-class ClapTokenizer:
+class ClapTokenizer(CaptionTokenizer):
     """Tokenize captions exactly as msclap 2023 does (see module docstring).
 
     >>> tok = ClapTokenizer()
     >>> ids, mask = tok(["a dog barks", "rain"])   # int32 arrays of shape (2, 77)
     """
 
+    pad_id = PAD_ID
+    skip_special_tokens = False
+
     def __init__(self, source: str | None = None, max_length: int = MAX_LENGTH, append_eot: bool = True):
-        if max_length < 2:
-            raise ValueError(f"max_length must be >= 2, got {max_length}")
-        self.max_length = max_length
+        super().__init__(source, max_length)
         self.append_eot = append_eot
-        self._tok = _load_hf_tokenizer(source)
+        self._tok = self._load_hf()   # the BPE files are bundled: load now, so a bad `source` fails here
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self._tok)
+    def _load_hf(self):
+        return _load_hf_tokenizer(self.source)
 
-    def encode_one(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"caption must be a str, got {type(text).__name__}: {text!r}")
+    def _encode(self, text: str) -> list[int]:
         s = text + " " + EOT if self.append_eot else text
-        ids = list(self._tok(s, add_special_tokens=True)["input_ids"])
+        ids = list(self.hf(s, add_special_tokens=True)["input_ids"])
         if len(ids) > self.max_length:
             ids = ids[: self.max_length - 1] + [EOT_ID] if self.append_eot else ids[: self.max_length]
         return ids
-
-    def __call__(self, texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Returns ``(input_ids, attention_mask)``, both int32 of shape (len(texts), max_length)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        ids = np.full((len(texts), self.max_length), PAD_ID, np.int32)
-        mask = np.zeros((len(texts), self.max_length), np.int32)
-        for i, t in enumerate(texts):
-            row = self.encode_one(t)
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        return ids, mask
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode(list(ids))
 
 
 def pooled_index(input_ids: np.ndarray) -> np.ndarray:
