@@ -61,6 +61,7 @@ def _train(config_arg: str, workdir: str, steps: int, log_path: str, extra: list
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
         for line in p.stdout:
             log.write(line)
+            log.flush()
             if " step " in line or "eval step" in line or "error" in line.lower() or "resumed" in line:
                 print("  " + line.rstrip()[:200], flush=True)
         if p.wait() != 0:

@@ -48,23 +48,34 @@ def heldout_clips(data_root: str, model_config, max_clips: int = 0) -> tuple[np.
 
 
 def _scorers(model):
+    import functools
+
     import jax
     import jax.numpy as jnp
 
-    from clap_jax.train import objective
+    from clap_jax.models import gpt2 as gpt2_lib
 
     @jax.jit
     def prefix(variables, wav):
         return model.apply(variables, wav, method="prefix")
 
-    @jax.jit
-    def answer_nll(variables, pre, ids, loss_mask):
-        logits = model.apply(variables, pre, ids, method="logits")
-        nll, _ = objective.prefix_lm_token_losses(logits, ids)
-        w = loss_mask.astype(jnp.float32)
+    @functools.partial(jax.jit, static_argnums=(4, 5))
+    def answer_nll(variables, pre, ids, loss_mask, lo, hi):
+        """Summed cross-entropy and count of the loss_mask tokens, which all lie in [lo, hi): the LM head (a
+        matmul with the 50257-token embedding, most of the cost) runs on those positions only."""
+        hidden = model.apply(variables, pre, ids, method=lambda m, p, i: m.gpt.transformer(i, None, False, p))
+        p = pre.shape[1]
+        logits = gpt2_lib.lm_logits(variables["params"]["gpt"]["transformer"], hidden[:, p - 1 + lo:p - 1 + hi])
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        nll = -jnp.take_along_axis(logp, ids[:, lo:hi, None].astype(jnp.int32), axis=-1)[..., 0]
+        w = loss_mask[:, lo:hi].astype(jnp.float32)
         return jnp.sum(nll * w, axis=-1), jnp.sum(w, axis=-1)
 
-    return prefix, answer_nll
+    def score(variables, pre, batch):
+        cols = np.flatnonzero(batch["loss_mask"].any(0))
+        return answer_nll(variables, pre, batch["input_ids"], batch["loss_mask"], int(cols[0]), int(cols[-1]) + 1)
+
+    return prefix, score
 
 
 def evaluate(model, variables, model_config, waves: np.ndarray, clips: Sequence[dict], tasks: Sequence,
@@ -98,14 +109,14 @@ def evaluate(model, variables, model_config, waves: np.ndarray, clips: Sequence[
                                     f"{t.name!r}") from None
             truth += [truth[-1]] * pad
             b = multitask.encode_batch(tok, [t.prompt] * batch_size, truth, length)
-            nll, ntok = (np.asarray(x) for x in answer_nll(variables, pre, b["input_ids"], b["loss_mask"]))
+            nll, ntok = (np.asarray(x) for x in answer_nll(variables, pre, b))
             sums[t.name][0] += float(nll[:len(part)].sum())
             sums[t.name][1] += float(ntok[:len(part)].sum())
             if names[t.name] is not None:
                 cand = []
                 for label in names[t.name]:
                     b = multitask.encode_batch(tok, [t.prompt] * batch_size, [label] * batch_size, length)
-                    cand.append(np.asarray(answer_nll(variables, pre, b["input_ids"], b["loss_mask"])[0]))
+                    cand.append(np.asarray(answer_nll(variables, pre, b)[0]))
                 pred = np.argmin(np.stack(cand, 1), axis=1)[:len(part)]
                 sums[t.name][2] += int(sum(names[t.name][p] == y for p, y in zip(pred, truth)))
     out = {}
