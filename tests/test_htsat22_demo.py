@@ -1,7 +1,7 @@
 """HTSAT-22 on the built-in data at tiny size: task records made by the real preprocessing from generated clips, a
 multi-task run that lowers the held-out answer loss (scored as the training objective; classification prompts
-answered by answer likelihood), CLAP initialised from it; a mixture with data worker processes that resumes bit-exact after a
-stop; bad task slots rejected before any compute, naming the field."""
+answered by answer likelihood), CLAP initialised from it; a mixture with data worker processes that resumes
+bit-exact after a stop; bad task slots rejected before any compute, naming the field."""
 import json
 import os
 
