@@ -66,7 +66,8 @@ def test_tiny_multitask_run_learns_the_answers_and_initialises_clap(data, tmp_pa
     from clap_jax.train import train
 
     root, dirs = data
-    c = _cfg(dirs, 60)
+    c = _cfg(dirs, 80)
+    c.data.tasks = tuple(dict(t, weight=3.0 if t["name"] == "pitch" else 1.0) for t in c.data.tasks)
     waves, clips = mt_eval.heldout_clips(str(root), c.model)
     model = state_lib.make_model(c)
     before = mt_eval.evaluate(model, mt_eval.initial_variables(c), c.model, waves, clips, TASKS, batch_size=30)
@@ -76,10 +77,9 @@ def test_tiny_multitask_run_learns_the_answers_and_initialises_clap(data, tmp_pa
     after = mt_eval.evaluate(model, variables, c.model, waves, clips, TASKS, batch_size=30)
     for t in TASKS:
         assert after[t.name]["answer_loss"] < 0.5 * before[t.name]["answer_loss"], (t.name, before, after)
-    # every candidate label scored on every held-out clip (60 steps teach the answer format and the label prior;
-    # answering from the audio needs a longer run: configs/htsat22.py:demo, python -m clap_jax.eval.htsat22_demo)
+    # pitch (3-way) answered from the audio, above chance on clips the run never saw
     assert after["pitch"]["classes"] == 3 and after["pitch"]["n"] == len(clips) == 60
-    assert 0.0 <= after["pitch"]["acc"] <= 1.0 and after["pitch"]["chance"] == pytest.approx(1 / 3)
+    assert after["pitch"]["acc"] >= 0.5 > after["pitch"]["chance"] + 0.15, after
     # the scorer's answer loss (LM head on the answer positions only) is the training objective's
     from clap_jax.text.tokenizer import ClapTokenizer
     from clap_jax.train import objective
