@@ -84,9 +84,12 @@ def to_records(rows: Iterable[Mapping], task: Task, where: str = "manifest") -> 
     """Labelled rows (preprocessing manifest format) -> prompt/answer records of `task`."""
     out = []
     for i, row in enumerate(rows):
-        for a in answers(row, task, f"{where}:{i + 1}"):
-            rec = {k: v for k, v in row.items() if k not in ("captions", "answer")}
+        texts = answers(row, task, f"{where}:{i + 1}")
+        for k, a in enumerate(texts):
+            rec = {k_: v for k_, v in row.items() if k_ not in ("captions", "answer")}
             rec.update(task=task.name, prompt=task.prompt, answer=a, captions=[a])
+            if len(texts) > 1 and "id" in rec:     # one record per caption: ids stay unique for preprocessing
+                rec["id"] = f"{rec['id']}#{k}"
             out.append(rec)
     return out
 
@@ -195,3 +198,67 @@ class MixtureIterator:
         for it in self.iterators:
             if hasattr(it, "close"):
                 it.close()
+
+
+# ============================================================================================ built-in data
+
+# The built-in synthetic dataset (clap_jax.data.synthetic) as a task mixture: its four attributes as single-label
+# classification prompts (labels[i] of its manifests: sound, pitch, loudness, rhythm) and its captions.
+BUILTIN_TASKS = (
+    Task("sound", "what sound is this?", "label", 0, 1.0),
+    Task("pitch", "what is the pitch?", "label", 1, 1.0),
+    Task("loudness", "how loud is it?", "label", 2, 1.0),
+    Task("rhythm", "is it heard once or repeated?", "label", 3, 1.0),
+    Task("captioning", "caption this audio.", "caption", None, 2.0),
+)
+
+
+def builtin_task_dir(data_root: str, name: str) -> str:
+    return f"{str(data_root).rstrip('/')}/tasks/{name}"
+
+
+def builtin_class_names(task: Task) -> list[str] | None:
+    """The candidate answers of a built-in classification task (None for captioning)."""
+    from clap_jax.data import synthetic
+
+    if task.answer != "label":
+        return None
+    return [list(synthetic.SOUNDS), list(synthetic.PITCHES), list(synthetic.LOUDNESS),
+            list(synthetic.RHYTHMS)][int(task.label_key)]
+
+
+def build_builtin_tasks(data_root: str, tasks: Sequence[Task] = BUILTIN_TASKS, workers: int = 1,
+                        sample_rate: int | None = None, progress: bool = False) -> dict[str, str]:
+    """Prompt/answer records of `tasks` from a built-in dataset's manifests (train.jsonl and eval.jsonl under
+    `data_root`, as clap_jax.data.synthetic writes them), preprocessed into <data_root>/tasks/<name> with splits
+    'train' and 'eval' (the held-out clips). Returns {task name: TFRecord dir}. A finished task directory
+    (its dataset.json written last by the preprocessing) is kept."""
+    import os
+
+    from clap_jax.data import pipeline, preprocess
+
+    manifests = [os.path.join(data_root, f"{s}.jsonl") for s in ("train", "eval")]
+    manifests = [m for m in manifests if os.path.isfile(m)]
+    if not manifests:
+        raise UserError(f"{data_root}: no train.jsonl / eval.jsonl (build it with python -m clap_jax.data.synthetic)")
+    if sample_rate is None:
+        meta = pipeline.read_metadata(os.path.join(data_root, "tfrecords")) or {}
+        sample_rate = int((meta.get("settings") or {}).get("sample_rate") or 16000)
+    out = {}
+    for task in tasks:
+        d = builtin_task_dir(data_root, task.name)
+        out[task.name] = d
+        if pipeline.read_metadata(d) is not None:
+            continue
+        recs = []
+        for m in manifests:
+            with open(m, encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            recs += to_records(rows, task, where=m)
+        rec_path = os.path.join(data_root, "tasks", f"{task.name}.jsonl")
+        os.makedirs(os.path.dirname(rec_path), exist_ok=True)
+        write_records(rec_path, recs)
+        preprocess.run([rec_path], d, root=data_root, workers=workers, progress=progress,
+                       opts=preprocess.Options(sample_rate=sample_rate, audio_format="pcm16", label_captions="never",
+                                               examples_per_shard=2000))
+    return out

@@ -304,11 +304,20 @@ def _validate_values(config, num_devices, data=True):
         from clap_jax.data import multitask
         from clap_jax.errors import UserError
 
+        tasks = []
+        for i, t in enumerate(config.data.tasks):
+            try:
+                tasks.append(multitask.Task.from_config(dict(t)))
+            except (UserError, TypeError) as e:
+                raise ConfigError(f"config.data.tasks[{i}]: {e}") from None
+        # the mixture is made of the slots with data: their weights must have a positive sum
+        used = [t for t in tasks if t.dirs] if data and config.data.kind == "tfrecord" else tasks
         try:
-            tasks = [multitask.Task.from_config(dict(t)) for t in config.data.tasks]
-            multitask.TaskSampler([t.weight for t in tasks])
-        except UserError as e:
-            raise ConfigError(f"config.data.tasks: {e}") from None
+            multitask.TaskSampler([t.weight for t in used])
+        except UserError:
+            raise ConfigError("config.data.tasks: the weights of the tasks " + (
+                "with dirs " if used is not tasks else "") + f"({', '.join(f'{t.name}={t.weight:g}' for t in used)})"
+                " must have a positive sum") from None
     need(config.loss.kind in ("global", "sharded"), "loss.kind", f"unknown {config.loss.kind!r} (global, sharded)")
     need(config.ckpt.every_steps >= 0, "ckpt.every_steps", "must be >= 0 (0 = only at the end)")
     need(config.ckpt.keep >= 1, "ckpt.keep", "must be >= 1")
@@ -349,16 +358,19 @@ def check_data_dirs(config) -> None:
     compile, as a ConfigError naming it."""
     if config.data.kind != "tfrecord":
         return
-    for d in tuple(config.data.dirs) + tuple(d for t in (config.data.get("tasks") or ()) for d in t.get("dirs", ())):
+    named = [("config.data.dirs", d) for d in config.data.dirs] + [
+        (f"config.data.tasks[{i}] ({t.get('name', '?')}) dirs", d)
+        for i, t in enumerate(config.data.get("tasks") or ()) for d in t.get("dirs", ())]
+    for field, d in named:
         if not files.isdir(d):   # a local directory, or a bucket prefix holding objects
-            raise ConfigError(f"config.data.dirs: {d}: not a directory (expected the --out of "
+            raise ConfigError(f"{field}: {d}: not a directory (expected the --out of "
                               f"python -m clap_jax.data.preprocess)")
         try:
             pipeline.shard_paths(d)
         except (OSError, ValueError) as e:
-            raise ConfigError(f"config.data.dirs: {e}") from e
+            raise ConfigError(f"{field}: {e}") from e
         stored = ((pipeline.read_metadata(d) or {}).get("settings") or {}).get("sample_rate")
         if stored is not None and stored != config.model.audio.sample_rate:
-            raise ConfigError(f"config.data.dirs: {d} holds audio at {stored} Hz but config.model.audio.sample_rate "
+            raise ConfigError(f"{field}: {d} holds audio at {stored} Hz but config.model.audio.sample_rate "
                               f"is {config.model.audio.sample_rate} Hz: preprocess it with --sample-rate "
                               f"{config.model.audio.sample_rate}, or train a model at {stored} Hz")

@@ -132,11 +132,25 @@ def saved_state_fits(config, saved) -> tuple[bool, str]:
     if saved is None:
         return False, (f"the checkpoint holds none for process {jax.process_index()} of {jax.process_count()}: "
                        f"it was saved by a different number of processes")
-    if config.data.kind != "random" and isinstance(saved, dict) and "worker_count" in saved:
-        want = num_workers(config, saved["worker_count"])
-        if want != saved["worker_count"]:
-            return False, f"it was saved with {saved['worker_count']} data workers, this run has {want}"
+    count = saved_worker_count(saved)
+    if config.data.kind != "random" and count is not None:
+        want = num_workers(config, count)
+        if want != count:
+            return False, f"it was saved with {count} data workers, this run has {want}"
     return True, ""
+
+
+def saved_worker_count(saved) -> int | None:
+    """The data-worker count a saved iterator state was made with: the pipeline's own, or for a task mixture
+    (clap_jax.data.multitask.MixtureIterator: {'index', 'tasks'}) that of its task pipelines."""
+    if not isinstance(saved, dict):
+        return None
+    if "worker_count" in saved:
+        return saved["worker_count"]
+    tasks = saved.get("tasks")
+    if isinstance(tasks, list) and tasks and isinstance(tasks[0], dict):
+        return tasks[0].get("worker_count")
+    return None
 
 
 def elastic_data_iterator(config, mesh, step: int, reason: str) -> Iterator[dict]:

@@ -188,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None, *
         fits, why = data_lib.saved_state_fits(config, saved) if latest is not None else (True, "")
         if fits:
             data_iter = data_lib.make_data_iterator(
-                config, mesh, saved_workers=saved.get("worker_count") if isinstance(saved, dict) else None)
+                config, mesh, saved_workers=data_lib.saved_worker_count(saved))
         else:  # elastic resume: another number of hosts or data workers
             data_iter = data_lib.elastic_data_iterator(config, mesh, latest, why)
             restore_data = False
