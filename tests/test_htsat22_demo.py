@@ -107,9 +107,6 @@ def test_tiny_multitask_run_learns_the_answers_and_initialises_clap(data, tmp_pa
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.xfail(strict=True, reason="measured: the resumed run's losses at steps 4-6 differ from the uninterrupted "
-                   "run's by ~1e-4 relative (10.1152 vs 10.1144 at step 4); the cause (data order or numerics) is "
-                   "not found yet")
 def test_mixture_with_data_workers_resumes_bit_exact(data, tmp_path):
     """A two-task mixture read by worker processes (data.num_workers=1 per task), stopped after step 3 and rerun:
     the checkpoint holds the mixture's position and each task pipeline's state, and the resumed run's steps,
