@@ -1,7 +1,7 @@
 # XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python -m clap_jax.train \
 #     --config configs/htsat22.py --config.data.tasks='...' --workdir runs/htsat22      (fill the task slots first)
 # variants: :tiny (tiny model: tests) | :demo (the built-in data's tasks, demo-sized model: data=DIR, the
-#   dataset of clap_jax.data.synthetic with its task records, python -m clap_jax.eval.htsat22_demo builds them)
+#   dataset of clap_jax.data.synthetic with its task records, python -m clap_jax.train.htsat22_demo builds them)
 #   | :steps=N | :batch=N
 """HTSAT-22: multi-task generative pretraining of the audio encoder (CLAP 2023, section 2.2: HTSAT trained on 22
 audio tasks "similar to Pengi"). The audio encoder and a mapper make a prefix for GPT-2, which reads a text prompt

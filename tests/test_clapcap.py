@@ -132,7 +132,10 @@ def test_export_loads_strict_into_msclap(cfg, ref_state, tmp_path):
     rng = np.random.default_rng(3)   # msclap's weights, every parameter changed: a fresh set to export
     variables = jax.tree.map(lambda x: x + 0.05 * rng.standard_normal(x.shape).astype(np.float32),
                              cv.from_state_dict(ref_state, cfg))
-    variables["batch_stats"] = cv.from_state_dict(ref_state, cfg)["batch_stats"]
+    fresh = cv.from_state_dict(ref_state, cfg)
+    # BatchNorm statistics and the front end's constants (STFT kernels, mel filterbank: fixed, never trained) stay
+    # msclap's; with standard STFT kernels the model computes the STFT by rFFT and does not read them
+    variables["batch_stats"], variables["constants"] = fresh["batch_stats"], fresh["constants"]
     path = str(tmp_path / "cap.pth")
     cv.save(variables, cfg, path)
     target = build_clapcap(cfg, seed=9)

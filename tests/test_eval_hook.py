@@ -35,8 +35,8 @@ def test_periodic_eval_compiles_once_on_the_training_mesh(tmp_path):
     emb = eval_fn.embedder()
     r1 = eval_fn(_fsdp_sharded(v1, mesh), 2)
     assert eval_fn.embedder() is emb                        # built once
-    assert emb._audio_fn._cache_size() == 1                  # each tower compiled once for both evals
-    assert emb._text_fn._cache_size() == 1
+    assert emb._audio_embed_fn._cache_size() == 1            # each tower compiled once for both evals (audio:
+    assert emb._text_fn._cache_size() == 1                   # the embedding-only program get_audio_embeddings runs)
     assert r0 != r1                                          # the second eval saw the new weights
 
     # Same numbers as a fresh single-host embedder with the same weights (replicated on its own mesh).
@@ -89,5 +89,5 @@ def test_periodic_eval_in_a_training_run_compiles_the_towers_once(tmp_path):
     out = train.train_and_evaluate(c, None, eval_fn=eval_fn, mesh=mesh)
     assert [s for s, _ in out["evals"]] == [0, 2, 4]
     emb = eval_fn.embedder()
-    assert emb._audio_fn._cache_size() == 1 and emb._text_fn._cache_size() == 1
+    assert emb._audio_embed_fn._cache_size() == 1 and emb._text_fn._cache_size() == 1
     assert out["evals"][0][1] != out["evals"][-1][1]

@@ -69,7 +69,7 @@ def test_tiny_multitask_run_learns_the_answers_and_initialises_clap(data, tmp_pa
     c = _cfg(dirs, 80, tasks=TASKS[:1])      # pitch alone: with loudness beside it (3:1) 80 steps stayed at chance
     waves, clips = mt_eval.heldout_clips(str(root), c.model)
     model = state_lib.make_model(c)
-    before = mt_eval.evaluate(model, mt_eval.initial_variables(c), c.model, waves, clips, TASKS[:1], batch_size=30)
+    before = mt_eval.evaluate(model, state_lib.initial_variables(c), c.model, waves, clips, TASKS[:1], batch_size=30)
     res = train.train_and_evaluate(c, str(tmp_path / "run"))
     assert res["end_step"] == 80
     variables, _ = load_workdir(str(tmp_path / "run"))

@@ -22,6 +22,9 @@ def _random_msclap_file(cfg, path):
     shapes = variable_shapes(cfg)
     variables = jax.tree.map(lambda s: (0.02 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
     variables["batch_stats"] = jax.tree.map(np.abs, variables["batch_stats"])  # running variances > 0
+    # the front end's constants as every msclap file holds them (standard STFT kernels, the mel filterbank)
+    from clap_jax.models.registry import init_variables
+    variables["constants"] = jax.tree.map(np.asarray, jax.device_get(init_variables(cfg, 0)["constants"]))
     save_msclap(variables, cfg, str(path))
     return variables
 

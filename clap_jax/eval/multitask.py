@@ -127,21 +127,3 @@ def evaluate(model, variables, model_config, waves: np.ndarray, clips: Sequence[
             r.update(acc=right / len(clips), chance=1.0 / len(names[t.name]), classes=len(names[t.name]))
         out[t.name] = r
     return out
-
-
-def initial_variables(config) -> dict:
-    """The variables a training run of `config` starts from (its init at config.seed, its init.* weights loaded),
-    on one device: the 'before' of a run."""
-    import jax
-
-    from clap_jax.train import sharding as shd
-    from clap_jax.train import state as state_lib
-
-    config = config.copy_and_resolve_references()
-    config.mesh.data, config.mesh.fsdp = jax.device_count(), 1     # the values do not depend on the layout
-    mesh = shd.make_mesh(config.mesh)
-    model = state_lib.make_model(config)
-    _, _, init_fn, ab, sh = state_lib.abstract_setup(model, config, mesh)
-    state = jax.jit(init_fn, out_shardings=sh)(jax.random.PRNGKey(config.seed))
-    state = state_lib.load_initial_weights(config, state, ab, sh)
-    return jax.device_get({k: state[k] for k in ("params", "batch_stats", "constants")})

@@ -232,3 +232,16 @@ def _load_tower(path: str, want: dict, kind: str, field: str, dst: tuple) -> dic
     for k in want:
         _check_tree(f"{field.rsplit('.', 1)[-1]}({k})", loaded[k], want[k])
     return loaded
+
+
+def initial_variables(config) -> dict:
+    """The variables a training run of `config` starts from (its init at config.seed, its init.* weights loaded),
+    on one device: the 'before' of a run."""
+    config = config.copy_and_resolve_references()
+    config.mesh.data, config.mesh.fsdp = jax.device_count(), 1     # the values do not depend on the layout
+    mesh = shd.make_mesh(config.mesh)
+    model = make_model(config)
+    _, _, init_fn, ab, sh = abstract_setup(model, config, mesh)
+    state = jax.jit(init_fn, out_shardings=sh)(jax.random.PRNGKey(config.seed))
+    state = load_initial_weights(config, state, ab, sh)
+    return jax.device_get({k: state[k] for k in ("params", "batch_stats", "constants")})

@@ -1,8 +1,8 @@
 """HTSAT-22 on the built-in data, end to end: multi-task generative pretraining of the demo audio encoder, then the
 demo CLAP initialised from it against the same CLAP from scratch.
 
-    python -m clap_jax.eval.htsat22_demo --out runs/htsat22_demo          # ~20 min on 2 CPU cores
-    python -m clap_jax.eval.htsat22_demo --out /tmp/q --quick             # smoke run, a few minutes
+    python -m clap_jax.train.htsat22_demo --out runs/htsat22_demo          # ~20 min on 2 CPU cores
+    python -m clap_jax.train.htsat22_demo --out /tmp/q --quick             # smoke run, a few minutes
 
 Stages (each is kept when finished; kill the script and rerun it to resume, a training run resumes from its
 newest checkpoint):
@@ -175,7 +175,7 @@ def plot(out: str, s: dict, curves: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m clap_jax.eval.htsat22_demo", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m clap_jax.train.htsat22_demo", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--out", default="runs/htsat22_demo")
     ap.add_argument("--num-train", type=int, default=3000)
@@ -214,12 +214,13 @@ def main(argv=None) -> int:
 
     from clap_jax.convert.workdir import load_workdir
     from clap_jax.eval import multitask as mt_eval
+    from clap_jax.train import state as state_lib
 
     pre_arg = f"{os.path.join(REPO, 'configs', 'htsat22.py')}:demo,data={data},steps={a.pretrain_steps}"
     pre_cfg = _config("htsat22", pre_arg.split(":", 1)[1])
     pre_dir = os.path.join(out, "htsat22")
     waves, clips = mt_eval.heldout_clips(data, pre_cfg.model)
-    before = _score(os.path.join(out, "htsat22_before.json"), lambda: mt_eval.initial_variables(pre_cfg), pre_cfg,
+    before = _score(os.path.join(out, "htsat22_before.json"), lambda: state_lib.initial_variables(pre_cfg), pre_cfg,
                     waves, clips, "before")
     pre_s = _train(pre_arg, pre_dir, a.pretrain_steps, os.path.join(out, "htsat22.log"), [])
     after = _score(os.path.join(out, "htsat22_after.json"), lambda: load_workdir(pre_dir)[0], pre_cfg, waves, clips,
