@@ -158,7 +158,8 @@ def main(argv=None):
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2))
     print(out["machine"])
-    print(f"| side | clips | clips/s |\n|---|---|---|\n| clap_jax (harness, batch {a.batch_size}) | {a.clips} | {ours:.2f} |\n"
+    print("| side | clips | clips/s |\n|---|---|---|")
+    print(f"| clap_jax (harness, batch {a.batch_size}) | {a.clips} | {ours:.2f} |\n"
           f"| msclap, one file per call | {len(m_paths)} | {ms_single:.2f} |\n"
           f"| msclap, batches of {a.batch_size} | {len(m_paths)} | {ms_batched:.2f} |")
     print(f"ratio vs msclap batched: {ours / ms_batched:.2f}x; vs one file per call: {ours / ms_single:.2f}x"

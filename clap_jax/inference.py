@@ -54,10 +54,10 @@ class CLAP:
         the shardings they have (the trainer's periodic eval passes its own mesh and FSDP-sharded params).
         Default: a 1-D mesh over this host's devices, variables replicated.
 
-        `cpu_micro_batches` (default: on when the model runs on a single CPU device): run the towers on at most `CPU_AUDIO_BATCH` clips /
-        `CPU_TEXT_BATCH` captions per call, whatever `batch_size` says: XLA:CPU is faster per item on small batches
-        whose activations stay in cache (HTSAT at 4 clips: 14 clips/s, at 64: 9 clips/s; GPT-2 at 16 captions: 25/s,
-        at 64: 15/s, on a 2-core AMD EPYC). Results are the same.
+        `cpu_micro_batches` (default: on when the model runs on a single CPU device): run the towers on at most
+        `CPU_AUDIO_BATCH` clips / `CPU_TEXT_BATCH` captions per call, whatever `batch_size` says: XLA:CPU is
+        faster per item on small batches whose activations stay in cache (HTSAT at 4 clips: 14 clips/s, at 64: 9;
+        GPT-2 at 16 captions: 25/s, at 64: 15/s, on a 2-core AMD EPYC). Results are the same.
 
         `dtype`: the towers' compute dtype ('float32', or 'bfloat16': matmuls and activations in bfloat16, weights,
         softmax, norms' statistics and outputs in float32). At full size, bfloat16 embeddings agree with msclap's
