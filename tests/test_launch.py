@@ -32,8 +32,9 @@ STEPS = 8
 CONFIG = "configs/tiny.py:ckpt_every=4,fsdp"  # FSDP: the periodic eval gets params sharded over both hosts
 EXTRA = f"--config.total_steps={STEPS} --config.data.num_classes=4"
 STANDINS = os.path.join(ROOT, "tests", "standins")
-# the processes agree on SIGTERM after every step: a signal after the checkpoint of step 4 lands before the end
-AGREE_EVERY_STEP = "--config.ckpt.preemption_check_every=1"
+# the processes agree on SIGTERM after every step, and a step takes at least 1.5 s: a signal sent after the
+# checkpoint of step 4 lands before the end (without the delay a fast machine finished all 8 steps first)
+AGREE_EVERY_STEP = "--config.ckpt.preemption_check_every=1 --step_seconds=1.5"
 
 
 EVAL_ENTRY = "tests/standins/train_eval_runner.py"   # the periodic eval embeds with the stand-in model too
