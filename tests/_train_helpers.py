@@ -86,3 +86,20 @@ def train_and_check_resume(make_config, tmp_path, collections=("params", "batch_
     for a, b in zip(jax.tree.leaves(pick(res["state"])), jax.tree.leaves(pick(ref["state"]))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     return ref
+
+
+def assert_clap_init_from(run_dir, prefix_lm_model, variables) -> None:
+    """A tiny CLAP whose audio encoder is `config.init.audio_encoder = run_dir` (a prefix-LM run, e.g. HTSAT-22
+    pretraining, with model config `prefix_lm_model`) starts from exactly that run's encoder `variables`."""
+    from clap_jax.train import state as state_lib
+
+    clap = load_config("tiny")
+    clap.model.audio = prefix_lm_model.audio
+    clap.model.d_proj = prefix_lm_model.d_proj
+    clap.init.audio_encoder = str(run_dir)
+    state = state_lib.initial_variables(clap)
+    for coll in ("params", "batch_stats"):
+        got, want = jax.tree.leaves(state[coll]["audio_encoder"]), jax.tree.leaves(variables[coll]["clap"])
+        assert len(got) == len(want) > 0
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -159,6 +159,40 @@ def test_export_loads_strict_into_msclap(cfg, ref_state, tmp_path):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_prefix_batch_norm_folds_into_msclap_mapper(cfg, tmp_path):
+    """caption.prefix_batch_norm (a batch norm before the mapper, not in msclap): exported, it is folded into the
+    mapper's linear layer, and msclap's model loads the file strict and computes our prefix."""
+    c = registry.model_config("msclap-clapcap-tiny")
+    c.text.vocab_size = DECODE_VOCAB
+    c.caption.prefix_batch_norm, c.caption.normalize_prefix = True, False
+    variables = registry.init_variables(c, 4)
+    rng = np.random.default_rng(4)
+    stats = variables["batch_stats"]["prefix_norm"]
+    assert set(stats) == {"mean", "var"} and "prefix_norm" not in variables["params"]   # no scale, no bias
+    variables["batch_stats"]["prefix_norm"] = {"mean": rng.standard_normal(stats["mean"].shape).astype(np.float32),
+                                               "var": rng.uniform(0.2, 3.0, stats["var"].shape).astype(np.float32)}
+    wav = (rng.standard_normal((3, model_config.clip_samples(c))) * 0.3).astype(np.float32)
+    model = registry.build_model(c)
+    ours = np.asarray(jax.jit(lambda v, w: model.apply(v, w, method=model.prefix))(variables, wav))
+    # training mode standardises over the batch: a constant shift of every embedding leaves the prefix unchanged
+    emb = rng.standard_normal((6, c.d_proj)).astype(np.float32)
+    train_prefix = lambda e: model.apply(variables, e, True, method=model.map_prefix, mutable=["batch_stats"])[0]  # noqa
+    np.testing.assert_allclose(train_prefix(emb + 5.0), train_prefix(emb), rtol=1e-3, atol=1e-3)
+    path = str(tmp_path / "cap_bn.pth")
+    cv.save(variables, c, path)
+    target = build_clapcap(c, seed=9)
+    result = target.load_state_dict(torch.load(path, weights_only=True)["model"], strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert rel_err(prefix_embeddings(target, wav)[1], ours) < TOL
+    back, back_cfg = load_weights(path)                   # read back: the folded model, no batch norm
+    assert back_cfg.caption.prefix_batch_norm is False and "prefix_norm" not in back["batch_stats"]
+    plain = registry.build_model(back_cfg)
+    assert rel_err(jax.jit(lambda v, w: plain.apply(v, w, method=plain.prefix))(back, wav), ours) < TOL
+    c.caption.normalize_prefix = True                     # L2 after the norm: no msclap equivalent
+    with pytest.raises(CheckpointError, match="prefix_batch_norm"):
+        cv.save(variables, c, str(tmp_path / "no.pth"))
+
+
 def test_import_msclap_file_legacy_buffers_and_errors(cfg, ref_state, tmp_path):
     # msclap's own file: {'model': state dict}, no stored config, GPT-2 causal-mask buffers of old transformers
     sd = dict(ref_state)

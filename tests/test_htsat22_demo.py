@@ -12,7 +12,7 @@ import pytest
 from clap_jax.data import multitask
 from clap_jax.errors import ConfigError
 
-from _train_helpers import load_config
+from _train_helpers import assert_clap_init_from, load_config
 
 TASKS = [t for t in multitask.BUILTIN_TASKS if t.name in ("pitch", "loudness")]
 
@@ -91,16 +91,7 @@ def test_tiny_multitask_run_learns_the_answers_and_initialises_clap(data, tmp_pa
     np.testing.assert_allclose(got["pitch"]["answer_loss"], float(want), rtol=1e-5)
 
     # CLAP pretraining's audio encoder initialised from this run (config.init.audio_encoder)
-    clap = load_config("tiny")
-    clap.model.audio = c.model.audio
-    clap.model.d_proj = c.model.d_proj
-    clap.init.audio_encoder = str(tmp_path / "run")
-    state = state_lib.initial_variables(clap)      # its init with init.audio_encoder loaded
-    for coll in ("params", "batch_stats"):
-        got, want = jax.tree.leaves(state[coll]["audio_encoder"]), jax.tree.leaves(variables[coll]["clap"])
-        assert len(got) == len(want) > 0
-        for a, b in zip(got, want):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_clap_init_from(tmp_path / "run", c.model, variables)
 
 
 def test_mixture_with_data_workers_resumes_bit_exact(data, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from clap_jax.data import multitask
 from clap_jax.errors import UserError
 
-from _train_helpers import load_config
+from _train_helpers import assert_clap_init_from, load_config
 
 ROWS = [
     {"id": "a", "path": "wav/a.wav", "captions": ["a dog barks twice", "barking"], "labels": ["dog", "loud"]},
@@ -197,13 +197,4 @@ def test_htsat22_tiny_trains_on_a_task_mixture_of_the_builtin_data(tmp_path):
         jax.tree.leaves(first["state"]["params"]["clap"]), jax.tree.leaves(res["state"]["params"]["clap"])))
 
     # the paper's pipeline: CLAP pretraining's audio encoder initialised from this run (config.init.audio_encoder)
-    from clap_jax.train import state as state_lib
-
-    clap = load_config("tiny")
-    clap.model.audio = c.model.audio
-    clap.model.d_proj = c.model.d_proj
-    clap.init.audio_encoder = str(tmp_path / "run")
-    state = state_lib.initial_variables(clap)      # its init with init.audio_encoder loaded
-    for coll in ("params", "batch_stats"):
-        for a, b in zip(jax.tree.leaves(state[coll]["audio_encoder"]), jax.tree.leaves(res["state"][coll]["clap"])):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_clap_init_from(tmp_path / "run", c.model, res["state"])

@@ -45,7 +45,9 @@ def torch_name(collection: str, path: tuple[str, ...]) -> tuple[str, str]:
 
 
 def to_state_dict(variables, cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-    """Flax variables -> {key: numpy array} that msclap's `ClapCaptionModel.load_state_dict(strict=True)` takes."""
+    """Flax variables -> {key: numpy array} that msclap's `ClapCaptionModel.load_state_dict(strict=True)` takes
+    (caption.prefix_batch_norm folded into the mapper's linear layer)."""
+    variables, cfg = fold_prefix_norm(variables, cfg)
     sd = torch_state.variables_to_state_dict(variables, torch_name)
     for key, v in msclap_fmt._derived_buffers(cfg).items():
         sd["clap." + key[len("audio_encoder."):]] = v
@@ -101,11 +103,38 @@ def load(path: str, cfg: ml_collections.ConfigDict | None = None, n_head: int | 
     return from_state_dict(sd, cfg, source=path), cfg
 
 
+def fold_prefix_norm(variables, cfg: ml_collections.ConfigDict):
+    """A model with caption.prefix_batch_norm (BatchNorm without scale or bias before the mapper, which msclap's
+    captioner lacks) -> the same function in msclap's layout: at inference the norm is the affine map
+    (x - mean) / sqrt(var + 1e-5), folded into the mapper's first linear layer. Returns (variables, cfg) without
+    the norm; a model without it is returned as it is. With normalize_prefix (L2 after the norm) there is no such
+    fold: CheckpointError."""
+    if not cfg.caption.get("prefix_batch_norm", False):
+        return variables, cfg
+    if cfg.caption.normalize_prefix:
+        raise CheckpointError("caption.prefix_batch_norm with caption.normalize_prefix: the L2 normalisation after "
+                              "the batch norm cannot be folded into msclap's mapper; this model has no msclap layout")
+    stats = variables["batch_stats"]["prefix_norm"]
+    inv = 1.0 / np.sqrt(np.asarray(stats["var"], np.float64) + 1e-5)
+    mean = np.asarray(stats["mean"], np.float64)
+    lin = variables["params"]["clap_project"]["linear"]
+    kernel = np.asarray(lin["kernel"], np.float64)
+    folded = {"kernel": (kernel * inv[:, None]).astype(np.float32),
+              "bias": (np.asarray(lin["bias"], np.float64) - (mean * inv) @ kernel).astype(np.float32)}
+    params = dict(variables["params"], clap_project=dict(variables["params"]["clap_project"], linear=folded))
+    batch_stats = {k: v for k, v in variables["batch_stats"].items() if k != "prefix_norm"}
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    cfg.caption.prefix_batch_norm = False
+    return dict(variables, params=params, batch_stats=batch_stats), cfg
+
+
 def save(variables, cfg, path: str, overwrite: bool = False) -> None:
     """Write msclap's captioner layout: `.pth` ({'model': state dict, config JSON}) or `.safetensors` (config in
-    the metadata), replacing only a clap_jax export unless `overwrite`; the file appears whole or not at all."""
+    the metadata), replacing only a clap_jax export unless `overwrite`; the file appears whole or not at all.
+    A batch norm before the mapper (caption.prefix_batch_norm) is folded into the mapper's linear layer."""
     path = os.fspath(path)
     msclap_fmt.check_export_path(path, overwrite)
+    variables, cfg = fold_prefix_norm(variables, cfg)
     msclap_fmt.write_state_dict_file(to_state_dict(variables, cfg), cfg, path, "msclap-clapcap")
 
 

@@ -49,6 +49,11 @@ def caption_defaults() -> ml_collections.ConfigDict:
     c.num_heads = 8                # mapper attention heads (fixed at 8 by msclap)
     c.mlp_ratio = 2.0              # mapper MLP hidden = n_embd * mlp_ratio
     c.normalize_prefix = True      # L2-normalise the audio embedding before the mapper
+    c.prefix_batch_norm = False    # standardise each embedding feature over the batch (BatchNorm without scale or
+    #                                bias, running statistics at inference) before the mapper. msclap has none. An
+    #                                audio encoder trained from scratch through the LM loss alone otherwise
+    #                                collapses to one output for every clip (the LM learns the answers' prior
+    #                                first, and clip-to-clip differences in the prefix only add noise to it)
     c.beam_size = 5                # decoding defaults (msclap's generate_caption)
     c.max_steps = 67               # msclap's entry_length: most tokens generated
     c.temperature = 1.0
@@ -189,14 +194,20 @@ class ClapCapModel(nn.Module):
         self.clap = AudioEncoder(self.config, name="clap")
         self.clap_project = TransformerMapper(self.config, name="clap_project")
         self.gpt = GPT2LM(self.config, name="gpt")
+        if self.config.caption.get("prefix_batch_norm", False):
+            self.prefix_norm = nn.BatchNorm(momentum=0.9, epsilon=1e-5, use_scale=False, use_bias=False,
+                                            name="prefix_norm")
 
     def encode_audio(self, wav, train: bool = False):
         """(B, N) -> dict(embedding (B, d_proj), latent, clipwise, framewise): the CLAP audio embedding."""
         return self.clap(wav, train)
 
-    def map_prefix(self, embedding):
-        """Audio embedding (B, d_proj) -> GPT-2 prefix (B, prefix_length, n_embd), normalised as configured."""
+    def map_prefix(self, embedding, train: bool = False):
+        """Audio embedding (B, d_proj) -> GPT-2 prefix (B, prefix_length, n_embd), normalised as configured (batch
+        statistics when `train` and caption.prefix_batch_norm, their running averages otherwise)."""
         x = embedding.astype(jnp.float32)
+        if self.config.caption.get("prefix_batch_norm", False):
+            x = self.prefix_norm(x, use_running_average=not train)
         if self.config.caption.normalize_prefix:
             x = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
         return self.clap_project(x)
@@ -218,7 +229,7 @@ class ClapCapModel(nn.Module):
         """Teacher-forced logits (B, prefix_length + L, vocab) of the captions `input_ids` after the audio prefix
         (msclap's ClapCaptionModel.forward)."""
         embedding = self.clap(wav, train)["embedding"]
-        return self.gpt(input_ids, attention_mask, self.map_prefix(embedding))
+        return self.gpt(input_ids, attention_mask, self.map_prefix(embedding, train))
 
 
 # ----------------------------------------------------------------------------------------------------------------

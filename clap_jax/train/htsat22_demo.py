@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/htsat22_demo")
     ap.add_argument("--num-train", type=int, default=3000)
     ap.add_argument("--num-eval", type=int, default=400)
-    ap.add_argument("--pretrain-steps", type=int, default=400)
+    ap.add_argument("--pretrain-steps", type=int, default=800)
     ap.add_argument("--clap-steps", type=int, default=240)
     ap.add_argument("--eval-every", type=int, default=60)
     ap.add_argument("--quick", action="store_true", help="400 clips, 40 + 30 steps: checks the script runs")
