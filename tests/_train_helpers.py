@@ -90,7 +90,10 @@ def train_and_check_resume(make_config, tmp_path, collections=("params", "batch_
 
 def assert_clap_init_from(run_dir, prefix_lm_model, variables) -> None:
     """A tiny CLAP whose audio encoder is `config.init.audio_encoder = run_dir` (a prefix-LM run, e.g. HTSAT-22
-    pretraining, with model config `prefix_lm_model`) starts from exactly that run's encoder `variables`."""
+    pretraining, with model config `prefix_lm_model`) starts from exactly that run's encoder `variables`; with
+    caption.prefix_batch_norm, from the encoder whose embedding is the standardised one the run's mapper read."""
+    from clap_jax.models import config as model_config
+    from clap_jax.models import registry
     from clap_jax.train import state as state_lib
 
     clap = load_config("tiny")
@@ -98,8 +101,19 @@ def assert_clap_init_from(run_dir, prefix_lm_model, variables) -> None:
     clap.model.d_proj = prefix_lm_model.d_proj
     clap.init.audio_encoder = str(run_dir)
     state = state_lib.initial_variables(clap)
+    want = {"params": variables["params"]["clap"], "batch_stats": variables["batch_stats"]["clap"]}
+    if prefix_lm_model.caption.get("prefix_batch_norm", False):
+        want["params"] = state_lib.fold_prefix_norm_into_projection(want["params"],
+                                                                    variables["batch_stats"]["prefix_norm"])
+        wav = np.random.default_rng(0).standard_normal((3, model_config.clip_samples(prefix_lm_model)))
+        wav = (0.3 * wav).astype(np.float32)
+        lm, cl = registry.build_model(prefix_lm_model), registry.build_model(clap.model)
+        variables = {k: variables[k] for k in ("params", "batch_stats", "constants")}
+        read = lm.apply(variables, wav, method=lambda m, w: m.prefix_norm(m.clap(w)["embedding"], True))
+        got = cl.apply(state, wav, method=lambda m, w: m.encode_audio(w)["embedding"])
+        np.testing.assert_allclose(np.asarray(got), np.asarray(read), rtol=1e-4, atol=1e-4)
     for coll in ("params", "batch_stats"):
-        got, want = jax.tree.leaves(state[coll]["audio_encoder"]), jax.tree.leaves(variables[coll]["clap"])
-        assert len(got) == len(want) > 0
-        for a, b in zip(got, want):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        got, exp = jax.tree.leaves(state[coll]["audio_encoder"]), jax.tree.leaves(want[coll])
+        assert len(got) == len(exp) > 0
+        for a, b in zip(got, exp):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=0)

@@ -164,6 +164,7 @@ def test_htsat22_tiny_trains_on_a_task_mixture_of_the_builtin_data(tmp_path):
         c.data.kind, c.data.num_workers = "tfrecord", 0
         c.ckpt.every_steps, c.log.every_steps = 2, 1
         c.optim.schedule, c.optim.warmup_steps = "constant", 0
+        c.model.caption.prefix_batch_norm = True        # as the demo and full-size configs train
         return c
 
     c = cfg(3)

@@ -181,6 +181,7 @@ def main(argv=None) -> int:
     ap.add_argument("--num-train", type=int, default=3000)
     ap.add_argument("--num-eval", type=int, default=400)
     ap.add_argument("--pretrain-steps", type=int, default=800)
+    ap.add_argument("--pretrain-batch", type=int, default=0, help="pretraining batch size (default: the config's, 16)")
     ap.add_argument("--clap-steps", type=int, default=240)
     ap.add_argument("--eval-every", type=int, default=60)
     ap.add_argument("--quick", action="store_true", help="400 clips, 40 + 30 steps: checks the script runs")
@@ -217,6 +218,8 @@ def main(argv=None) -> int:
     from clap_jax.train import state as state_lib
 
     pre_arg = f"{os.path.join(REPO, 'configs', 'htsat22.py')}:demo,data={data},steps={a.pretrain_steps}"
+    if a.pretrain_batch:
+        pre_arg += f",batch={a.pretrain_batch}"
     pre_cfg = _config("htsat22", pre_arg.split(":", 1)[1])
     pre_dir = os.path.join(out, "htsat22")
     waves, clips = mt_eval.heldout_clips(data, pre_cfg.model)

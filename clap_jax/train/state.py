@@ -190,6 +190,18 @@ def _tower_path(params, kind: str) -> tuple:
                       f"(looked for {', '.join('/'.join(p) for p in _TOWER_PATHS[kind])})")
 
 
+def fold_prefix_norm_into_projection(audio_params: dict, stats: dict) -> dict:
+    """An audio tower trained under a prefix LM with caption.prefix_batch_norm -> the same tower with that norm's
+    inference map (x - mean) / sqrt(var + 1e-5) folded into its projection's final layer norm, so that its
+    embedding is the one the language model read: standardised per feature, without the common offset that the
+    norm removed (the answer loss never pushed it down, and for CLAP's cosine similarities it would dominate)."""
+    ln = audio_params["projection"]["layer_norm"]
+    inv = jax.lax.rsqrt(stats["var"].astype(jnp.float32) + 1e-5)
+    folded = {"scale": (ln["scale"] * inv).astype(ln["scale"].dtype),
+              "bias": ((ln["bias"] - stats["mean"]) * inv).astype(ln["bias"].dtype)}
+    return dict(audio_params, projection=dict(audio_params["projection"], layer_norm=folded))
+
+
 def _text_config(model_cfg):
     return model_cfg.text
 
@@ -209,14 +221,25 @@ def _load_tower(path: str, want: dict, kind: str, field: str, dst: tuple) -> dic
     ckpts = os.path.join(root, workdir_lib.CHECKPOINTS)
     if workdir_lib.is_workdir(root) or (os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json"))
                                         and workdir_lib.latest_step(path) is not None):
+        fold = False
         if workdir_lib.is_workdir(root):
             src_cfg = read_config(os.path.join(root, workdir_lib.CONFIG_FILE))
             src = _TOWER_PATHS[kind][1 if "caption" in src_cfg else 0]
+            fold = (kind == "audio" and "caption" in src_cfg and src_cfg.caption.get("prefix_batch_norm", False)
+                    and _has(want["params"], ("projection", "layer_norm")))
         else:   # a bare checkpoints directory: a model of this one's kind
             src, ckpts = dst, path
         nest = lambda x: {src[0]: x} if len(src) == 1 else {src[0]: {src[1]: x}}  # noqa: E731
-        got = restore_variables(ckpts, {k: nest(v) for k, v in want.items()})
+        abstract = {k: nest(v) for k, v in want.items()}
+        if fold:
+            like = want["params"]["projection"]["layer_norm"]["scale"]
+            abstract["batch_stats"] = dict(abstract.get("batch_stats", {}), prefix_norm={"mean": like, "var": like})
+        got = restore_variables(ckpts, abstract)
         loaded = {k: _get(got[k], src) for k in want}
+        if fold:
+            loaded["params"] = fold_prefix_norm_into_projection(loaded["params"], got["batch_stats"]["prefix_norm"])
+            log.info("init: %s: the batch norm the run applied to the audio embedding (caption.prefix_batch_norm) "
+                     "folded into the audio projection's layer norm", path)
     else:
         variables, _ = formats.load_weights(path)
         loaded = {}
