@@ -128,6 +128,15 @@ def test_htsat22_config_names_the_task_slots():
     bad.data.tasks = ({"name": "x", "prompt": "p", "answer": "label", "weight": -1.0},)
     with pytest.raises(ConfigError, match="data.tasks.*weight"):
         config_lib.validate_config(bad, data=False)
+    # the embedding's batch norm (the demo and full-size configs) updates its statistics only while the audio
+    # encoder trains: with a frozen encoder it is refused before any compute
+    full = load_config("htsat22")
+    assert full.model.caption.prefix_batch_norm and not full.model.caption.normalize_prefix
+    frozen = load_config("htsat22", "tiny")
+    frozen.model.caption.prefix_batch_norm = True
+    frozen.optim.towers.clap.freeze = True
+    with pytest.raises(ConfigError, match="prefix_batch_norm.*audio encoder"):
+        config_lib.validate_config(frozen, data=False)
 
 
 def test_htsat22_tiny_trains_on_a_task_mixture_of_the_builtin_data(tmp_path):

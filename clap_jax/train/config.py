@@ -300,6 +300,11 @@ def _validate_values(config, num_devices, data=True):
         objective_lib.of(config)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    caption = config.model.get("caption")
+    if caption is not None and caption.get("prefix_batch_norm", False):
+        need(not objective_lib.frozen_audio(config), "model.caption.prefix_batch_norm",
+             "needs the audio encoder to train (optim.towers.clap.freeze = False): its batch statistics are updated "
+             "only in training mode, which a frozen audio encoder does not run")
     if config.data.get("tasks"):
         from clap_jax.data import multitask
         from clap_jax.errors import UserError
