@@ -244,17 +244,18 @@ def build_builtin_tasks(data_root: str, tasks: Sequence[Task] = BUILTIN_TASKS, w
     if sample_rate is None:
         meta = pipeline.read_metadata(os.path.join(data_root, "tfrecords")) or {}
         sample_rate = int((meta.get("settings") or {}).get("sample_rate") or 16000)
-    out = {}
+    out, rows = {}, None
     for task in tasks:
         d = builtin_task_dir(data_root, task.name)
         out[task.name] = d
         if pipeline.read_metadata(d) is not None:
             continue
-        recs = []
-        for m in manifests:
-            with open(m, encoding="utf-8") as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-            recs += to_records(rows, task, where=m)
+        if rows is None:            # the manifests, read once for every task still to build
+            rows = {}
+            for m in manifests:
+                with open(m, encoding="utf-8") as f:
+                    rows[m] = [json.loads(line) for line in f if line.strip()]
+        recs = [r for m in manifests for r in to_records(rows[m], task, where=m)]
         rec_path = os.path.join(data_root, "tasks", f"{task.name}.jsonl")
         os.makedirs(os.path.dirname(rec_path), exist_ok=True)
         write_records(rec_path, recs)
