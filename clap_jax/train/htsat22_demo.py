@@ -71,6 +71,33 @@ def _train(config_arg: str, workdir: str, steps: int, log_path: str, extra: list
     return time.time() - t
 
 
+def _apply_sets(config, sets: list[str]):
+    """`FIELD=VALUE` strings onto `config` (values read as Python literals, else as strings), as the training run
+    gets them as --config.FIELD=VALUE flags."""
+    import ast
+
+    from clap_jax.train import config as config_lib
+
+    for item in sets:
+        field, eq, value = item.partition("=")
+        if not eq:
+            raise UserError(f"{item!r}: expected FIELD=VALUE")
+        parent = config
+        for part in field.split(".")[:-1]:
+            if part not in parent:
+                raise UserError(f"{field}: {config_lib.unknown_field_message(field)}")
+            parent = parent[part]
+        leaf = field.split(".")[-1]
+        if leaf not in parent:
+            raise UserError(f"{field}: {config_lib.unknown_field_message(field)}")
+        try:
+            v = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            v = value
+        parent[leaf] = v
+    return config
+
+
 def _score(out_json: str, variables_fn, config, waves, clips, label: str) -> dict:
     from clap_jax.data import multitask
     from clap_jax.eval import multitask as mt_eval
@@ -103,13 +130,15 @@ def report(out: str, s: dict) -> str:
     b, a = s["before"], s["after"]
     lines = [f"# HTSAT-22 on the built-in data ({s['machine']})", "",
              f"Multi-task pretraining, configs/htsat22.py:demo, {s['pretrain_steps']} steps at batch "
-             f"{s['pretrain_batch']} ({s['pretrain_s']:.0f} s); held-out clips: {s['n_heldout']}.", "",
+             f"{s['pretrain_batch']} ({s['pretrain_s']:.0f} s); held-out clips: {s['n_heldout']}; seed "
+             f"{s.get('seed', 0)}" + "".join(f"; {x}" for x in s.get("pretrain_set", [])) + ".", "",
              "| task | answer loss before | after | accuracy before | after | chance |", "|---|---|---|---|---|---|"]
     for t in b:
         acc = (f"{100 * b[t]['acc']:.1f} % | **{100 * a[t]['acc']:.1f} %** | {100 * a[t]['chance']:.1f} %"
                if "acc" in a[t] else "- | - | -")
         lines.append(f"| {t} | {b[t]['answer_loss']:.3f} | **{a[t]['answer_loss']:.3f}** | {acc} |")
-    lines += ["", f"Demo CLAP (configs/demo.py), {s['clap_steps']} steps each, same seed; zero-shot accuracy on "
+    lines += ["", f"Demo CLAP (configs/demo.py), {s['clap_steps']} steps each, same seed"
+              + "".join(f"; {x} (from HTSAT-22)" for x in s.get("clap_set", [])) + "; zero-shot accuracy on "
               f"the held-out clips at each eval (steps {', '.join(str(x) for x in s['eval_steps'])}):", "",
               "| task | " + " | ".join(f"scratch @{x}" for x in s["eval_steps"]) + " | "
               + " | ".join(f"HTSAT-22 init @{x}" for x in s["eval_steps"]) + " |",
@@ -184,6 +213,11 @@ def main(argv=None) -> int:
     ap.add_argument("--pretrain-batch", type=int, default=0, help="pretraining batch size (default: the config's, 16)")
     ap.add_argument("--clap-steps", type=int, default=240)
     ap.add_argument("--eval-every", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=0, help="config.seed and config.data.seed of every training run")
+    ap.add_argument("--pretrain-set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a field of the pretraining config, e.g. optim.lr=1e-3 (repeatable)")
+    ap.add_argument("--clap-set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a field of the CLAP run from HTSAT-22 only, e.g. optim.towers.audio.lr_mult=0.3")
     ap.add_argument("--quick", action="store_true", help="400 clips, 40 + 30 steps: checks the script runs")
     a = ap.parse_args(argv)
     if a.quick:
@@ -220,12 +254,14 @@ def main(argv=None) -> int:
     pre_arg = f"{os.path.join(REPO, 'configs', 'htsat22.py')}:demo,data={data},steps={a.pretrain_steps}"
     if a.pretrain_batch:
         pre_arg += f",batch={a.pretrain_batch}"
-    pre_cfg = _config("htsat22", pre_arg.split(":", 1)[1])
+    pre_sets = [f"seed={a.seed}", f"data.seed={a.seed}"] + a.pretrain_set
+    pre_cfg = _apply_sets(_config("htsat22", pre_arg.split(":", 1)[1]), pre_sets)
     pre_dir = os.path.join(out, "htsat22")
     waves, clips = mt_eval.heldout_clips(data, pre_cfg.model)
     before = _score(os.path.join(out, "htsat22_before.json"), lambda: state_lib.initial_variables(pre_cfg), pre_cfg,
                     waves, clips, "before")
-    pre_s = _train(pre_arg, pre_dir, a.pretrain_steps, os.path.join(out, "htsat22.log"), [])
+    pre_s = _train(pre_arg, pre_dir, a.pretrain_steps, os.path.join(out, "htsat22.log"),
+                   [f"--config.{x}" for x in pre_sets])
     after = _score(os.path.join(out, "htsat22_after.json"), lambda: load_workdir(pre_dir)[0], pre_cfg, waves, clips,
                    "after")
     for t in before:
@@ -236,9 +272,11 @@ def main(argv=None) -> int:
 
     _banner(f"3/4 demo CLAP, {a.clap_steps} steps: from scratch vs audio encoder from HTSAT-22", t0)
     clap_arg = f"{os.path.join(REPO, 'configs', 'demo.py')}:dirs={data}/tfrecords,steps={a.clap_steps}"
-    common = [f"--config.eval.data_root={data}", f"--config.eval.every_steps={a.eval_every}"]
+    common = [f"--config.eval.data_root={data}", f"--config.eval.every_steps={a.eval_every}",
+              f"--config.seed={a.seed}", f"--config.data.seed={a.seed}"]
     clap_s = {}
-    for name, extra in (("scratch", []), ("htsat22", [f"--config.init.audio_encoder={pre_dir}"])):
+    for name, extra in (("scratch", []), ("htsat22", [f"--config.init.audio_encoder={pre_dir}"]
+                                          + [f"--config.{x}" for x in a.clap_set])):
         print(f"-- {name}", flush=True)
         wd = os.path.join(out, f"clap_{name}")
         took = _train(clap_arg, wd, a.clap_steps, os.path.join(out, f"clap_{name}.log"), common + extra)
@@ -261,7 +299,8 @@ def main(argv=None) -> int:
     pre_json = os.path.join(out, "htsat22_seconds.json")
     if pre_s:
         json.dump(pre_s, open(pre_json, "w"))
-    s = {"machine": machine, "pretrain_steps": a.pretrain_steps, "pretrain_batch": pre_cfg.batch_size,
+    s = {"machine": machine, "seed": a.seed, "pretrain_set": a.pretrain_set, "clap_set": a.clap_set,
+         "pretrain_steps": a.pretrain_steps, "pretrain_batch": pre_cfg.batch_size,
          "pretrain_s": json.load(open(pre_json)) if os.path.isfile(pre_json) else 0.0, "n_heldout": len(clips),
          "before": before, "after": after, "clap_steps": a.clap_steps, "eval_steps": eval_steps, "zs": zs,
          "final_acc": {n: last3(n) for n in ("scratch", "htsat22")}, "clap_s": clap_s, "total_s": time.time() - t0}
