@@ -22,7 +22,7 @@ def data(tmp_path_factory):
     from clap_jax.data import synthetic
 
     root = tmp_path_factory.mktemp("h22") / "data"
-    synthetic.write(str(root), num_train=192, num_eval=60, seconds=0.5, sample_rate=16000, audio_format="pcm16",
+    synthetic.write(str(root), num_train=192, num_eval=120, seconds=0.5, sample_rate=16000, audio_format="pcm16",
                     progress=False)
     dirs = multitask.build_builtin_tasks(str(root), TASKS)
     return root, dirs
@@ -52,7 +52,7 @@ def test_builtin_task_records_come_from_the_manifests(data):
     assert [r["answer"] for r in recs] == [r["labels"][1] for r in rows]
     assert {r["prompt"] for r in recs} == {"what is the pitch?"}
     meta = pipeline.read_metadata(dirs["pitch"])
-    assert meta["splits"]["train"]["num_examples"] == 192 and meta["splits"]["eval"]["num_examples"] == 60
+    assert meta["splits"]["train"]["num_examples"] == 192 and meta["splits"]["eval"]["num_examples"] == 120
     # one record per caption, ids kept unique (the preprocessing skips duplicate ids)
     cap = multitask.to_records(rows[:3], multitask.BUILTIN_TASKS[-1])
     assert len(cap) == 6 and len({r["id"] for r in cap}) == 6
@@ -76,7 +76,7 @@ def test_tiny_multitask_run_learns_the_answers_and_initialises_clap(data, tmp_pa
     for t in TASKS[:1]:
         assert after[t.name]["answer_loss"] < 0.5 * before[t.name]["answer_loss"], (t.name, before, after)
     # pitch (3-way) answered from the audio, above chance on clips the run never saw
-    assert after["pitch"]["classes"] == 3 and after["pitch"]["n"] == len(clips) == 60
+    assert after["pitch"]["classes"] == 3 and after["pitch"]["n"] == len(clips) == 120
     assert after["pitch"]["acc"] >= 0.5 > after["pitch"]["chance"] + 0.15, after
     # the scorer's answer loss (LM head on the answer positions only) is the training objective's
     from clap_jax.text.tokenizer import ClapTokenizer
@@ -92,6 +92,40 @@ def test_tiny_multitask_run_learns_the_answers_and_initialises_clap(data, tmp_pa
 
     # CLAP pretraining's audio encoder initialised from this run (config.init.audio_encoder)
     assert_clap_init_from(tmp_path / "run", c.model, variables)
+
+
+def test_tiny_task_mixture_answers_each_prompt_from_the_audio(data, tmp_path):
+    """Pitch and loudness mixed 1:1 with the batch norm on the audio embedding (as the demo and full-size configs
+    train), 200 steps: both held-out answer losses fall, each prompt is answered with its own task's labels (offered
+    the other task's labels too, the model never prefers them), and pitch is answered from the audio above chance
+    on clips the run never saw (52-62 % over three seeds; chance 33 %). Loudness (2-way) stays near chance at this
+    size: this HTSAT hears level differences weakly (see the demo's numbers in README). Without the norm, the
+    same run answered pitch at chance (29 %): the encoder collapsed to one embedding."""
+    from clap_jax.convert.workdir import load_workdir
+    from clap_jax.data import synthetic
+    from clap_jax.eval import multitask as mt_eval
+    from clap_jax.train import state as state_lib
+    from clap_jax.train import train
+
+    root, dirs = data
+    c = _cfg(dirs, 200)
+    c.model.caption.prefix_batch_norm = True
+    assert [t["weight"] for t in c.data.tasks] == [1.0, 1.0]
+    waves, clips = mt_eval.heldout_clips(str(root), c.model)
+    model = state_lib.make_model(c)
+    before = mt_eval.evaluate(model, state_lib.initial_variables(c), c.model, waves, clips, TASKS, batch_size=40)
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+    variables, _ = load_workdir(str(tmp_path / "run"))
+    after = mt_eval.evaluate(model, variables, c.model, waves, clips, TASKS, batch_size=40)
+    for t in TASKS:
+        assert after[t.name]["answer_loss"] < 0.1 * before[t.name]["answer_loss"], (t.name, before, after)
+    pitch, loud = list(synthetic.PITCHES), list(synthetic.LOUDNESS)
+    mixed = mt_eval.evaluate(model, variables, c.model, waves, clips, TASKS, batch_size=40,
+                             class_names={"pitch": pitch + loud, "loudness": loud + pitch})
+    for t in TASKS:
+        assert mixed[t.name]["acc"] == after[t.name]["acc"], (t.name, mixed, after)
+    assert after["pitch"]["n"] == len(clips) == 120
+    assert after["pitch"]["acc"] >= 0.45 > after["pitch"]["chance"] + 0.1, after
 
 
 def test_mixture_with_data_workers_resumes_bit_exact(data, tmp_path):
