@@ -187,3 +187,56 @@ def test_bad_task_slots_are_rejected_before_compute(data, tmp_path, monkeypatch)
     # a slot without data does not count: its weight cannot make up for the filled slots' zero weights
     bad(lambda t: [x.update(weight=0.0) for x in t] + [t.append({"name": "empty", "prompt": "p", "weight": 5.0})],
         r"the weights of the tasks with dirs \(pitch=0, loudness=0\)")
+
+
+def _summary(seed, scratch, htsat22, steps=(60, 120)):
+    """A summary.json as clap_jax.train.htsat22_demo writes it; scratch / htsat22: {task: [acc at each step]}."""
+    tasks = ("sound", "pitch", "loudness", "rhythm")
+    zs = {n: {t: {str(x): v for x, v in zip(steps, c[t])} for t in tasks}
+          for n, c in (("scratch", scratch), ("htsat22", htsat22))}
+    after = {t: {"answer_loss": 0.3, "acc": 0.5 + 0.01 * seed, "chance": 0.5} for t in tasks}
+    after["captioning"] = {"answer_loss": 0.7}
+    return {"seed": seed, "pretrain_set": [], "clap_set": ["optim.towers.audio_encoder.lr_mult=0.5"],
+            "pretrain_batch": 16, "pretrain_steps": 800, "after": after, "eval_steps": list(steps), "zs": zs}
+
+
+def test_demo_summaries_combine_across_seeds(tmp_path):
+    """The demo's comparison lines: where the run from HTSAT-22 first reaches scratch's final accuracy (per task
+    and for the mean of the four), and several runs (e.g. seeds) averaged side by side."""
+    from clap_jax.errors import UserError
+    from clap_jax.train import htsat22_demo as demo
+
+    s0 = _summary(0, {"sound": [.2, .6], "pitch": [.3, .4], "loudness": [.5, .6], "rhythm": [.5, .6]},
+                  {"sound": [.1, .3], "pitch": [.5, .5], "loudness": [.5, .7], "rhythm": [.8, .9]})
+    s1 = _summary(1, {"sound": [.4, .8], "pitch": [.3, .6], "loudness": [.5, .6], "rhythm": [.5, .6]},
+                  {"sound": [.3, .5], "pitch": [.4, .6], "loudness": [.6, .6], "rhythm": [.6, .7]})
+    assert demo.mean_curve(s0["zs"]["scratch"], [60, 120]) == pytest.approx([0.375, 0.55])
+    line = demo.steps_to_match(s0["zs"], [60, 120])
+    assert "sound 60.0 %: not reached" in line and "pitch 40.0 %: step 60" in line
+    assert "loudness 60.0 %: step 120" in line and "mean 55.0 %: step 120" in line    # .475 at 60, .6 at 120
+    for i, s in enumerate((s0, s1)):
+        os.makedirs(tmp_path / f"s{i}")
+        json.dump(s, open(tmp_path / f"s{i}" / "summary.json", "w"))
+    md = demo.combine([str(tmp_path / "s0"), str(tmp_path / "s1")])
+    assert "| s1 | seed=1 batch=16 steps=800 CLAP optim.towers.audio_encoder.lr_mult=0.5 | 51.0 % |" in md
+    assert "| sound | 30.0 / 70.0 % | 20.0 / 40.0 % |" in md
+    assert "| mean of the four | 40.0 / 60.0 % | 47.5 / 60.0 % |" in md
+    s1["eval_steps"] = [60, 180]
+    json.dump(s1, open(tmp_path / "s1" / "summary.json", "w"))
+    with pytest.raises(UserError, match="different steps"):
+        demo.combine([str(tmp_path / "s0"), str(tmp_path / "s1")])
+    with pytest.raises(UserError, match="summary.json: not found"):
+        demo.combine([str(tmp_path / "none")])
+
+
+def test_demo_field_settings_apply_like_config_flags():
+    from clap_jax.errors import UserError
+    from clap_jax.train import htsat22_demo as demo
+
+    c = load_config("htsat22", "tiny")
+    demo._apply_sets(c, ["optim.towers.clap.lr_mult=0.5", "seed=3", "optim.schedule=constant"])
+    assert (c.optim.towers.clap.lr_mult, c.seed, c.optim.schedule) == (0.5, 3, "constant")
+    with pytest.raises(UserError, match="optim.towers.clapp.lr_mult"):
+        demo._apply_sets(c, ["optim.towers.clapp.lr_mult=0.5"])
+    with pytest.raises(UserError, match="expected FIELD=VALUE"):
+        demo._apply_sets(c, ["seed"])

@@ -3,6 +3,8 @@ demo CLAP initialised from it against the same CLAP from scratch.
 
     python -m clap_jax.train.htsat22_demo --out runs/htsat22_demo          # ~20 min on 2 CPU cores
     python -m clap_jax.train.htsat22_demo --out /tmp/q --quick             # smoke run, a few minutes
+    python -m clap_jax.train.htsat22_demo --out runs/h22_s1 --seed 1       # another seed (same data)
+    python -m clap_jax.train.htsat22_demo --combine runs/htsat22_demo runs/h22_s1    # the runs side by side
 
 Stages (each is kept when finished; kill the script and rerun it to resume, a training run resumes from its
 newest checkpoint):
@@ -125,6 +127,78 @@ def _zs(curves: dict, task: str) -> list[tuple[int, float]]:
     return curves.get(f"eval/builtin_{task}/acc", [])
 
 
+def mean_curve(zs: dict, eval_steps: list[int]) -> list[float | None]:
+    """The mean zero-shot accuracy of the four tasks at each eval step (None where one is missing)."""
+    out = []
+    for x in eval_steps:
+        v = [zs.get(t, {}).get(str(x)) for t in ZS_TASKS]
+        out.append(None if any(a is None for a in v) else sum(v) / len(v))
+    return out
+
+
+def steps_to_match(zs: dict, eval_steps: list[int]) -> str:
+    """One line: the first eval step at which the run from HTSAT-22 reaches the scratch run's final accuracy,
+    per task and for the mean of the four."""
+    def first(curve_h, target):
+        return next((x for x, v in zip(eval_steps, curve_h) if v is not None and v >= target), None)
+
+    parts = []
+    for t in ZS_TASKS + ("mean",):
+        if t == "mean":
+            sc, h = mean_curve(zs["scratch"], eval_steps), mean_curve(zs["htsat22"], eval_steps)
+        else:
+            sc = [zs["scratch"].get(t, {}).get(str(x)) for x in eval_steps]
+            h = [zs["htsat22"].get(t, {}).get(str(x)) for x in eval_steps]
+        if sc[-1] is None:
+            continue
+        x = first(h, sc[-1])
+        parts.append(f"{t} {100 * sc[-1]:.1f} %: " + (f"step {x}" if x else "not reached"))
+    return (f"Scratch's accuracy at step {eval_steps[-1]} reached from HTSAT-22 at: " + "; ".join(parts) + ".")
+
+
+def combine(dirs: list[str]) -> str:
+    """Markdown comparing finished runs of this script (their summary.json), e.g. the same settings over seeds:
+    per run the answers' accuracy after pretraining and the mean zero-shot curve of both CLAP runs; across runs the
+    average of each task at every eval step, scratch vs from HTSAT-22."""
+    runs = []
+    for d in dirs:
+        path = os.path.join(d, "summary.json")
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: not found (run python -m clap_jax.train.htsat22_demo --out {d} first)")
+        with open(path) as f:
+            runs.append((d, json.load(f)))
+    steps = runs[0][1]["eval_steps"]
+    if any(r["eval_steps"] != steps for _, r in runs):
+        raise UserError("the runs were evaluated at different steps: " + "; ".join(
+            f"{d}: {r['eval_steps']}" for d, r in runs))
+    cls = [t for t in runs[0][1]["after"] if "acc" in runs[0][1]["after"][t]]
+    lines = [f"# HTSAT-22 on the built-in data: {len(runs)} runs", "",
+             "| run | settings | " + " | ".join(f"answers {t}" for t in cls) + " | " + " | ".join(
+                 f"mean scratch @{x}" for x in steps) + " | " + " | ".join(f"mean HTSAT-22 @{x}" for x in steps)
+             + " |", "|---|---|" + "---|" * (len(cls) + 2 * len(steps))]
+    for d, r in runs:
+        m = [v for n in ("scratch", "htsat22") for v in mean_curve(r["zs"][n], steps)]
+        sets = [f"seed={r.get('seed', 0)}", f"batch={r['pretrain_batch']}", f"steps={r['pretrain_steps']}"]
+        sets += r.get("pretrain_set", []) + [f"CLAP {x}" for x in r.get("clap_set", [])]
+        lines.append(f"| {os.path.basename(os.path.normpath(d))} | {' '.join(sets)} | " + " | ".join(
+            f"{100 * r['after'][t]['acc']:.1f} %" for t in cls) + " | " + " | ".join(
+            "-" if v is None else f"{100 * v:.1f} %" for v in m) + " |")
+    lines += ["", f"Average over the {len(runs)} runs, zero-shot accuracy at steps {', '.join(map(str, steps))}:", "",
+              "| task | scratch | from HTSAT-22 |", "|---|---|---|"]
+    for t in ZS_TASKS + ("mean of the four",):
+        cols = []
+        for n in ("scratch", "htsat22"):
+            curves = [mean_curve(r["zs"][n], steps) if t.startswith("mean") else
+                      [r["zs"][n].get(t, {}).get(str(x)) for x in steps] for _, r in runs]
+            avg = [None if any(c[i] is None for c in curves) else sum(c[i] for c in curves) / len(curves)
+                   for i in range(len(steps))]
+            cols.append(" / ".join("-" if v is None else f"{100 * v:.1f}" for v in avg) + " %")
+        lines.append(f"| {t} | {cols[0]} | {cols[1]} |")
+    lines += [""] + [f"- {os.path.basename(os.path.normpath(d))}: " + steps_to_match(r["zs"], steps)
+                     for d, r in runs] + [""]
+    return "\n".join(lines)
+
+
 def report(out: str, s: dict) -> str:
     """Markdown of the results summary `s` (what main() collects)."""
     b, a = s["before"], s["after"]
@@ -147,6 +221,10 @@ def report(out: str, s: dict) -> str:
         row = [s["zs"]["scratch"].get(t, {}).get(str(x)) for x in s["eval_steps"]]
         row += [s["zs"]["htsat22"].get(t, {}).get(str(x)) for x in s["eval_steps"]]
         lines.append(f"| {t} | " + " | ".join("-" if v is None else f"{100 * v:.1f} %" for v in row) + " |")
+    means = {n: mean_curve(s["zs"][n], s["eval_steps"]) for n in ("scratch", "htsat22")}
+    lines.append("| **mean of the four** | " + " | ".join("-" if v is None else f"**{100 * v:.1f} %**" for n in
+                                                          ("scratch", "htsat22") for v in means[n]) + " |")
+    lines += ["", steps_to_match(s["zs"], s["eval_steps"])]
     lines += ["", "Final in-batch accuracy audio->text (mean of the last 3 logs): "
               + ", ".join(f"{k} {100 * v:.1f} %" for k, v in s["final_acc"].items() if v is not None),
               "", f"Training time: scratch {s['clap_s']['scratch']:.0f} s, HTSAT-22 init "
@@ -219,7 +297,12 @@ def main(argv=None) -> int:
     ap.add_argument("--clap-set", action="append", default=[], metavar="FIELD=VALUE",
                     help="a field of the CLAP run from HTSAT-22 only, e.g. optim.towers.audio.lr_mult=0.3")
     ap.add_argument("--quick", action="store_true", help="400 clips, 40 + 30 steps: checks the script runs")
+    ap.add_argument("--combine", nargs="+", metavar="OUT",
+                    help="only compare finished runs (their --out dirs, e.g. one per --seed): prints markdown")
     a = ap.parse_args(argv)
+    if a.combine:
+        print(combine(a.combine))
+        return 0
     if a.quick:
         a.num_train, a.num_eval, a.pretrain_steps, a.clap_steps, a.eval_every = 400, 80, 40, 30, 15
     if a.clap_steps % a.eval_every:
@@ -309,6 +392,9 @@ def main(argv=None) -> int:
     for t in ZS_TASKS:
         vals = [zs[n][t].get(str(x)) for n in ("scratch", "htsat22") for x in eval_steps]
         print(f"{t:<10}" + "".join(f"{'-' if v is None else f'{100 * v:.1f} %':>14}" for v in vals))
+    vals = [v for n in ("scratch", "htsat22") for v in mean_curve(zs[n], eval_steps)]
+    print(f"{'mean':<10}" + "".join(f"{'-' if v is None else f'{100 * v:.1f} %':>14}" for v in vals))
+    print(steps_to_match(zs, eval_steps))
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(s, f, indent=1)
     png = plot(out, s, curves)
