@@ -240,3 +240,21 @@ def test_demo_field_settings_apply_like_config_flags():
         demo._apply_sets(c, ["optim.towers.clapp.lr_mult=0.5"])
     with pytest.raises(UserError, match="expected FIELD=VALUE"):
         demo._apply_sets(c, ["seed"])
+
+
+def test_demo_refuses_bad_settings_before_compute(tmp_path):
+    """A bad --pretrain-set / --clap-set field fails before the dataset is built; an --out made with other
+    settings is refused (its finished stages would be reused), naming what differs."""
+    from clap_jax.errors import UserError
+    from clap_jax.train import htsat22_demo as demo
+
+    with pytest.raises(UserError, match="optim.towers.audio.lr_mult"):
+        demo.main(["--out", str(tmp_path / "a"), "--clap-set", "optim.towers.audio.lr_mult=0.3"])
+    assert not (tmp_path / "a" / "data").exists()
+    (tmp_path / "b").mkdir()
+    json.dump({"num_train": 3000, "num_eval": 400, "pretrain_steps": 800, "pretrain_batch": 0, "clap_steps": 240,
+               "eval_every": 60, "seed": 0, "pretrain_set": [], "clap_set": []},
+              open(tmp_path / "b" / "settings.json", "w"))
+    with pytest.raises(UserError, match=r"seed: 0 there, 2 now"):
+        demo.main(["--out", str(tmp_path / "b"), "--seed", "2"])
+    assert not (tmp_path / "b" / "data").exists()

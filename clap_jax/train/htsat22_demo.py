@@ -73,6 +73,22 @@ def _train(config_arg: str, workdir: str, steps: int, log_path: str, extra: list
     return time.time() - t
 
 
+def _check_settings(out: str, settings: dict) -> None:
+    """The finished stages in `out` are reused on a rerun: refuse to mix them with other settings."""
+    path = os.path.join(out, "settings.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            raise UserError(f"{out} holds a run with other settings (" + "; ".join(
+                f"{k}: {o!r} there, {n!r} now" for k, (o, n) in diff.items()) + "): its finished stages would be "
+                "reused; use another --out or the same settings")
+    else:
+        with open(path, "w") as f:
+            json.dump(settings, f, indent=1)
+
+
 def _apply_sets(config, sets: list[str]):
     """`FIELD=VALUE` strings onto `config` (values read as Python literals, else as strings), as the training run
     gets them as --config.FIELD=VALUE flags."""
@@ -295,7 +311,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pretrain-set", action="append", default=[], metavar="FIELD=VALUE",
                     help="a field of the pretraining config, e.g. optim.lr=1e-3 (repeatable)")
     ap.add_argument("--clap-set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="a field of the CLAP run from HTSAT-22 only, e.g. optim.towers.audio.lr_mult=0.3")
+                    help="a field of the CLAP run from HTSAT-22 only, e.g. optim.towers.audio_encoder.lr_mult=0.3")
     ap.add_argument("--quick", action="store_true", help="400 clips, 40 + 30 steps: checks the script runs")
     ap.add_argument("--combine", nargs="+", metavar="OUT",
                     help="only compare finished runs (their --out dirs, e.g. one per --seed): prints markdown")
@@ -307,11 +323,16 @@ def main(argv=None) -> int:
         a.num_train, a.num_eval, a.pretrain_steps, a.clap_steps, a.eval_every = 400, 80, 40, 30, 15
     if a.clap_steps % a.eval_every:
         raise UserError(f"--clap-steps {a.clap_steps} must be a multiple of --eval-every {a.eval_every}")
+    # a bad field is an error now, not after the pretraining
+    _apply_sets(_config("htsat22", "demo"), a.pretrain_set)
+    _apply_sets(_config("demo", ""), a.clap_set)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")     # a CPU demo: the scoring here and the training runs
     t0 = time.time()
     out = os.path.abspath(a.out)
     data = os.path.join(out, "data")
     os.makedirs(out, exist_ok=True)
+    _check_settings(out, {k: getattr(a, k) for k in ("num_train", "num_eval", "pretrain_steps", "pretrain_batch",
+                                                     "clap_steps", "eval_every", "seed", "pretrain_set", "clap_set")})
 
     from clap_jax.data import multitask, synthetic
 
