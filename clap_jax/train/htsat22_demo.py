@@ -152,6 +152,13 @@ def mean_curve(zs: dict, eval_steps: list[int]) -> list[float | None]:
     return out
 
 
+def curve(zs: dict, task: str, eval_steps: list[int]) -> list[float | None]:
+    """One run's zero-shot accuracy of `task` (or 'mean': of the four) at each eval step (None where missing)."""
+    if task == "mean":
+        return mean_curve(zs, eval_steps)
+    return [zs.get(task, {}).get(str(x)) for x in eval_steps]
+
+
 def steps_to_match(zs: dict, eval_steps: list[int]) -> str:
     """One line: the first eval step at which the run from HTSAT-22 reaches the scratch run's final accuracy,
     per task and for the mean of the four."""
@@ -160,11 +167,7 @@ def steps_to_match(zs: dict, eval_steps: list[int]) -> str:
 
     parts = []
     for t in ZS_TASKS + ("mean",):
-        if t == "mean":
-            sc, h = mean_curve(zs["scratch"], eval_steps), mean_curve(zs["htsat22"], eval_steps)
-        else:
-            sc = [zs["scratch"].get(t, {}).get(str(x)) for x in eval_steps]
-            h = [zs["htsat22"].get(t, {}).get(str(x)) for x in eval_steps]
+        sc, h = curve(zs["scratch"], t, eval_steps), curve(zs["htsat22"], t, eval_steps)
         if sc[-1] is None:
             continue
         x = first(h, sc[-1])
@@ -201,15 +204,14 @@ def combine(dirs: list[str]) -> str:
             "-" if v is None else f"{100 * v:.1f} %" for v in m) + " |")
     lines += ["", f"Average over the {len(runs)} runs, zero-shot accuracy at steps {', '.join(map(str, steps))}:", "",
               "| task | scratch | from HTSAT-22 |", "|---|---|---|"]
-    for t in ZS_TASKS + ("mean of the four",):
+    for t in ZS_TASKS + ("mean",):
         cols = []
         for n in ("scratch", "htsat22"):
-            curves = [mean_curve(r["zs"][n], steps) if t.startswith("mean") else
-                      [r["zs"][n].get(t, {}).get(str(x)) for x in steps] for _, r in runs]
+            curves = [curve(r["zs"][n], t, steps) for _, r in runs]
             avg = [None if any(c[i] is None for c in curves) else sum(c[i] for c in curves) / len(curves)
                    for i in range(len(steps))]
             cols.append(" / ".join("-" if v is None else f"{100 * v:.1f}" for v in avg) + " %")
-        lines.append(f"| {t} | {cols[0]} | {cols[1]} |")
+        lines.append(f"| {'mean of the four' if t == 'mean' else t} | {cols[0]} | {cols[1]} |")
     lines += [""] + [f"- {os.path.basename(os.path.normpath(d))}: " + steps_to_match(r["zs"], steps)
                      for d, r in runs] + [""]
     return "\n".join(lines)
@@ -234,8 +236,7 @@ def report(out: str, s: dict) -> str:
               + " | ".join(f"HTSAT-22 init @{x}" for x in s["eval_steps"]) + " |",
               "|---|" + "---|" * (2 * len(s["eval_steps"]))]
     for t in ZS_TASKS:
-        row = [s["zs"]["scratch"].get(t, {}).get(str(x)) for x in s["eval_steps"]]
-        row += [s["zs"]["htsat22"].get(t, {}).get(str(x)) for x in s["eval_steps"]]
+        row = curve(s["zs"]["scratch"], t, s["eval_steps"]) + curve(s["zs"]["htsat22"], t, s["eval_steps"])
         lines.append(f"| {t} | " + " | ".join("-" if v is None else f"{100 * v:.1f} %" for v in row) + " |")
     means = {n: mean_curve(s["zs"][n], s["eval_steps"]) for n in ("scratch", "htsat22")}
     lines.append("| **mean of the four** | " + " | ".join("-" if v is None else f"**{100 * v:.1f} %**" for n in
