@@ -1,7 +1,7 @@
 """HTSAT-22 on the built-in data, end to end: multi-task generative pretraining of the demo audio encoder, then the
 demo CLAP initialised from it against the same CLAP from scratch.
 
-    python -m clap_jax.train.htsat22_demo --out runs/htsat22_demo          # ~20 min on 2 CPU cores
+    python -m clap_jax.train.htsat22_demo --out runs/htsat22_demo          # ~30 min on 2 CPU cores
     python -m clap_jax.train.htsat22_demo --out /tmp/q --quick             # smoke run, a few minutes
     python -m clap_jax.train.htsat22_demo --out runs/h22_s1 --seed 1       # another seed (same data)
     python -m clap_jax.train.htsat22_demo --combine runs/htsat22_demo runs/h22_s1    # the runs side by side
@@ -304,7 +304,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/htsat22_demo")
     ap.add_argument("--num-train", type=int, default=3000)
     ap.add_argument("--num-eval", type=int, default=400)
-    ap.add_argument("--pretrain-steps", type=int, default=800)
+    ap.add_argument("--pretrain-steps", type=int, default=1600)
     ap.add_argument("--pretrain-batch", type=int, default=0, help="pretraining batch size (default: the config's, 16)")
     ap.add_argument("--clap-steps", type=int, default=240)
     ap.add_argument("--eval-every", type=int, default=60)
