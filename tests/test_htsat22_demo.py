@@ -99,7 +99,7 @@ def test_tiny_task_mixture_answers_each_prompt_from_the_audio(data, tmp_path):
     train), 200 steps: both held-out answer losses fall, each prompt is answered with its own task's labels (offered
     the other task's labels too, the model never prefers them), and pitch is answered from the audio above chance
     on clips the run never saw (52-62 % over three seeds; chance 33 %). Loudness (2-way) stays at chance in this
-    mixture (its answer loss at ln 2 per answer token, one answer for every clip): trained alone at this learning
+    mixture (its answer loss at ln 2 per answer, one answer for every clip): trained alone at this learning
     rate it stayed there for 800 steps, alone at 1e-3 it reached 72 % held-out in 400 steps, alone at batch 64 88 %
     in 400; mixed with pitch at 1e-3 and weighted 3:1, 73 / 52 / 67 % over three seeds while pitch fell to
     85 / 42 / 29 %. Without the norm, the same run answered pitch at chance (29 %): the encoder collapsed to one
