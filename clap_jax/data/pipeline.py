@@ -367,7 +367,9 @@ class Tokenize(grain.transforms.Map):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.family = family
-        self.prompt = prompt   # multi-task records: the task's prompt first, the caption is the answer
+        # multi-task records: the task's prompt first, the caption is the answer; one prompt for every record, or
+        # a sequence of them indexed by the record's 'dataset' (the position of its directory in data_dirs)
+        self.prompt = prompt if prompt is None or isinstance(prompt, str) else tuple(prompt)
 
     def map(self, example: dict) -> dict:
         example = dict(example)
@@ -376,7 +378,8 @@ class Tokenize(grain.transforms.Map):
             from clap_jax.data import multitask
 
             tok = _tokenizer(self.tokenizer, self.max_length, self.family)
-            ids, mask, loss = multitask.encode(tok, self.prompt, text, self.max_length)
+            prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[int(example["dataset"])]
+            ids, mask, loss = multitask.encode(tok, prompt, text, self.max_length)
             example["input_ids"], example["attention_mask"], example["loss_mask"] = ids, mask, loss
             return example
         ids, mask = _tokenize(text, self.tokenizer, self.max_length, self.family)
@@ -392,7 +395,7 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
                   text_length: int = 77, shuffle: bool = True, crop: str = "random",
                   caption: str = "random", max_consecutive_bad: int | None = 1000,
                   audio_dtype: str = "float32", tokenizer_family: str = DEFAULT_FAMILY,
-                  prompt: str | None = None, fusion: dict | None = None) -> grain.IterDataset:
+                  prompt: str | Sequence[str] | None = None, fusion: dict | None = None) -> grain.IterDataset:
     """The Grain dataset of host batches (see module docstring for the flow and the element layout).
 
     ``data_dirs``: one preprocessed directory, or several mixed by ``weights`` (then the stream is infinite, each
@@ -408,7 +411,9 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
     ``tokenizer_family``: the model family whose tokenizer makes the token ids ('msclap-2023': GPT-2 BPE, built in;
     'msclap-2022': BERT WordPiece from the vocabulary ``tokenizer`` names), ``text_length`` ids per caption.
     ``prompt``: multi-task prompt/answer records: each row is ``prompt`` then the record's caption as the answer,
-    with a ``loss_mask`` on the answer tokens (clap_jax.data.multitask.encode; GPT-2 tokenizer).
+    with a ``loss_mask`` on the answer tokens (clap_jax.data.multitask.encode; GPT-2 tokenizer); a sequence of
+    prompts, one per directory of ``data_dirs``, mixes the tasks within each batch (each record gets its
+    directory's prompt).
     ``fusion``: LAION-CLAP feature fusion (``clap_jax.audio.fusion.settings`` of the model config): elements hold
     'mel_fusion', 'longer' and 'fusion_starts' made from the whole clip instead of 'audio' (see ``DecodeCrop``).
 
@@ -425,6 +430,8 @@ def build_dataset(data_dirs: str | Sequence[str], *, per_host_batch_size: int, s
         raise ValueError("mixing several datasets gives an infinite stream: use num_epochs=None")
     if weights is not None and len(weights) != len(data_dirs):
         raise ValueError(f"{len(weights)} weights for {len(data_dirs)} data_dirs")
+    if prompt is not None and not isinstance(prompt, str) and len(prompt) != len(data_dirs):
+        raise ValueError(f"{len(prompt)} prompts for {len(data_dirs)} data_dirs")
     num_samples = audio_io.num_samples(duration, sample_rate)
     _tokenize("a", tokenizer, text_length, tokenizer_family)  # load now: a missing vocabulary fails here
     parts = []

@@ -54,6 +54,8 @@ def base() -> ml_collections.ConfigDict:
     c.data.tasks = ()                   # multi-task prompt/answer training (objective 'prefix_lm', configs/htsat22.py):
     #                                     task slots {name, prompt, answer, label_key, weight, dirs}
     #                                     (clap_jax.data.multitask.Task); () : one caption dataset
+    c.data.task_mix = "batch"           # tasks: 'batch' = each batch from one task, drawn by weight per batch;
+    #                                     'example' = every batch mixes the tasks, each record drawn by weight
     c.data.max_consecutive_bad_records = 1000  # 'tfrecord': corrupt/undecodable records in a row before the run
     #                                     stops with an error naming the data (skipped and counted until then)
 
@@ -305,6 +307,8 @@ def _validate_values(config, num_devices, data=True):
         need(not objective_lib.frozen_audio(config), "model.caption.prefix_batch_norm",
              "needs the audio encoder to train (optim.towers.clap.freeze = False): its batch statistics are updated "
              "only in training mode, which a frozen audio encoder does not run")
+    need(config.data.get("task_mix", "batch") in ("batch", "example"), "data.task_mix",
+         f"unknown {config.data.get('task_mix')!r} ('batch': one task per batch, 'example': tasks mixed per record)")
     if config.data.get("tasks"):
         from clap_jax.data import multitask
         from clap_jax.errors import UserError

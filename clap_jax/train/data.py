@@ -77,15 +77,29 @@ def heldout_batches(config, mesh, num_batches: int) -> list[dict]:
 
 
 def make_task_mixture(config, mesh, saved_workers: int | None = None):
-    """Multi-task prompt/answer training (`config.data.tasks`): one pipeline per task that has data (its records'
-    captions are the answers, its prompt goes first), each batch from the task the sampler draws for it, mixed
-    by the tasks' weights (clap_jax.data.multitask)."""
+    """Multi-task prompt/answer training (`config.data.tasks`; its records' captions are the answers, the task's
+    prompt goes first), mixed by the tasks' weights. `data.task_mix` 'batch': one pipeline per task that has
+    data, each batch from the task the sampler draws for it (clap_jax.data.multitask); 'example': one pipeline
+    over every task's directories, each record drawn by weight (a task's weight split evenly over its
+    directories), so every batch holds several tasks."""
     from clap_jax.data import multitask
 
     dc = config.data
     tasks = [multitask.Task.from_config(dict(t)) for t in dc.tasks]
     tasks = [t for t in tasks if t.dirs and t.weight > 0]
-    log.info("task mixture: %s", ", ".join(f"{t.name} ({t.weight:g})" for t in tasks))
+    log.info("task mixture (%s): %s", dc.get("task_mix", "batch"),
+             ", ".join(f"{t.name} ({t.weight:g})" for t in tasks))
+    if dc.get("task_mix", "batch") == "example":
+        dirs = [d for t in tasks for d in t.dirs]
+        return pipeline.make_iterator(
+            dirs, weights=[t.weight / len(t.dirs) for t in tasks for _ in t.dirs],
+            prompt=[t.prompt for t in tasks for _ in t.dirs],
+            per_host_batch_size=config.batch_size // jax.process_count(), mesh=mesh, data_axes=shd.BATCH_AXES,
+            seed=dc.seed, num_epochs=None, sample_rate=config.model.audio.sample_rate,
+            duration=config.model.audio.duration, text_length=config.model.text.max_length,
+            worker_count=num_workers(config, saved_workers), max_consecutive_bad=dc.max_consecutive_bad_records,
+            audio_dtype="int16", tokenizer=dc.get("tokenizer"),
+            tokenizer_family=config.model.get("family", pipeline.DEFAULT_FAMILY))
     its = [pipeline.make_iterator(
         list(t.dirs), per_host_batch_size=config.batch_size // jax.process_count(), mesh=mesh,
         data_axes=shd.BATCH_AXES, seed=dc.seed + 7919 * i, num_epochs=None,
