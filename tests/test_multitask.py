@@ -128,6 +128,10 @@ def test_htsat22_config_names_the_task_slots():
     bad.data.tasks = ({"name": "x", "prompt": "p", "answer": "label", "weight": -1.0},)
     with pytest.raises(ConfigError, match="data.tasks.*weight"):
         config_lib.validate_config(bad, data=False)
+    bad = load_config("htsat22", "tiny")
+    bad.data.task_mix = "step"
+    with pytest.raises(ConfigError, match="data.task_mix.*'step'"):
+        config_lib.validate_config(bad, data=False)
     # the embedding's batch norm (the demo and full-size configs) updates its statistics only while the audio
     # encoder trains: with a frozen encoder it is refused before any compute
     full = load_config("htsat22")
@@ -195,6 +199,27 @@ def test_htsat22_tiny_trains_on_a_task_mixture_of_the_builtin_data(tmp_path):
     state = json.loads(json.dumps(mix.get_state()))
     nxt = np.asarray(next(mix)["input_ids"])
     again = data_lib.make_data_iterator(c, shd.make_mesh(c.mesh))
+    again.set_state(state)
+    np.testing.assert_array_equal(np.asarray(next(again)["input_ids"]), nxt)
+
+    # data.task_mix='example': one pipeline over both slots' directories, each record with its own slot's prompt,
+    # every batch mixing the two by their weights (3 : 3); its position resumes too
+    cx = cfg(3)
+    cx.data.task_mix = "example"
+    mixed = data_lib.make_data_iterator(cx, shd.make_mesh(cx.mesh))
+    per_batch = []
+    for _ in range(6):
+        b = {k: np.asarray(v) for k, v in next(mixed).items()}
+        rows = [(tok.decode(ids[:np.argmax(lm)]).strip(),
+                 tok.decode(ids[lm == 1]).replace("<|endoftext|>", "").strip())
+                for ids, lm in zip(b["input_ids"], b["loss_mask"])]
+        assert all(p in prompts and a for p, a in rows)
+        assert all(a in prompts[p] for p, a in rows if prompts[p] is not None)
+        per_batch.append(sum(p == sound.prompt for p, _ in rows))
+    assert all(0 < n < 8 for n in per_batch) and 16 <= sum(per_batch) <= 32, per_batch
+    state = json.loads(json.dumps(mixed.get_state()))
+    nxt = np.asarray(next(mixed)["input_ids"])
+    again = data_lib.make_data_iterator(cx, shd.make_mesh(cx.mesh))
     again.set_state(state)
     np.testing.assert_array_equal(np.asarray(next(again)["input_ids"]), nxt)
 
