@@ -255,7 +255,7 @@ def test_demo_refuses_bad_settings_before_compute(tmp_path):
         demo.main(["--out", str(tmp_path / "a"), "--clap-set", "optim.towers.audio.lr_mult=0.3"])
     assert not (tmp_path / "a" / "data").exists()
     (tmp_path / "b").mkdir()
-    json.dump({"num_train": 3000, "num_eval": 400, "pretrain_steps": 1600, "pretrain_batch": 0, "clap_steps": 240,
+    json.dump({"num_train": 3000, "num_eval": 400, "pretrain_steps": 800, "pretrain_batch": 0, "clap_steps": 240,
                "eval_every": 60, "seed": 0, "pretrain_set": [], "clap_set": []},
               open(tmp_path / "b" / "settings.json", "w"))
     with pytest.raises(UserError, match=r"seed: 0 there, 2 now"):

@@ -222,6 +222,10 @@ def test_htsat22_tiny_trains_on_a_task_mixture_of_the_builtin_data(tmp_path):
     again = data_lib.make_data_iterator(cx, shd.make_mesh(cx.mesh))
     again.set_state(state)
     np.testing.assert_array_equal(np.asarray(next(again)["input_ids"]), nxt)
+    from clap_jax.data import pipeline
+    with pytest.raises(ValueError, match="1 prompts for 2 data_dirs"):
+        pipeline.build_dataset([str(data / "sound_tfr"), str(data / "tfrecords")], per_host_batch_size=8,
+                               prompt=["what sound is this?"], sample_rate=16000, duration=0.5)
 
     first = train.train_and_evaluate(cfg(2), str(tmp_path / "run"))
     assert all(np.isfinite(v) for v in first["losses"].values())
