@@ -153,6 +153,10 @@ def test_mixture_with_data_workers_resumes_bit_exact(data, tmp_path):
     assert data_lib.saved_worker_count(state) == 1
     fits, why = data_lib.saved_state_fits(_cfg(dirs, 6, workers=2), state)
     assert not fits and "saved with 1 data workers, this run has 2" in why
+    per_record = _cfg(dirs, 6, workers=1)
+    per_record.data.task_mix = "example"     # one pipeline's state, not one per task: resumed elastically
+    fits, why = data_lib.saved_state_fits(per_record, state)
+    assert not fits and "data.task_mix='batch', this run has 'example'" in why
     res = train.train_and_evaluate(_cfg(dirs, 6, workers=1), str(tmp_path / "resumed"))
     assert res["start_step"] == 3 and sorted(res["losses"]) == [4, 5, 6]
     assert {s: full["losses"][s] for s in (4, 5, 6)} == res["losses"]

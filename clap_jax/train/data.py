@@ -142,10 +142,16 @@ def saved_state_fits(config, saved) -> tuple[bool, str]:
     """Whether this process can restore the data-iterator state `saved` (this process's file of a checkpoint,
     None when the checkpoint has none for it), and why not. It cannot when the run was saved with another
     number of processes (no file of this process's name) or, for the real pipeline, another explicit
-    `data.num_workers` (Grain's state is per worker)."""
+    `data.num_workers` (Grain's state is per worker), or for a task mixture another `data.task_mix` (one state
+    per task pipeline, or one of a single pipeline)."""
     if saved is None:
         return False, (f"the checkpoint holds none for process {jax.process_index()} of {jax.process_count()}: "
                        f"it was saved by a different number of processes")
+    if config.data.kind != "random" and config.data.get("tasks") and isinstance(saved, dict):
+        mix = config.data.get("task_mix", "batch")
+        was = "batch" if "tasks" in saved else "example"
+        if mix != was:
+            return False, f"it was saved with data.task_mix={was!r}, this run has {mix!r}"
     count = saved_worker_count(saved)
     if config.data.kind != "random" and count is not None:
         want = num_workers(config, count)
