@@ -62,7 +62,10 @@ def test_sharded_grads_equal_float64_single_device_reference(layout):
     for p, g in jax.tree_util.tree_leaves_with_path(grads):
         r = flat_ref[shd.path_str(p)]
         scale = np.abs(r).max() + 1e-12
-        np.testing.assert_allclose(np.asarray(g), r, rtol=1e-4, atol=1e-5 * scale, err_msg=shd.path_str(p))
+        # float32 rounding, relative to the leaf's largest gradient: <= 1.3e-6 for every leaf but the frame layer's
+        # bias, a sum over batch x frames with cancellation, 1.3e-5 (data parallel) / 1.9e-5 (FSDP) on an Intel
+        # Xeon, less on an AMD Zen 5. A sharding error (a missing or doubled reduction) is of the order of 1.
+        np.testing.assert_allclose(np.asarray(g), r, rtol=1e-4, atol=5e-5 * scale, err_msg=shd.path_str(p))
         n += 1
     assert n == len(flat_ref) and n > 3
 
